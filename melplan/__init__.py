@@ -1,0 +1,30 @@
+"""melplan: plan, run and check MEL (Multi-level Ensemble Learning) deployments on edge servers.
+
+The planning core (catalog, cluster, evaluate, ilp, solve, selector) imports without torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["RuntimeSelector", "load_catalog", "load_cluster", "load_plan", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "RuntimeSelector":
+        from .selector import RuntimeSelector
+
+        return RuntimeSelector
+    if name == "load_catalog":
+        from .catalog import load_catalog
+
+        return load_catalog
+    if name == "load_cluster":
+        from .cluster import load_cluster
+
+        return load_cluster
+    if name == "load_plan":
+        from .plan import load_plan
+
+        return load_plan
+    raise AttributeError(f"module 'melplan' has no attribute {name!r}")
