@@ -9,9 +9,11 @@ What is built from one plan (see docs/export.md):
   to its server by required node affinity on ``kubernetes.io/hostname``, ``replicas: 1`` and the
   ``Recreate`` strategy (a rolling update would need a second copy's memory on a server the plan
   filled);
-* one ``Service`` per placed component, selecting all of its replicas;
+* one headless ``Service`` per placed component, selecting all of its replicas; each pod sets
+  ``hostname``/``subdomain`` so ``<server>.<service>`` reaches the replica on one server;
 * one ``ConfigMap`` holding ``plan.json``, ``fallback.json``, ``family.json`` and
-  ``endpoints.json`` (component -> Service and per-server Deployment) for the runtime selector.
+  ``endpoints.json`` (component -> Service, and per server its Deployment and pod address) for the
+  runtime selector.
 
 Names are DNS-1035 labels (lower-case letters, digits and '-', starting with a letter, at most 63
 characters), so they are valid for every kind.  They are ``<family>-<component>-<server>`` for a
@@ -171,6 +173,7 @@ class Naming:
     component: Mapping[str, str]          # component -> name part (also its label value)
     service: Mapping[str, str]            # component -> Service name
     deployment: Mapping[tuple[str, str], str]   # (component, server) -> Deployment name
+    host: Mapping[str, str]               # server -> pod hostname (a DNS-1123 label)
     configmap: str
 
 
@@ -188,7 +191,7 @@ def make_naming(family: Family, placement: Mapping[str, Sequence[str]]) -> Namin
     deployments = unique_names({(c, s): (dns_name([fam, comp_part[c], server_part[s]], f"{family.id}\0{c}\0{s}"),
                                          f"deployment\0{c}\0{s}") for c, s in pairs})
     configmap = dns_name([fam, "plan"], f"{family.id}\0configmap")
-    return Naming(fam, label_value(family.id), comp_part, services, deployments, configmap)
+    return Naming(fam, label_value(family.id), comp_part, services, deployments, server_part, configmap)
 
 
 def memory_request(memory_bytes: int, overhead_mib: float) -> str:
@@ -232,9 +235,15 @@ def _selector(naming: Naming, component: str, server: str | None = None) -> dict
 
 
 def endpoints(naming: Naming, placement: Mapping[str, Sequence[str]], port: int) -> dict[str, Any]:
-    """Component -> its Service address and its Deployment on each server (for the runtime selector)."""
+    """Component -> its (headless) Service, and per server its Deployment and the DNS name of its pod.
+
+    ``host`` (``<hostname>.<service>``, resolvable inside the namespace) reaches one replica: the
+    runtime selector uses it to send every upstream's features of one request to the same combiner
+    replica, which the Service name alone (any ready replica) would not guarantee.
+    """
     return {c: {"service": naming.service[c], "port": port,
-                "deployments": {s: naming.deployment[(c, s)] for s in placement[c]}}
+                "replicas": {s: {"deployment": naming.deployment[(c, s)],
+                                 "host": f"{naming.host[s]}.{naming.service[c]}"} for s in placement[c]}}
             for c in naming.component}
 
 
@@ -279,12 +288,10 @@ def _env(entry: Mapping[str, Any], server: str, family: Family, naming: Naming,
         env["MELPLAN_WEIGHTS"] = f"{options.weights_dir.rstrip('/')}/{weights['file']}"
         if weights.get("sha256"):
             env["MELPLAN_WEIGHTS_SHA256"] = weights["sha256"]
-    if entry["kind"] == "upstream":
-        env["MELPLAN_FEEDS"] = ",".join(f"{f['combiner']}={naming.service[f['combiner']]}:{options.port}"
-                                        for f in entry.get("feeds", []))
+    if entry["kind"] == "upstream":        # addresses of these components: endpoints.json
+        env["MELPLAN_FEEDS"] = ",".join(f["combiner"] for f in entry.get("feeds", []))
     else:
-        env["MELPLAN_INPUTS"] = ",".join(f"{i['upstream']}={naming.service[i['upstream']]}:{options.port}"
-                                         for i in entry.get("inputs", []))
+        env["MELPLAN_INPUTS"] = ",".join(i["upstream"] for i in entry.get("inputs", []))
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
@@ -328,6 +335,8 @@ def deployment(naming: Naming, entry: Mapping[str, Any], server: str, family: Fa
             "template": {
                 "metadata": {"labels": labels, "annotations": pod_ann},
                 "spec": {
+                    "hostname": naming.host[server],
+                    "subdomain": naming.service[comp],
                     "affinity": affinity,
                     "containers": [container],
                     "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": naming.configmap}}],
@@ -338,14 +347,15 @@ def deployment(naming: Naming, entry: Mapping[str, Any], server: str, family: Fa
 
 
 def service(naming: Naming, entry: Mapping[str, Any], family: Family, options: K8sOptions) -> dict[str, Any]:
-    """The Service in front of every replica of one component."""
+    """The headless Service of one component: its name resolves to every ready replica, and
+    ``<hostname>.<service>`` to the replica on one server (pods set ``hostname`` and ``subdomain``)."""
     comp = entry["component"]
     ann = {f"{PREFIX}/family": family.id, f"{PREFIX}/component": comp, f"{PREFIX}/subset": entry["subset"],
            f"{PREFIX}/serves": ",".join(entry["serves"])}
     return {
         "apiVersion": "v1", "kind": "Service",
         "metadata": _metadata(naming.service[comp], _component_labels(naming, entry), ann, options.namespace),
-        "spec": {"selector": _selector(naming, comp),
+        "spec": {"clusterIP": "None", "selector": _selector(naming, comp),
                  "ports": [{"name": "http", "port": options.port, "targetPort": "http", "protocol": "TCP"}]},
     }
 

@@ -220,6 +220,10 @@ def test_k8s_objects_pass_the_api_schema_and_match_the_plan(setup):
         env = {e["name"]: e["value"] for e in c["env"]}
         assert env["MELPLAN_COMPONENT"] == comp and env["MELPLAN_WEIGHTS"] == "/models/demo-n3.pt"
         assert env["MELPLAN_WEIGHTS_SHA256"] == result.manifest["weights"]["sha256"]
+        if comp in fam.upstream_names:
+            assert env["MELPLAN_FEEDS"].split(",") == [k for k in PLACEMENT3 if "+" in k and comp in k.split("+")]
+        else:
+            assert env["MELPLAN_INPUTS"].split(",") == comp.split("+")
     assert seen == {(c, s) for c, srvs in PLACEMENT3.items() for s in srvs}
 
 
@@ -249,9 +253,17 @@ def test_configmap_holds_plan_fallback_family_and_endpoints(setup):
     endpoints = json.loads(cm["data"]["endpoints.json"])
     names = {(o["kind"], o["metadata"]["name"]) for o in result.objects}
     assert set(endpoints) == set(PLACEMENT3)
+    deps = {d["metadata"]["name"]: d for d in result.objects if d["kind"] == "Deployment"}
     for comp, ep in endpoints.items():
-        assert ("Service", ep["service"]) in names and set(ep["deployments"]) == set(PLACEMENT3[comp])
-        assert all(("Deployment", d) in names for d in ep["deployments"].values())
+        assert ("Service", ep["service"]) in names and set(ep["replicas"]) == set(PLACEMENT3[comp])
+        for server, rep in ep["replicas"].items():
+            pod = deps[rep["deployment"]]["spec"]["template"]["spec"]
+            # the pod's DNS name inside the namespace is <hostname>.<subdomain>, subdomain = headless Service
+            assert rep["host"] == f"{pod['hostname']}.{pod['subdomain']}" and pod["subdomain"] == ep["service"]
+            assert deps[rep["deployment"]]["metadata"]["annotations"]["melplan/server"] == server
+    hosts = [r["host"] for ep in endpoints.values() for r in ep["replicas"].values()]
+    assert len(hosts) == len(set(hosts)) == len(deps)
+    assert all(o["spec"]["clusterIP"] == "None" for o in result.objects if o["kind"] == "Service")
     # every pod mounts this ConfigMap and restarts when it changes
     for d in (o for o in result.objects if o["kind"] == "Deployment"):
         tpl = d["spec"]["template"]
