@@ -430,7 +430,17 @@ class RuntimeSelector:
 
     @property
     def bytes_moved(self) -> int:
+        """Weight bytes started by every applied re-plan so far."""
         return self._bytes_moved
+
+    @property
+    def replans(self) -> int:
+        """Re-plans attempted (applied or failed)."""
+        return self._rstate.count
+
+    @property
+    def replan_failures(self) -> int:
+        return self._rstate.failures
 
     def route(self) -> Route:
         """The current route (lock-free: one attribute read)."""
