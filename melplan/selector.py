@@ -600,3 +600,51 @@ class RuntimeSelector:
             for cb in self._route_listeners:
                 cb(record)
         return result
+
+
+# -- one-shot query (``melplan select``) --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Selection:
+    """The route of a plan for a given set of down servers (what ``melplan select`` shows)."""
+
+    plan_path: str
+    family: str
+    down: tuple[str, ...]
+    ignored: tuple[str, ...]          # down servers the plan does not use
+    route: Route
+    plan_servers: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"plan": self.plan_path, "family": self.family, "down_servers": list(self.down),
+             "not_in_plan": list(self.ignored), "plan_servers": list(self.plan_servers)}
+        d.update(self.route.to_dict())
+        return d
+
+
+def select_route(plan_path: str, down: Sequence[str], *, catalog_dir: str | None = None,
+                 cluster_path: str | None = None) -> Selection:
+    """Load a plan (its catalog family, and the cluster when given) and return the route with
+    ``down`` servers down.
+
+    Raises :class:`PlanFileError`, :class:`CatalogError` or :class:`ClusterError` for bad files and
+    :class:`SelectorError` for a server name that is neither in the plan nor in the cluster.
+    """
+    from .catalog import load_catalog
+    from .cluster import load_cluster
+    from .plan import load_plan
+
+    plan = load_plan(plan_path)
+    family = load_catalog(catalog_dir).get(plan.family)
+    cluster = load_cluster(cluster_path) if cluster_path else None
+    lookup = RouteLookup(family, plan.placement, cluster, source=str(plan_path))
+    known = set(cluster.names) if cluster is not None else set(lookup.used)
+    names = list(dict.fromkeys(down))
+    for s in names:
+        if s not in known:
+            where = "the cluster" if cluster is not None else "the plan"
+            hint = "" if cluster is not None else "; pass --servers cluster.yaml to name servers outside the plan"
+            raise SelectorError(f"unknown server {s!r}: not in {where}", file=str(plan_path), field="down",
+                                fix=f"use one of: {', '.join(sorted(known)[:12])}{hint}")
+    return Selection(str(plan_path), family.id, tuple(names), tuple(s for s in names if s not in lookup.bit),
+                     lookup.route(names), tuple(lookup.used))

@@ -610,3 +610,55 @@ def plot_report(report: SimulationReport, path: str, *, title: str | None = None
     finally:
         plt.close(fig)
     return str(path)
+
+
+# -- files in, report out (``melplan simulate``) ------------------------------------------------
+
+@dataclass(frozen=True)
+class SimulationRun:
+    report: SimulationReport
+    trace: Trace
+    plot: str | None = None
+    trace_out: str | None = None
+
+
+def simulate_files(plan_path: str, cluster_path: str, *, catalog_dir: str | None = None,
+                   trace_path: str | None = None, hours: float | None = None, seed: int | None = None,
+                   default_mttr_h: float | None = None, options: SimOptions | None = None,
+                   plot_path: str | None = None, write_trace_path: str | None = None,
+                   replanner: Replanner | None = None) -> SimulationRun:
+    """Load the plan, catalog, cluster and trace (or generate one), simulate, and write the plot
+    and the trace when asked.
+
+    With ``trace_path``, ``hours`` (optional) sets the horizon; without it, ``hours`` is required and
+    a trace is generated with ``seed`` (default 0).  Raises :class:`InputError` subclasses for bad
+    files or options.
+    """
+    from .catalog import load_catalog
+    from .cluster import load_cluster
+    from .plan import load_plan
+    from .traces import DEFAULT_MTTR_H, generate_trace, load_trace, write_trace
+
+    if trace_path is None and hours is None:
+        raise InputError("give a failure trace or a horizon to generate one", field="--trace/--hours",
+                         fix="pass --trace trace.csv, or --hours H (with --seed S) to generate failures from MTBF/MTTR")
+    if trace_path is not None and (seed is not None or default_mttr_h is not None):
+        raise InputError("--seed and --default-mttr apply to generated traces only", field="--seed",
+                         fix="drop them, or drop --trace to generate a trace")
+    if hours is not None and (isinstance(hours, bool) or not math.isfinite(hours) or hours <= 0):
+        raise InputError(f"--hours must be a positive number, got {hours!r}", field="--hours",
+                         fix="give the simulated horizon in hours, e.g. --hours 720")
+    plan = load_plan(plan_path)
+    catalog = load_catalog(catalog_dir)
+    family = catalog.get(plan.family)
+    cluster = load_cluster(cluster_path)
+    validate_placement(family, plan.placement, cluster, source=str(plan_path))
+    if trace_path is not None:
+        trace = load_trace(trace_path, servers=cluster.names, horizon_s=None if hours is None else hours * 3600)
+    else:
+        trace = generate_trace(cluster, hours, 0 if seed is None else seed,
+                               default_mttr_h=DEFAULT_MTTR_H if default_mttr_h is None else default_mttr_h)
+    report = simulate(plan, family, cluster, trace, catalog=catalog, options=options, replanner=replanner)
+    plot = plot_report(report, plot_path) if plot_path else None
+    trace_out = str(write_trace(trace, write_trace_path)) if write_trace_path else None
+    return SimulationRun(report, trace, plot, trace_out)
