@@ -271,6 +271,29 @@ def test_configmap_holds_plan_fallback_family_and_endpoints(setup):
         assert re.fullmatch(r"[0-9a-f]{64}", tpl["metadata"]["annotations"]["melplan/config-sha256"])
 
 
+def test_configmap_alone_drives_the_runtime_selector(setup):
+    """What a pod finds under its mount is enough to build the selector, and it agrees with the
+    plan's fallback table; each route's (component, server) pairs have a pod address."""
+    from melplan.selector import RuntimeSelector
+
+    result = export_plan(setup["plan_path"], "k8s", setup["tmp"] / "d", catalog_dir=setup["cat"])
+    cm = next(o for o in result.objects if o["kind"] == "ConfigMap")
+    mount = setup["tmp"] / "mount"
+    mount.mkdir()
+    for key, text in cm["data"].items():
+        (mount / key).write_text(text)
+    endpoints = json.loads(cm["data"]["endpoints.json"])
+    fallback = json.loads(cm["data"]["fallback.json"])
+    for row in fallback:
+        sel = RuntimeSelector.from_files(str(mount / "plan.json"), catalog_dir=str(mount / "family.json"),
+                                         policy="failover-only")
+        for server in row["down"]:
+            route = sel.mark_down(server, now=0.0)
+        assert (route.answer, route.accuracy) == (row["answer"], pytest.approx(row["accuracy"]))
+        for comp, server in route.components:
+            assert endpoints[comp]["replicas"][server]["host"]
+
+
 def test_schema_check_catches_a_missing_required_field(setup):
     """Negative control: the model check used above really rejects a broken object."""
     result = export_plan(setup["plan_path"], "k8s", setup["tmp"] / "d", catalog_dir=setup["cat"])
