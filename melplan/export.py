@@ -58,7 +58,8 @@ def load_inputs(plan_path: str | os.PathLike, catalog_dir: str | os.PathLike | N
         known = ", ".join(catalog.ids()[:8]) + (" ..." if len(catalog) > 8 else "")
         raise PlanFileError(f"family '{plan.family}' is not in the catalog {catalog.root}", file=source,
                             field="family",
-                            fix=f"pass --catalog with the catalog the plan was made from (this one holds: {known})") from None
+                            fix="pass --catalog with the catalog the plan was made from "
+                                f"(this one holds: {known})") from None
     check_placement(plan, family, source=source)
     return plan, family
 

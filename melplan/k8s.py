@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Hashable, Mapping, Sequence
 
 from .catalog import MIB, Family
-from .errors import InputError, MelplanError
+from .errors import InputError, MelplanError, PlanFileError
 from .plan import Plan
 
 MAX_NAME = 63
@@ -74,9 +74,11 @@ class K8sOptions:
     config_mount: str = "/etc/melplan"
 
     def __post_init__(self) -> None:
-        if self.namespace is not None and (len(self.namespace) > MAX_NAME or not DNS1123_LABEL_RE.match(self.namespace)):
-            raise InputError(f"invalid namespace {self.namespace!r}", field="--namespace",
-                             fix="use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit")
+        ns = self.namespace
+        if ns is not None and (len(ns) > MAX_NAME or not DNS1123_LABEL_RE.match(ns)):
+            raise InputError(f"invalid namespace {ns!r}", field="--namespace",
+                             fix="use at most 63 lower-case letters, digits and '-', "
+                                 "starting and ending with a letter or digit")
         if not self.image or not IMAGE_RE.match(self.image):
             raise InputError(f"invalid image {self.image!r}", field="--image",
                              fix="give an image reference without spaces, e.g. registry.local/melplan-runtime:0.1")
@@ -124,9 +126,7 @@ def dns_name(parts: Sequence[str], identity: str) -> str:
     if not name or not name[0].isalpha():
         name = "m-" + name
     if len(name) > MAX_NAME:
-        name = _with_hash(name, identity)
-        if not name[0].isalpha():
-            name = _with_hash("m-" + name, identity)
+        name = _with_hash(name, identity)     # keeps the leading letter
     return name
 
 
@@ -361,15 +361,14 @@ def service(naming: Naming, entry: Mapping[str, Any], family: Family, options: K
 
 
 def check_server_names(plan: Plan, *, source: str | None = None) -> None:
-    """Every server must be usable as a ``kubernetes.io/hostname`` value; raises :class:`InputError`."""
-    from .errors import PlanFileError
-
+    """Every server must be usable as a ``kubernetes.io/hostname`` value; raises :class:`PlanFileError`."""
     for comp, servers in plan.placement.items():
         for s in servers:
-            if len(s) > MAX_NAME or not LABEL_VALUE_RE.match(s) or not s:
+            if not s or len(s) > MAX_NAME or not LABEL_VALUE_RE.match(s):
                 raise PlanFileError(f"server '{s}' cannot be a Kubernetes node hostname", file=source,
                                     field=f"placement.{comp}",
-                                    fix="name servers after their nodes (at most 63 letters, digits, '-', '.', '_') and re-plan")
+                                    fix="name servers after their nodes (at most 63 letters, digits, "
+                                        "'-', '.', '_') and re-plan")
 
 
 def build_objects(plan: Plan, family: Family, manifest: Mapping[str, Any], options: K8sOptions) -> list[dict[str, Any]]:
