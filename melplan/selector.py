@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .catalog import Catalog, Family, subset_key
 from .cluster import Cluster, Server
-from .errors import InputError, MelplanError, PlanFileError, SolverError
+from .errors import InputError, MelplanError, PlanFileError
 from .evaluate import RouteTable, used_servers, validate_placement
 from .plan import Plan
 from .reconcile import (Action, Decision, Event, Health, PlanView, Policy, ReplanState, decide,
@@ -304,23 +304,46 @@ class SelectorStatus:
     bytes_moved: int
 
 
+DEFAULT_REPLAN_TIME_LIMIT_S = 10.0
+DEFAULT_MIGRATION_WEIGHT = 0.05     # accuracy points (0.01 accuracy each) given up per MiB of weights started
+
+
 def planner_replanner(**plan_options: Any) -> Replanner:
-    """A replanner that calls :func:`melplan.planner.plan` with the current placement, its family
-    and the migration weight (``plan_options`` go to ``PlanOptions``, e.g. ``time_limit_s``)."""
+    """A replanner that calls :func:`melplan.planner.plan` on the cluster without the excluded
+    servers, with the running placement (``current``, ``current_family``) and the migration weight
+    (default :data:`DEFAULT_MIGRATION_WEIGHT` points per MiB started), so it prefers what already runs.
+
+    The settings the plan was made with (objective, ``max_failures``, ``combiner_replicas``,
+    ``min_accuracy_under_failure``, read from the plan's ``planner`` block) are kept; the time limit
+    is :data:`DEFAULT_REPLAN_TIME_LIMIT_S`.  ``plan_options`` override any ``PlanOptions`` field.
+    """
 
     def replan(request: ReplanRequest) -> Plan:
-        try:
-            from . import planner
-        except ImportError as exc:  # pragma: no cover - only before the planner exists
-            raise SolverError(f"re-planning needs melplan.planner ({exc})",
-                              fix="install the full melplan package, or use policy 'failover-only'") from None
-        opts = dict(objective=request.current.objective, current=dict(request.current.placement),
-                    current_family=request.current_family.id)
-        if request.migration_weight is not None:
-            opts["migration_weight"] = request.migration_weight
+        from . import planner
+
+        made_with = request.current.extra.get("planner")
+        made_with = made_with if isinstance(made_with, Mapping) else {}
+        opts: dict[str, Any] = {
+            "objective": request.current.objective,
+            "time_limit_s": DEFAULT_REPLAN_TIME_LIMIT_S,
+            "current": {k: tuple(v) for k, v in request.current.placement.items()},
+            "current_family": request.current_family.id,
+            "migration_weight": DEFAULT_MIGRATION_WEIGHT if request.migration_weight is None
+            else request.migration_weight,
+        }
+        mf = made_with.get("max_failures")
+        if isinstance(mf, int) and not isinstance(mf, bool):
+            opts["max_failures"] = mf
+        elif isinstance(mf, str) and mf.isdigit():
+            opts["max_failures"] = int(mf)
+        reps = made_with.get("combiner_replicas")
+        if isinstance(reps, int) and not isinstance(reps, bool) and reps >= 1:
+            opts["combiner_replicas"] = reps
+        floor = made_with.get("min_accuracy_under_failure")
+        if isinstance(floor, (int, float)) and not isinstance(floor, bool):
+            opts["min_accuracy_under_failure"] = float(floor)
         opts.update(plan_options)
-        result = planner.plan(request.catalog, request.cluster, planner.PlanOptions(**opts))
-        return result.plan
+        return planner.plan(request.catalog, request.cluster, planner.PlanOptions(**opts)).plan
 
     return replan
 
@@ -336,7 +359,8 @@ class RuntimeSelector:
     switch family (default: the plan's family only).  ``policy``: a name or a
     :class:`~melplan.reconcile.Policy` (default ``replan-after``).  ``clock``: seconds, default
     ``time.monotonic``; every method also takes ``now=``.  ``replanner``: default
-    :func:`planner_replanner`.  ``history_limit``: keep only the last N records (default all).
+    :func:`planner_replanner`.  ``migration_weight``: accuracy points per MiB of weights a re-plan
+    starts (default :data:`DEFAULT_MIGRATION_WEIGHT`).  ``history_limit``: keep only the last N records (default all).
 
     Raises :class:`PlanFileError` when the plan does not match the family or cluster, and
     :class:`SelectorError` for a policy that needs a cluster without one.

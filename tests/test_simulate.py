@@ -1,0 +1,283 @@
+"""Simulation: hand-computed traces for the plan and every baseline, trace parsing and generation,
+re-plans with load time, the long-run agreement with the exact evaluator, the plot."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from factories import make_cluster, make_family
+from melplan.catalog import Catalog, Family, Upstream
+from melplan.cluster import Cluster, Link, Server, Workload
+from melplan.errors import InfeasiblePlanError, PlanFileError, TraceError
+from melplan.plan import Plan
+from melplan.reconcile import Policy
+from melplan.simulate import (SimOptions, baseline_families, binned_series, fitting_servers, plot_report,
+                              simulate)
+from melplan.traces import (Trace, TraceEvent, generate_trace, load_trace, observed_events, parse_trace,
+                            server_rates, trace_to_csv, write_trace)
+
+H = 3600.0
+
+
+def hand_setup(slo: float | None = None):
+    """u1 on a, u2 on b, combiner u1+u2 on c; d and e are the most reliable servers (baselines)."""
+    fam = make_family(2, seed=3)
+    fam = replace(fam, accuracy={"u1": 0.80, "u2": 0.70, "u1+u2": 0.90})
+    servers = tuple(Server(n, 256.0, 50.0, p) for n, p in
+                    (("a", 0.05), ("b", 0.05), ("c", 0.05), ("d", 0.001), ("e", 0.002)))
+    cluster = Cluster(servers, Workload(10.0, slo), Link(1.0, 1000.0), (), None)
+    ref = Family(id="full", dataset=fam.dataset, base="efficientnet_b0", training={},
+                 upstreams=(Upstream("u1", 1_000_000, 10_000_000, 4_000_000, 0),), combiners=(),
+                 accuracy={"u1": 0.95}, extra={"role": "reference"})
+    small = Family(id="small", dataset=fam.dataset, base="efficientnet_b0", training={},
+                   upstreams=(Upstream("u1", 100_000, 1_000_000, 400_000, 0),), combiners=(),
+                   accuracy={"u1": 0.85}, extra={"role": "backup"})
+    plan = Plan(fam.id, {"u1": ("a",), "u2": ("b",), "u1+u2": ("c",)}, "expected", 0.0, 0.0, {})
+    return fam, cluster, plan, Catalog((fam, ref, small)), ref
+
+
+def trace_of(rows, hours):
+    return Trace(tuple(TraceEvent(t * H, s, st) for t, s, st in rows), hours * H, "hand-made")
+
+
+def test_time_weighted_accuracy_equals_hand_computation_for_the_plan_and_baselines():
+    fam, cluster, plan, catalog, ref = hand_setup()
+    rows = [(1, "b", "down"), (2, "d", "down"), (3, "b", "up"), (4, "d", "up"), (5, "a", "down"), (6, "a", "up"),
+            (7, "c", "down"), (8, "a", "down"), (8.5, "a", "up"), (9, "c", "up"), (9, "a", "down"),
+            (9, "b", "down"), (9.5, "a", "up"), (9.5, "b", "up")]
+    trace = trace_of(rows, 10)
+    opts = SimOptions(policy=Policy.named("failover-only"), detection_s=0, load_s=600, floor=0.75)
+    rep = simulate(plan, fam, cluster, trace, catalog=catalog, options=opts)
+    # plan, hour by hour: who answers
+    #   [0,1) u1+u2 .9 | [1,3) b down: u1 .8 | [3,5) .9 | [5,6) a down: u2 .7 | [6,7) .9
+    #   [7,8) c down: u1 .8 | [8,8.5) c,a down: u2 .7 | [8.5,9) u1 .8 | [9,9.5) a,b down: none | [9.5,10) .9
+    hand = (1 * .9 + 2 * .8 + 2 * .9 + 1 * .7 + 1 * .9 + 1 * .8 + .5 * .7 + .5 * .8 + .5 * 0 + .5 * .9) / 10
+    p = rep.strategy("plan")
+    assert p.accuracy == pytest.approx(hand, abs=1e-12)
+    assert p.availability == pytest.approx(9.5 / 10)
+    assert p.below_floor_s == pytest.approx((1 + .5 + .5) * H)          # the .7 hours and the outage
+    assert p.replans == 0 and p.bytes_moved == 0
+    assert p.series[:3] == ((0.0, .9), (1 * H, .8), (3 * H, .9))
+    # cold restart: the full model on d (most reliable); d fails at 2 h, restarts on e, answers 600 s later
+    cold = rep.strategy("cold-restart")
+    assert cold.servers == ("d",)
+    assert cold.accuracy == pytest.approx(0.95 * (10 * H - 600) / (10 * H), abs=1e-12)
+    assert cold.availability == pytest.approx((10 * H - 600) / (10 * H))
+    assert cold.replans == 1 and cold.bytes_moved == ref.weight_bytes
+    assert cold.below_floor_s == pytest.approx(600)
+    # compressed backup on e answers (0.85) while d is down for 2 h
+    bk = rep.strategy("backup")
+    assert bk.servers == ("d", "e")
+    assert bk.accuracy == pytest.approx((8 * .95 + 2 * .85) / 10, abs=1e-12)
+    assert bk.availability == pytest.approx(1.0)
+    # cloud failover, no SLO: full accuracy all the time
+    assert rep.strategy("cloud").accuracy == pytest.approx(0.95)
+
+
+def test_cloud_answers_that_break_the_slo_count_as_missed():
+    fam, cluster, plan, catalog, _ = hand_setup(slo=50.0)
+    trace = trace_of([(2, "d", "down"), (4, "d", "up")], 10)
+    opts = SimOptions(policy=Policy.named("failover-only"), detection_s=0, wan_rtt_ms=80.0)
+    cloud = simulate(plan, fam, cluster, trace, catalog=catalog, options=opts).strategy("cloud")
+    assert cloud.accuracy == pytest.approx(0.95 * 8 / 10) and cloud.availability == pytest.approx(0.8)
+    assert "late" in cloud.note
+    fast = replace(opts, wan_rtt_ms=20.0)
+    cloud = simulate(plan, fam, cluster, trace, catalog=catalog, options=fast).strategy("cloud")
+    assert cloud.accuracy == pytest.approx(0.95) and cloud.availability == pytest.approx(1.0)
+
+
+def test_detection_delay_and_flaps_shorter_than_detection_are_lost_requests():
+    fam, cluster, plan, catalog, _ = hand_setup()
+    # b fails for 2 h; a flaps for 30 s, shorter than the 60 s detection, while u1 alone answers
+    rows = [(1, "b", "down"), (2, "a", "down"), (2 + 30 / H, "a", "up"), (3, "b", "up")]
+    rep = simulate(plan, fam, cluster, trace_of(rows, 4), catalog=catalog,
+                   options=SimOptions(policy=Policy.named("failover-only"), detection_s=60, baselines=False))
+    # [0,1h) .9 | 60 s lost (route still on b) | u1 .8 until b is seen up at 3h+60 s, minus a's 30 s flap | .9
+    hand = (H * .9 + 60 * 0 + (2 * H - 30) * .8 + 30 * 0 + (H - 60) * .9) / (4 * H)
+    p = rep.strategy("plan")
+    assert p.accuracy == pytest.approx(hand, abs=1e-12)
+    assert p.availability == pytest.approx((4 * H - 90) / (4 * H))
+    assert [s.key for s in rep.strategies] == ["plan"]
+
+
+def greedy_replanner(req):
+    """Move components off excluded servers onto the first available server without an upstream."""
+    fam = req.current_family
+    avail = req.cluster.names
+    hosts = {req.current.placement[u][0] for u in fam.upstream_names if req.current.placement[u][0] in avail}
+    new = {}
+    for comp, servers in req.current.placement.items():
+        keep = tuple(s for s in servers if s in avail)
+        if not keep:
+            free = [s for s in avail if comp not in fam.upstream_names or s not in hosts]
+            if not free:
+                raise InfeasiblePlanError("no server left", fix="add servers")
+            keep = (free[0],)
+            hosts.add(free[0])
+        new[comp] = keep
+    return replace(req.current, placement=new)
+
+
+def test_replan_counts_bytes_and_old_route_serves_while_new_components_load():
+    fam, cluster, plan, catalog, _ = hand_setup()
+    trace = trace_of([(1, "b", "down"), (5, "b", "up")], 6)
+    opts = SimOptions(policy=Policy.named("replan-after", grace_s=300, hold_down_s=600), detection_s=0,
+                      load_s=600, baselines=False)
+    p = simulate(plan, fam, cluster, trace, catalog=catalog, options=opts, replanner=greedy_replanner).strategy("plan")
+    # [0,1h) .9 | grace 300 s: u1 .8 | re-plan starts u2 on c, loading 600 s: still u1 .8 | .9 to the end;
+    # b back at 5 h, counted after the 600 s hold-down: a second re-plan that moves nothing
+    hand = (H * .9 + 900 * .8 + (5 * H - 900) * .9) / (6 * H)
+    assert p.accuracy == pytest.approx(hand, abs=1e-12)
+    assert p.replans == 2 and p.bytes_moved == fam.upstream("u2").weight_bytes
+    assert p.details[0]["actions"] == ["start u2 on c", "stop u2 on b"] and p.details[0]["time_s"] == H + 300
+    assert p.details[1]["time_s"] == 5 * H + 600 and p.details[1]["actions"] == []
+
+
+def test_failed_replans_are_noted_not_raised():
+    fam, cluster, plan, catalog, _ = hand_setup()
+
+    def fails(req):
+        raise InfeasiblePlanError("nothing fits", fix="add servers")
+
+    p = simulate(plan, fam, cluster, trace_of([(1, "b", "down")], 3), catalog=catalog, replanner=fails,
+                 options=SimOptions(baselines=False, detection_s=0)).strategy("plan")
+    assert p.replans == 0 and "failed" in p.note
+
+
+def test_long_run_matches_the_exact_expected_accuracy():
+    fam = make_family(3, seed=1)
+    cluster = make_cluster(6, seed=2, memory=(4, 16))
+    placement = {"u1": ("s0",), "u2": ("s1",), "u3": ("s2",), "u1+u2": ("s3",), "u1+u3": ("s3", "s4"),
+                 "u2+u3": ("s5",), "u1+u2+u3": ("s4", "s5")}
+    plan = Plan(fam.id, placement, "expected", 0, 0, {})
+    trace = generate_trace(cluster, 20_000, seed=3)
+    rep = simulate(plan, fam, cluster, trace, options=SimOptions(policy=Policy.named("failover-only"),
+                                                                 detection_s=0, baselines=False))
+    from melplan.evaluate import evaluate_placement
+
+    ev = evaluate_placement(fam, placement, cluster)
+    assert rep.strategy("plan").accuracy == pytest.approx(ev.expected_accuracy, abs=0.003)
+    assert rep.strategy("plan").availability == pytest.approx(ev.availability, abs=0.002)
+    assert rep.expected_accuracy == ev.expected_accuracy
+
+
+# -- traces -------------------------------------------------------------------------------------
+
+def test_parse_trace_sorts_and_validates(tmp_path):
+    text = "# outages\ntime_s,server,state\n7200,b,UP\n3600, b ,down\n\n"
+    t = parse_trace(text, servers=["a", "b"])
+    assert [(e.time_s, e.server, e.state) for e in t.events] == [(3600.0, "b", "down"), (7200.0, "b", "up")]
+    assert t.horizon_s == 7200.0 and t.down_time_s() == {"b": 3600.0}
+    cut = parse_trace(text, servers=["a", "b"], horizon_s=5000)
+    assert len(cut.events) == 1 and cut.dropped_after_horizon == 1
+    bad = {
+        "": "empty",
+        "time,server,state\n1,a,down\n": "header",
+        "time_s,server,state\nsoon,a,down\n": "line 2",
+        "time_s,server,state\n-5,a,down\n": "time_s",
+        "time_s,server,state\n1,zz,down\n": "unknown server",
+        "time_s,server,state\n1,a,broken\n": "state",
+        "time_s,server,state\n1,a\n": "3 columns",
+        "time_s,server,state\n0,a,down\n": "--hours",
+        "time_s,server,state\nnan,a,down\n": "finite",
+    }
+    for body, needle in bad.items():
+        with pytest.raises(TraceError) as e:
+            parse_trace(body, servers=["a", "b"], source="t.csv")
+        assert needle in str(e.value) and "t.csv" in str(e.value) and "Fix:" in str(e.value), body
+    with pytest.raises(TraceError):
+        load_trace(tmp_path / "missing.csv")
+    p = write_trace(t, tmp_path / "out" / "t.csv")
+    again = load_trace(p, servers=["a", "b"])
+    assert again.events == t.events
+
+
+def test_generated_traces_are_seeded_stable_per_server_and_match_the_failure_probability(tmp_path):
+    cluster = make_cluster(4, seed=5)
+    a = generate_trace(cluster, 500, seed=1)
+    assert a == generate_trace(cluster, 500, seed=1)
+    assert a.events != generate_trace(cluster, 500, seed=2).events
+    more = cluster.with_servers([Server("extra", 8.0, 5.0, 0.2)])
+    b = generate_trace(more, 500, seed=1)
+    assert [e for e in b.events if e.server != "extra"] == list(a.events)
+    assert all(0 <= e.time_s <= a.horizon_s for e in a.events)
+    assert load_trace(write_trace(a, tmp_path / "g.csv"), servers=cluster.names).events == a.events
+    long = generate_trace(cluster, 40_000, seed=7)
+    down = long.down_time_s()
+    for s in cluster.servers:
+        assert down.get(s.name, 0.0) / long.horizon_s == pytest.approx(s.failure_prob, abs=0.01)
+    mt = Cluster((Server("m", 8.0, 5.0, 0.0, mtbf_h=10.0, mttr_h=2.0),), Workload(1.0))
+    assert server_rates(mt)["m"] == (10.0, 2.0)
+    assert server_rates(Cluster((Server("p", 8.0, 5.0, 0.2),), Workload(1.0)))["p"] == pytest.approx((4.0, 1.0))
+    assert generate_trace(Cluster((Server("z", 8.0, 5.0, 0.0),), Workload(1.0)), 100, seed=0).events == ()
+    with pytest.raises(TraceError):
+        generate_trace(cluster, 0, seed=0)
+
+
+def test_observed_events_are_delayed_and_debounced():
+    ev = [TraceEvent(0, "a", "down"), TraceEvent(5, "a", "up"), TraceEvent(100, "a", "down"),
+          TraceEvent(100, "a", "down"), TraceEvent(200, "a", "up"), TraceEvent(50, "b", "up")]
+    ev.sort(key=lambda e: e.time_s)
+    got = [(e.time_s, e.server, e.state) for e in observed_events(ev, 10)]
+    assert got == [(110, "a", "down"), (210, "a", "up")]
+    assert [(e.time_s, e.state) for e in observed_events(ev, 0)] == [(0, "down"), (5, "up"), (100, "down"), (200, "up")]
+
+
+# -- baselines, plot ----------------------------------------------------------------------------
+
+def test_baseline_families_by_role_by_size_and_from_the_reference_block():
+    fam, cluster, plan, catalog, ref = hand_setup()
+    r, b, how = baseline_families(catalog, fam)
+    assert (r.id, b.id) == ("full", "small") and "role" in how
+    plain = Catalog(tuple(replace(f, extra={}) for f in catalog))
+    r, b, how = baseline_families(plain, fam)
+    assert (r.id, b.id) == ("full", "small") and "largest" in how
+    r, b, how = baseline_families(Catalog((fam,)), fam)
+    assert r is not None and r.accuracy_all_up == fam.reference["accuracy"] and b is None
+    assert r.upstreams[0].weight_bytes == 4 * fam.reference["params"]
+    no_ref = replace(fam, reference=None)
+    assert baseline_families(Catalog((no_ref,)), no_ref)[0] is None
+
+
+def test_baselines_that_fit_nowhere_are_reported_not_deployable():
+    fam, cluster, plan, catalog, ref = hand_setup()
+    huge = replace(ref, upstreams=(replace(ref.upstreams[0], weight_bytes=10 ** 12),))
+    cat = Catalog(tuple(huge if f.id == "full" else f for f in catalog))
+    ok, why = fitting_servers(huge, cluster)
+    assert ok == [] and "MiB" in why["d"]
+    rep = simulate(plan, fam, cluster, trace_of([(1, "a", "down")], 2), catalog=cat)
+    assert [s.deployable for s in rep.strategies] == [True, False, False, False]
+    assert "no server can run full" in rep.strategy("cloud").note
+    assert rep.to_dict()["strategies"][1] == {"key": "cold-restart", "label": rep.strategies[1].label,
+                                              "deployable": False, "note": rep.strategies[1].note}
+
+
+def test_unknown_trace_server_and_bad_plan_are_input_errors():
+    fam, cluster, plan, catalog, _ = hand_setup()
+    with pytest.raises(TraceError):
+        simulate(plan, fam, cluster, trace_of([(1, "zz", "down")], 2))
+    bad = replace(plan, placement={"u1": ("a",), "u2": ("nowhere",)})
+    with pytest.raises(PlanFileError):
+        simulate(bad, fam, cluster, trace_of([(1, "a", "down")], 2))
+    with pytest.raises(Exception):
+        SimOptions(floor=1.5)
+
+
+def test_binned_series_and_plot(tmp_path):
+    starts, mean, low, gap = binned_series([(0.0, 0.9), (30.0, 0.0), (40.0, 0.5)], 100.0, 4)
+    assert starts == [0, 25, 50, 75]
+    assert mean == pytest.approx([0.9, (5 * .9 + 10 * 0 + 10 * .5) / 25, .5, .5])
+    assert low == [0.9, 0.0, 0.5, 0.5] and gap == [0, 10, 0, 0]
+    fam, cluster, plan, catalog, _ = hand_setup()
+    rep = simulate(plan, fam, cluster, trace_of([(1, "b", "down"), (3, "b", "up"), (2, "d", "down")], 10),
+                   catalog=catalog)
+    out = plot_report(rep, str(tmp_path / "plots" / "sim.png"))
+    data = (tmp_path / "plots" / "sim.png").read_bytes()
+    assert out.endswith("sim.png") and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["sim.png"]      # no temp file left
+    d = rep.to_dict(series=True)
+    assert d["strategies"][0]["series"][0] == [0.0, 0.9] and math.isclose(d["hours"], 10)
+    assert trace_to_csv(trace_of([(1, "b", "down")], 2)).splitlines()[1] == "time_s,server,state"
