@@ -61,10 +61,10 @@ def _place_labels(ax, items: list[tuple[float, float, str, str, bool]], fig) -> 
     """Greedy label placement: for each point try offsets around it and keep the one whose box
     overlaps least with points and labels already placed (matplotlib has no automatic placement).
 
-    Items are ``(x, y, text, color, required)``; required ones are placed first and always shown,
+    The figure must have been drawn (for the renderer and final axes positions).  Items are
+    ``(x, y, text, color, required)``; required ones are placed first and always shown,
     optional ones only where they fit without overlap.
     """
-    fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     trans = ax.transData
     taken = []
@@ -74,33 +74,37 @@ def _place_labels(ax, items: list[tuple[float, float, str, str, bool]], fig) -> 
     axbox = ax.get_window_extent(renderer).padded(-4)
     offsets = [(round(r * math.cos(a)), round(r * math.sin(a) - 4))
                for r in (9, 20, 32, 46) for a in (math.radians(d) for d in (30, -30, 150, -150, 90, -90, 0, 180))]
+    scale = fig.dpi / 72.0
     for x, y, text, color, required in sorted(items, key=lambda it: not it[4]):
+        px, py = trans.transform((x, y))
+        size = 7.5 if required else 6.5
+        probe = ax.text(0, 0, text, fontsize=size)           # measured once, then boxes are arithmetic
+        bb = probe.get_window_extent(renderer)
+        w, h = bb.width, bb.height
+        probe.remove()
         best = None
         for dx, dy in offsets:
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
-                              fontsize=7.5 if required else 6.5, ha="left" if dx > 0 else ("right" if dx < 0 else "center"), va="bottom",
-                              color=color, alpha=1.0 if required else 0.75,
-                              arrowprops=dict(arrowstyle="-", color=color, lw=0.5, alpha=0.6, shrinkA=0, shrinkB=3))
-            bb = ann.get_window_extent(renderer)
-            box = (bb.x0, bb.y0, bb.x1, bb.y1)
+            ox, oy = px + dx * scale, py + dy * scale
+            x0 = ox if dx > 0 else (ox - w if dx < 0 else ox - w / 2)
+            box = (x0, oy, x0 + w, oy + h)
             overlap = sum(max(0.0, min(box[2], t[2]) - max(box[0], t[0])) * max(0.0, min(box[3], t[3]) - max(box[1], t[1]))
                           for t in taken)
             outside = (max(0.0, axbox.x0 - box[0]) + max(0.0, box[2] - axbox.x1) +
                        max(0.0, axbox.y0 - box[1]) + max(0.0, box[3] - axbox.y1)) * 500
             cost = overlap + outside + 0.01 * (abs(dx) + abs(dy))
             if best is None or cost < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (cost, ann, box, overlap + outside)
-            else:
-                ann.remove()
+                best = (cost, dx, dy, box, overlap + outside)
             if overlap == 0 and outside == 0:
                 break
         assert best is not None
-        if not required and best[3] > 0:
-            best[1].remove()
+        _, dx, dy, box, clash = best
+        if not required and clash > 0:
             continue
-        taken.append(best[2])
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=size,
+                    ha="left" if dx > 0 else ("right" if dx < 0 else "center"), va="bottom",
+                    color=color, alpha=1.0 if required else 0.75,
+                    arrowprops=dict(arrowstyle="-", color=color, lw=0.5, alpha=0.6, shrinkA=0, shrinkB=3))
+        taken.append(box)
 
 
 def plot_front(result: ParetoResult, path: str | os.PathLike, *, title: str | None = None,
@@ -207,7 +211,8 @@ def plot_front(result: ParetoResult, path: str | os.PathLike, *, title: str | No
     fig.suptitle(head + "\nlabels: blocks per upstream, loss weights λ per subset (u1:u2:u1+u2 ...), combiner kind if not fc",
                  fontsize=10.5)
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))
-    for ax, (xo, yo) in zip(axes[0], pairs):  # after tight_layout, so label boxes are where they end up
+    fig.canvas.draw()                          # after tight_layout, so label boxes are where they end up
+    for ax, (xo, yo) in zip(axes[0], pairs):
         _place_labels(ax, _labels(result, xo, yo, groups, gcolor, label_all), fig)
     try:
         return str(atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png")))
