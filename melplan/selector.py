@@ -268,7 +268,7 @@ class Record:
 
     seq: int
     time: float
-    kind: str
+    kind: str                 # one of RECORD_KINDS
     server: str | None
     route: Route
     previous: Route
@@ -277,7 +277,9 @@ class Record:
 
     @property
     def changed(self) -> bool:
-        return self.route != self.previous or self.route.generation != self.previous.generation
+        """The route differs in what it answers or how (a re-plan that keeps the same path on a new
+        placement generation is not a change)."""
+        return self.route != self.previous
 
     def to_dict(self) -> dict[str, Any]:
         d = {"seq": self.seq, "time": self.time, "kind": self.kind, "server": self.server,

@@ -428,8 +428,14 @@ def simulate(plan: Plan, family: Family, cluster: Cluster, trace: Trace, *, cata
     results = _run(strategies, trace, options.detection_s, floor)
     plan_s = strategies[0]
     assert isinstance(plan_s, _PlanStrategy)
+    notes = []
+    if plan_s.replans:
+        idle = sum(1 for d in plan_s.details() if not d["actions"])
+        notes.append(f"{plan_s.replans - idle} re-plan(s) moved components, {idle} changed nothing")
     if plan_s.failed:
-        results[0] = replace(results[0], note=f"{plan_s.failed} re-plan(s) failed and were backed off")
+        notes.append(f"{plan_s.failed} failed and were backed off")
+    if notes:
+        results[0] = replace(results[0], note="; ".join(notes))
     from .evaluate import evaluate_placement
 
     expected = evaluate_placement(family, plan.placement, cluster, fallback_depth=0).expected_accuracy
@@ -626,13 +632,14 @@ def simulate_files(plan_path: str, cluster_path: str, *, catalog_dir: str | None
                    trace_path: str | None = None, hours: float | None = None, seed: int | None = None,
                    default_mttr_h: float | None = None, options: SimOptions | None = None,
                    plot_path: str | None = None, write_trace_path: str | None = None,
-                   replanner: Replanner | None = None) -> SimulationRun:
+                   replanner: Replanner | str | None = None, replan_time_limit_s: float | None = None) -> SimulationRun:
     """Load the plan, catalog, cluster and trace (or generate one), simulate, and write the plot
     and the trace when asked.
 
     With ``trace_path``, ``hours`` (optional) sets the horizon; without it, ``hours`` is required and
-    a trace is generated with ``seed`` (default 0).  Raises :class:`InputError` subclasses for bad
-    files or options.
+    a trace is generated with ``seed`` (default 0).  ``replanner``: a callable, ``"planner"`` (the
+    ILP, default) or ``"repair"`` (:mod:`melplan.repair`); ``replan_time_limit_s`` bounds each ILP
+    re-plan.  Raises :class:`InputError` subclasses for bad files or options.
     """
     from .catalog import load_catalog
     from .cluster import load_cluster
@@ -648,6 +655,7 @@ def simulate_files(plan_path: str, cluster_path: str, *, catalog_dir: str | None
     if hours is not None and (isinstance(hours, bool) or not math.isfinite(hours) or hours <= 0):
         raise InputError(f"--hours must be a positive number, got {hours!r}", field="--hours",
                          fix="give the simulated horizon in hours, e.g. --hours 720")
+    replanner = make_replanner(replanner, replan_time_limit_s)
     plan = load_plan(plan_path)
     catalog = load_catalog(catalog_dir)
     family = catalog.get(plan.family)
@@ -662,3 +670,25 @@ def simulate_files(plan_path: str, cluster_path: str, *, catalog_dir: str | None
     plot = plot_report(report, plot_path) if plot_path else None
     trace_out = str(write_trace(trace, write_trace_path)) if write_trace_path else None
     return SimulationRun(report, trace, plot, trace_out)
+
+
+REPLANNERS = ("planner", "repair")
+
+
+def make_replanner(which: Replanner | str | None, time_limit_s: float | None = None) -> Replanner | None:
+    """``"planner"`` / None (the ILP), ``"repair"`` (local repair) or a callable, returned as a
+    replanner.  Raises :class:`InputError` for another name or a bad time limit."""
+    if callable(which):
+        return which
+    if time_limit_s is not None and not (isinstance(time_limit_s, (int, float)) and time_limit_s > 0):
+        raise InputError(f"the re-plan time limit must be > 0 seconds, got {time_limit_s!r}",
+                         field="--replan-time-limit", fix="give e.g. 10")
+    if which is None or which == "planner":
+        from .selector import planner_replanner
+
+        return planner_replanner(**({} if time_limit_s is None else {"time_limit_s": float(time_limit_s)}))
+    if which == "repair":
+        from .repair import repair_replanner
+
+        return repair_replanner()
+    raise InputError(f"unknown replanner {which!r}", field="--replanner", fix=f"use one of: {', '.join(REPLANNERS)}")

@@ -428,3 +428,99 @@ def test_default_catalog_is_the_plan_family_and_other_families_need_a_catalog():
     assert sel.policy.name == "replan-after"
     with pytest.raises(PlanFileError):
         RuntimeSelector(plan, family, cluster, catalog=Catalog((make_family(3, seed=1),)))
+
+
+# -- replanners: local repair and the real ILP planner ------------------------------------------
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(2, 3), st.integers(0, 10_000))
+def test_repair_moves_only_what_failed_and_picks_the_best_server_for_one_upstream(n, seed):
+    from melplan.evaluate import capacity_violations, evaluate_placement, validate_placement
+    from melplan.repair import expected_accuracy, repair_placement
+
+    family = make_family(n, seed=seed)
+    cluster = make_cluster(n + 4, seed=seed, memory=(8.0, 16.0))
+    rng = random.Random(seed)
+    hosts = rng.sample(cluster.names, n)
+    placement = {u: (h,) for u, h in zip(family.upstream_names, hosts)}
+    for c in family.combiners:
+        placement[c.name] = (rng.choice(cluster.names),)
+    if capacity_violations(family, placement, cluster):
+        return
+    lost = hosts[0]
+    avail = cluster.without([lost])
+    new = repair_placement(family, placement, avail)
+    validate_placement(family, new, avail)
+    assert not capacity_violations(family, new, avail)
+    for comp, servers in placement.items():
+        kept = tuple(s for s in servers if s != lost)
+        if kept:
+            assert new[comp][:len(kept)] == kept                       # nothing that runs is moved
+    acts = placement_actions(family, placement, family, new)
+    displaced = {c for c, servers in placement.items() if lost in servers}
+    assert {a.component for a in acts if a.verb == "start"} <= displaced
+    assert all(a.server == lost for a in acts if a.verb == "stop")
+    # with one displaced upstream and nothing else displaced, the greedy choice is the best server
+    if displaced == {family.upstream_names[0]}:
+        u = family.upstream_names[0]
+        others = {placement[v][0] for v in family.upstream_names if v != u}
+        best = 0.0
+        for s in avail.names:
+            if s in others:
+                continue
+            trial = {**placement, u: (s,)}
+            if capacity_violations(family, trial, avail):
+                continue
+            best = max(best, expected_accuracy(family, trial, avail)[0])
+        assert evaluate_placement(family, new, avail).expected_accuracy == pytest.approx(best, abs=1e-12)
+
+
+def test_repair_replanner_through_the_selector_and_infeasible_repair():
+    from melplan.repair import repair_replanner
+
+    family, _, _ = random_plan(2, 2, 21)
+    cluster = make_cluster(4, seed=8, memory=(8.0, 16.0))
+    plan = Plan(family.id, {"u1": ("s0",), "u2": ("s1",), "u1+u2": ("s2",)}, "expected", 0, 0, {})
+    sel = RuntimeSelector(plan, family, cluster, policy=Policy.named("replan-after", grace_s=0),
+                          replanner=repair_replanner())
+    sel.mark_down("s1", now=0.0)
+    res = sel.tick(now=0.0)
+    assert res is not None and res.new_plan.solver["name"] == "repair"
+    assert [a.verb for a in res.actions] == ["start", "stop"] and res.actions[1].server == "s1"
+    assert res.new_plan.expected_accuracy > 0 and "s1" not in res.new_plan.used_servers
+    for s in ("s0", "s2", "s3"):
+        sel.mark_down(s, now=1.0)
+    assert sel.tick(now=1000.0) is None and sel.history[-1].kind == "replan-failed"
+
+
+def test_real_planner_replan_avoids_down_servers_and_prefers_what_runs():
+    pytest.importorskip("highspy")
+    from melplan.planner import PlanOptions, plan as make_plan
+
+    family = make_family(2, seed=4)
+    cluster = make_cluster(5, seed=6, memory=(8.0, 16.0))
+    first = make_plan(Catalog((family,)), cluster, PlanOptions(time_limit_s=20)).plan
+    replans = []
+    sel = RuntimeSelector(first, family, cluster, policy=Policy.named("replan-after", grace_s=60),
+                          on_replan=replans.append)
+    victim = sel.route().servers[0]
+    sel.mark_down(victim, now=0.0)
+    res = sel.tick(now=60.0)
+    assert res is not None and replans == [res]
+    assert victim not in res.new_plan.used_servers and victim not in sel.route().servers
+    assert res.new_plan.extra["planner"]["migration_weight"] == pytest.approx(0.05)
+    before = {(c, s) for c, srv in first.placement.items() for s in srv}
+    after = {(c, s) for c, srv in res.new_plan.placement.items() for s in srv}
+    assert {(a.component, a.server) for a in res.actions if a.verb == "start"} == after - before
+    assert {(a.component, a.server) for a in res.actions if a.verb == "stop"} == before - after
+    assert res.bytes_moved == sum(family.component(c).weight_bytes for c, _ in after - before)
+    # a very high migration weight keeps every component that still has a live server where it is
+    sel2 = RuntimeSelector(first, family, cluster, policy=Policy.named("replan-after", grace_s=0),
+                           migration_weight=1000.0)
+    sel2.mark_down(victim, now=0.0)
+    res2 = sel2.tick(now=0.0)
+    assert res2 is not None
+    kept = {(c, s) for c, s in before if s != victim}
+    moved_away = {(a.component, a.server) for a in res2.actions if a.verb == "stop"} - {(c, victim) for c, _ in before}
+    assert not moved_away, moved_away
+    assert kept <= {(c, s) for c, srv in res2.new_plan.placement.items() for s in srv}

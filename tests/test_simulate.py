@@ -132,6 +132,7 @@ def test_replan_counts_bytes_and_old_route_serves_while_new_components_load():
     hand = (H * .9 + 900 * .8 + (5 * H - 900) * .9) / (6 * H)
     assert p.accuracy == pytest.approx(hand, abs=1e-12)
     assert p.replans == 2 and p.bytes_moved == fam.upstream("u2").weight_bytes
+    assert p.note == "1 re-plan(s) moved components, 1 changed nothing"
     assert p.details[0]["actions"] == ["start u2 on c", "stop u2 on b"] and p.details[0]["time_s"] == H + 300
     assert p.details[1]["time_s"] == 5 * H + 600 and p.details[1]["actions"] == []
 
@@ -248,7 +249,8 @@ def test_baselines_that_fit_nowhere_are_reported_not_deployable():
     cat = Catalog(tuple(huge if f.id == "full" else f for f in catalog))
     ok, why = fitting_servers(huge, cluster)
     assert ok == [] and "MiB" in why["d"]
-    rep = simulate(plan, fam, cluster, trace_of([(1, "a", "down")], 2), catalog=cat)
+    rep = simulate(plan, fam, cluster, trace_of([(1, "a", "down")], 2), catalog=cat,
+                   options=SimOptions(policy=Policy.named("failover-only")))
     assert [s.deployable for s in rep.strategies] == [True, False, False, False]
     assert "no server can run full" in rep.strategy("cloud").note
     assert rep.to_dict()["strategies"][1] == {"key": "cold-restart", "label": rep.strategies[1].label,
@@ -273,7 +275,7 @@ def test_binned_series_and_plot(tmp_path):
     assert low == [0.9, 0.0, 0.5, 0.5] and gap == [0, 10, 0, 0]
     fam, cluster, plan, catalog, _ = hand_setup()
     rep = simulate(plan, fam, cluster, trace_of([(1, "b", "down"), (3, "b", "up"), (2, "d", "down")], 10),
-                   catalog=catalog)
+                   catalog=catalog, options=SimOptions(policy=Policy.named("failover-only")))
     out = plot_report(rep, str(tmp_path / "plots" / "sim.png"))
     data = (tmp_path / "plots" / "sim.png").read_bytes()
     assert out.endswith("sim.png") and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

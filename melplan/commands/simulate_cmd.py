@@ -36,6 +36,10 @@ def _bytes(n: float) -> str:
               help="replan-after: seconds a failure must last before re-planning [default: 300].")
 @click.option("--hold-down", "hold_down_s", type=float, default=None,
               help="Seconds a server must stay up before it counts as recovered [default: 600; eager: 0].")
+@click.option("--replanner", type=click.Choice(["planner", "repair"]), default="planner", show_default=True,
+              help="planner: the placement ILP with a migration cost; repair: re-place only what failed (fast).")
+@click.option("--replan-time-limit", "replan_time_limit_s", type=float, default=None,
+              help="Time limit of each ILP re-plan in seconds [default: 10].")
 @click.option("--detection", "detection_s", type=float, default=None,
               help="Heartbeat detection delay in seconds, for every strategy [default: 10].")
 @click.option("--load", "load_s", type=float, default=None,
@@ -50,7 +54,8 @@ def _bytes(n: float) -> str:
 @json_option
 def simulate(plan_path: str, cluster_path: str, catalog_dir: str | None, trace_path: str | None,
              hours: float | None, seed: int | None, default_mttr_h: float | None, floor: float | None,
-             policy: str, grace_s: float | None, hold_down_s: float | None, detection_s: float | None,
+             policy: str, grace_s: float | None, hold_down_s: float | None, replanner: str,
+             replan_time_limit_s: float | None, detection_s: float | None,
              load_s: float | None, wan_rtt_ms: float | None, wan_mbps: float | None, plot_path: str | None,
              write_trace_path: str | None, as_json: bool) -> None:
     """Replay server failures against PLAN and against the usual alternatives (full model with cold
@@ -75,7 +80,8 @@ def simulate(plan_path: str, cluster_path: str, catalog_dir: str | None, trace_p
         floor=floor)
     run = simulate_files(plan_path, cluster_path, catalog_dir=catalog_dir, trace_path=trace_path, hours=hours,
                          seed=seed, default_mttr_h=default_mttr_h, options=options, plot_path=plot_path,
-                         write_trace_path=write_trace_path)
+                         write_trace_path=write_trace_path, replanner=replanner,
+                         replan_time_limit_s=replan_time_limit_s)
     rep = run.report
     if as_json:
         d = rep.to_dict()
@@ -96,7 +102,8 @@ def simulate(plan_path: str, cluster_path: str, catalog_dir: str | None, trace_p
     click.echo(table(rows, ["strategy", "accuracy", "availability", "below floor (h)", "re-plans", "moved", "note"],
                      align="lrrrrrl"))
     o = rep.options
-    click.echo(f"Assumptions: policy {o.policy.name} (grace {o.policy.grace_s:g} s, hold-down {o.policy.hold_down_s:g} s), "
+    click.echo(f"Assumptions: policy {o.policy.name} (grace {o.policy.grace_s:g} s, hold-down {o.policy.hold_down_s:g} s, "
+               f"replanner {replanner}), "
                f"detection {o.detection_s:g} s, load {o.load_s:g} s, WAN {o.wan_rtt_ms:g} ms / {o.wan_mbps:g} Mbit/s. "
                "Re-plans column: re-plans for the plan, restarts for cold restart.")
     if run.plot:
