@@ -258,13 +258,18 @@ class ReplanResult:
                 "wall_s": round(self.wall_s, 4), "generation": self.generation}
 
 
-RECORD_KINDS = ("down", "up", "join", "replan", "replan-failed")
+RECORD_KINDS = ("down", "up", "join", "wait", "replan", "replan-failed")
 
 
 @dataclass(frozen=True)
 class Record:
     """One event or decision, in order (``seq``).  ``route`` is the route after it, ``previous``
-    the route before; ``changed`` says whether the answering path moved."""
+    the route before; ``changed`` says whether the answering path moved.
+
+    Kinds: ``down``/``up``/``join`` (an event and the fast path's verdict), ``wait`` (``tick`` saw a
+    pending re-plan: grace period, hold-down or back-off; recorded once per new verdict),
+    ``replan`` (applied, with ``replan``), ``replan-failed`` (the planner's error in ``detail``).
+    """
 
     seq: int
     time: float
@@ -407,6 +412,7 @@ class RuntimeSelector:
         self._health = Health()
         self._rstate = ReplanState()
         self._replanning = False
+        self._last_wait: tuple | None = None
         self._bytes_moved = 0
         self._mask = self._lookup.full_mask
         self._route = self._lookup.route_mask(self._mask)
@@ -576,8 +582,14 @@ class RuntimeSelector:
             t = self._clock() if now is None else now
             d = decide(self._health, self._view(), self._rstate, self._policy, t)
             if not d.replan or self._replanning:
+                key = (d.reason, d.due_at)
+                if d.due_at is not None and key != self._last_wait:     # record each new verdict once
+                    self._last_wait = key
+                    self._record(t, "wait", None, self._route, self._route, detail=d.reason if d.due_at is None
+                                 else f"{d.reason}; next check at t={d.due_at:g} s")
                 return None
             self._replanning = True
+            self._last_wait = None
             request = ReplanRequest(t, d.reason, self._catalog, self._cluster.without(d.exclude), self._plan,
                                     self._family, d.exclude, self._migration_weight)
         try:

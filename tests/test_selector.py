@@ -353,7 +353,8 @@ def test_replan_after_grace_moves_components_and_records_everything():
     assert res.bytes_moved == family.upstream("u2").weight_bytes == sel.bytes_moved
     assert sel.route().answer == "u1+u2" and not sel.route().degraded and sel.route().generation == 1
     assert "s1" not in sel.route().servers
-    assert [r.kind for r in sel.history] == ["down", "replan"] and sel.history[-1].changed
+    assert [r.kind for r in sel.history] == ["down", "wait", "replan"] and sel.history[-1].changed
+    assert "next check at t=310" in sel.history[1].detail and not sel.history[1].changed
     assert sel.tick(now=400.0) is None                     # nothing left to do
     # s1 comes back: counted as recovered only after the hold-down, then re-planned with it
     sel.mark_up("s1", now=1000.0)
