@@ -61,7 +61,8 @@ class SimOptions:
     ``floor``: accuracy floor (default ``0.9 x`` the reference model's accuracy, or of the plan's
     all-up accuracy without a reference); ``detection_s``: heartbeat detection delay;
     ``load_s``: time to start a component (cold restart, or a component a re-plan starts);
-    ``wan_rtt_ms``/``wan_mbps``: the link to the cloud.
+    ``wan_rtt_ms``/``wan_mbps``: the link to the cloud; ``baselines``: simulate the baselines too;
+    ``any_family``: let re-plans switch to another family of the catalog (default: keep the plan's).
     """
 
     policy: Policy = field(default_factory=Policy)
@@ -72,6 +73,7 @@ class SimOptions:
     floor: float | None = None
     migration_weight: float | None = None
     baselines: bool = True
+    any_family: bool = False
 
     def __post_init__(self) -> None:
         for key in ("detection_s", "load_s", "wan_rtt_ms"):
@@ -144,7 +146,8 @@ class SimulationReport:
         return {"schema": "melplan.simulation/v1", "hours": self.hours, "trace": self.trace_source,
                 "seed": self.seed, "events": self.events, "floor": self.floor, "floor_source": self.floor_source,
                 "plan_family": self.plan_family, "plan_expected_accuracy": self.expected_accuracy,
-                "assumptions": {"policy": o.policy.to_dict(), "detection_s": o.detection_s, "load_s": o.load_s,
+                "assumptions": {"policy": o.policy.to_dict(), "any_family": o.any_family,
+                                "detection_s": o.detection_s, "load_s": o.load_s,
                                 "wan_rtt_ms": o.wan_rtt_ms, "wan_mbps": o.wan_mbps,
                                 "migration_weight": o.migration_weight},
                 "strategies": [s.to_dict(series=series) for s in self.strategies]}
@@ -419,7 +422,8 @@ def simulate(plan: Plan, family: Family, cluster: Cluster, trace: Trace, *, cata
         floor = DEFAULT_FLOOR_FRACTION * family.accuracy_all_up
         floor_src = f"{DEFAULT_FLOOR_FRACTION:g} x the plan's all-up accuracy"
 
-    strategies: list[_Strategy] = [_PlanStrategy(plan, family, cluster, catalog, options, replanner)]
+    strategies: list[_Strategy] = [_PlanStrategy(plan, family, cluster, catalog if options.any_family else None,
+                                                 options, replanner)]
     skipped: list[StrategyResult] = []
     if options.baselines:
         strategies_b, skipped = _baselines(reference, backup, how, cluster, options, family)
@@ -434,6 +438,9 @@ def simulate(plan: Plan, family: Family, cluster: Cluster, trace: Trace, *, cata
         notes.append(f"{plan_s.replans - idle} re-plan(s) moved components, {idle} changed nothing")
     if plan_s.failed:
         notes.append(f"{plan_s.failed} failed and were backed off")
+    switched = list(dict.fromkeys(d["family"] for d in plan_s.details() if d["family"] != family.id))
+    if switched:
+        notes.append(f"re-plans switched to {', '.join(switched)}")
     if notes:
         results[0] = replace(results[0], note="; ".join(notes))
     from .evaluate import evaluate_placement

@@ -283,3 +283,20 @@ def test_binned_series_and_plot(tmp_path):
     d = rep.to_dict(series=True)
     assert d["strategies"][0]["series"][0] == [0.0, 0.9] and math.isclose(d["hours"], 10)
     assert trace_to_csv(trace_of([(1, "b", "down")], 2)).splitlines()[1] == "time_s,server,state"
+
+
+def test_replans_keep_the_plan_family_unless_any_family():
+    fam, cluster, plan, catalog, _ = hand_setup()
+    seen = []
+
+    def spy(req):
+        seen.append(tuple(req.catalog.ids()))
+        return greedy_replanner(req)
+
+    trace = trace_of([(1, "b", "down")], 2)
+    for any_family, want in ((False, (fam.id,)), (True, tuple(catalog.ids()))):
+        seen.clear()
+        rep = simulate(plan, fam, cluster, trace, catalog=catalog, replanner=spy,
+                       options=SimOptions(detection_s=0, baselines=False, any_family=any_family))
+        assert seen and all(ids == want for ids in seen)
+        assert rep.to_dict()["assumptions"]["any_family"] is any_family

@@ -40,6 +40,8 @@ def _bytes(n: float) -> str:
               help="planner: the placement ILP with a migration cost; repair: re-place only what failed (fast).")
 @click.option("--replan-time-limit", "replan_time_limit_s", type=float, default=None,
               help="Time limit of each ILP re-plan in seconds [default: 10].")
+@click.option("--any-family", is_flag=True,
+              help="Let re-plans switch to another family of the catalog (default: keep the plan's family).")
 @click.option("--detection", "detection_s", type=float, default=None,
               help="Heartbeat detection delay in seconds, for every strategy [default: 10].")
 @click.option("--load", "load_s", type=float, default=None,
@@ -55,7 +57,7 @@ def _bytes(n: float) -> str:
 def simulate(plan_path: str, cluster_path: str, catalog_dir: str | None, trace_path: str | None,
              hours: float | None, seed: int | None, default_mttr_h: float | None, floor: float | None,
              policy: str, grace_s: float | None, hold_down_s: float | None, replanner: str,
-             replan_time_limit_s: float | None, detection_s: float | None,
+             replan_time_limit_s: float | None, any_family: bool, detection_s: float | None,
              load_s: float | None, wan_rtt_ms: float | None, wan_mbps: float | None, plot_path: str | None,
              write_trace_path: str | None, as_json: bool) -> None:
     """Replay server failures against PLAN and against the usual alternatives (full model with cold
@@ -77,7 +79,7 @@ def simulate(plan_path: str, cluster_path: str, catalog_dir: str | None, trace_p
         load_s=DEFAULT_LOAD_S if load_s is None else load_s,
         wan_rtt_ms=DEFAULT_WAN_RTT_MS if wan_rtt_ms is None else wan_rtt_ms,
         wan_mbps=DEFAULT_WAN_MBPS if wan_mbps is None else wan_mbps,
-        floor=floor)
+        floor=floor, any_family=any_family)
     run = simulate_files(plan_path, cluster_path, catalog_dir=catalog_dir, trace_path=trace_path, hours=hours,
                          seed=seed, default_mttr_h=default_mttr_h, options=options, plot_path=plot_path,
                          write_trace_path=write_trace_path, replanner=replanner,
