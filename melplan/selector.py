@@ -390,6 +390,10 @@ class RuntimeSelector:
         if policy.replans and cluster is None:
             raise SelectorError(f"policy '{policy.name}' re-plans, which needs the cluster", field="cluster",
                                 fix="pass the cluster (--servers cluster.yaml), or use policy 'failover-only'")
+        if history_limit is not None and (isinstance(history_limit, bool) or not isinstance(history_limit, int)
+                                          or history_limit < 1):
+            raise SelectorError(f"history_limit must be a whole number >= 1 or None, got {history_limit!r}",
+                                field="history_limit", fix="give the number of records to keep, or None for all")
         self._lock = threading.RLock()
         self._clock = clock
         self._policy = policy
@@ -418,9 +422,11 @@ class RuntimeSelector:
         self._route = self._lookup.route_mask(self._mask)
 
     @classmethod
-    def from_files(cls, plan_path: str, cluster_path: str | None = None, catalog_dir: str | None = None,
-                   **kwargs: Any) -> "RuntimeSelector":
-        """Load the plan, its catalog and (optionally) the cluster, then build a selector."""
+    def from_files(cls, plan_path: str, cluster_path: str | None = None, catalog_dir: str | None = None, *,
+                   any_family: bool = False, **kwargs: Any) -> "RuntimeSelector":
+        """Load the plan, its catalog and (optionally) the cluster, then build a selector.  Re-plans
+        keep the plan's family unless ``any_family`` (then any family of the catalog may be chosen).
+        Raises the loaders' errors (:class:`PlanFileError`, :class:`CatalogError`, :class:`ClusterError`)."""
         from .catalog import load_catalog
         from .cluster import load_cluster
         from .plan import load_plan
@@ -428,7 +434,8 @@ class RuntimeSelector:
         plan = load_plan(plan_path)
         catalog = load_catalog(catalog_dir)
         cluster = load_cluster(cluster_path) if cluster_path else None
-        return cls(plan, catalog.get(plan.family), cluster, catalog=catalog, source=str(plan_path), **kwargs)
+        return cls(plan, catalog.get(plan.family), cluster, catalog=catalog if any_family else None,
+                   source=str(plan_path), **kwargs)
 
     # -- read-only views ------------------------------------------------------------------------
     @property

@@ -540,3 +540,34 @@ def test_orchestrator_example_runs_kills_and_recovers():
     assert "killing the worker of edge-a" in text and "route change after 'down edge-a': u2+u3" in text
     assert "route change after 'up edge-a': u1+u2+u3" in text and "recovered: yes" in text
     assert text.count("request served by") == 3
+
+
+def test_failover_does_not_wait_for_a_running_replan():
+    import time as _time
+
+    family, _, _ = random_plan(2, 2, 21)
+    cluster = make_cluster(5, seed=8)
+    plan = Plan(family.id, {"u1": ("s0",), "u2": ("s1",), "u1+u2": ("s2",)}, "expected", 0, 0, {})
+    inside = threading.Event()
+    greedy = greedy_replanner([])
+
+    def slow(req):
+        inside.set()
+        _time.sleep(0.5)
+        return greedy(req)
+
+    sel = RuntimeSelector(plan, family, cluster, policy=Policy.named("replan-after", grace_s=0), replanner=slow,
+                          history_limit=3)
+    sel.mark_down("s1", now=0.0)
+    th = threading.Thread(target=sel.tick, kwargs={"now": 0.0})
+    th.start()
+    assert inside.wait(5)
+    started = _time.perf_counter()
+    r = sel.mark_down("s0", now=0.1)           # during the solve
+    assert _time.perf_counter() - started < 0.1 and r.down
+    assert sel.tick(now=0.2) is None           # one re-plan at a time
+    th.join()
+    assert sel.history[-1].kind == "replan" and len(sel.history) == 3      # history_limit keeps the last 3
+    assert "s0" in sel.down and sel.route() == sel.route_for(sel.down)
+    with pytest.raises(SelectorError):
+        RuntimeSelector(plan, family, cluster, history_limit=0)
