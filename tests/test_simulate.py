@@ -4,9 +4,12 @@ re-plans with load time, the long-run agreement with the exact evaluator, the pl
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from factories import make_cluster, make_family
 from melplan.catalog import Catalog, Family, Upstream
@@ -300,3 +303,35 @@ def test_replans_keep_the_plan_family_unless_any_family():
                        options=SimOptions(detection_s=0, baselines=False, any_family=any_family))
         assert seen and all(ids == want for ids in seen)
         assert rep.to_dict()["assumptions"]["any_family"] is any_family
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 5000),
+       st.lists(st.tuples(st.floats(0, 100), st.integers(0, 5), st.booleans()), max_size=30))
+def test_failover_only_equals_integrating_the_oracle_over_the_trace(n, seed, rows):
+    from melplan.evaluate import RouteTable
+
+    fam = make_family(n, seed=seed)
+    cluster = make_cluster(n + 3, seed=seed)
+    rng = random.Random(seed)
+    placement = {u: (h,) for u, h in zip(fam.upstream_names, rng.sample(cluster.names, n))}
+    for c in fam.combiners:
+        placement[c.name] = tuple(rng.sample(cluster.names, rng.randint(1, 2)))
+    plan = Plan(fam.id, placement, "expected", 0.0, 0.0, {})
+    events = sorted(((round(t, 3), cluster.names[i % len(cluster.names)], "down" if d else "up")
+                     for t, i, d in rows), key=lambda e: e[0])
+    trace = Trace(tuple(TraceEvent(*e) for e in events), 100.0, "random")
+    rep = simulate(plan, fam, cluster, trace, options=SimOptions(policy=Policy.named("failover-only"),
+                                                                 detection_s=0, baselines=False))
+    table = RouteTable(fam, placement, cluster)
+    up, t, total, answered = set(cluster.names), 0.0, 0.0, 0.0
+    for time_s, server, state in events + [(100.0, None, None)]:
+        r = table.route(up)
+        total += r.accuracy * (time_s - t)
+        answered += (time_s - t) if r.answer is not None else 0.0
+        t = time_s
+        if server is not None:
+            (up.discard if state == "down" else up.add)(server)
+    p = rep.strategy("plan")
+    assert p.accuracy == pytest.approx(total / 100.0, abs=1e-9)
+    assert p.availability == pytest.approx(answered / 100.0, abs=1e-9)
