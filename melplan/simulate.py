@@ -130,6 +130,7 @@ class SimulationReport:
     plan_family: str
     expected_accuracy: float             # the plan's exact expected accuracy (independent failures)
     strategies: tuple[StrategyResult, ...]
+    dropped_after_horizon: int = 0       # trace rows after the horizon, ignored
 
     @property
     def hours(self) -> float:
@@ -144,7 +145,8 @@ class SimulationReport:
     def to_dict(self, *, series: bool = False) -> dict[str, Any]:
         o = self.options
         return {"schema": "melplan.simulation/v1", "hours": self.hours, "trace": self.trace_source,
-                "seed": self.seed, "events": self.events, "floor": self.floor, "floor_source": self.floor_source,
+                "seed": self.seed, "events": self.events, "dropped_after_horizon": self.dropped_after_horizon,
+                "floor": self.floor, "floor_source": self.floor_source,
                 "plan_family": self.plan_family, "plan_expected_accuracy": self.expected_accuracy,
                 "assumptions": {"policy": o.policy.to_dict(), "any_family": o.any_family,
                                 "detection_s": o.detection_s, "load_s": o.load_s,
@@ -449,7 +451,7 @@ def simulate(plan: Plan, family: Family, cluster: Cluster, trace: Trace, *, cata
     order = {"plan": 0, "cold-restart": 1, "backup": 2, "cloud": 3}
     allres = sorted(results + skipped, key=lambda r: order.get(r.key, 9))
     return SimulationReport(trace.horizon_s, trace.source, trace.seed, len(trace.events), floor, floor_src, options,
-                            family.id, expected, tuple(allres))
+                            family.id, expected, tuple(allres), trace.dropped_after_horizon)
 
 
 def _baselines(reference: Family | None, backup: Family | None, how: str, cluster: Cluster, options: SimOptions,

@@ -91,7 +91,7 @@ def test_simulate_trace_json_matches_a_hand_computation(files):
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     plan = d["strategies"][0]
-    assert plan["key"] == "plan" and d["hours"] == 4.0 and d["events"] == 3
+    assert plan["key"] == "plan" and d["hours"] == 4.0 and d["events"] == 3 and d["dropped_after_horizon"] == 0
     assert plan["accuracy"] == pytest.approx((1 * .9 + 2 * .8 + 1 * .9) / 4, abs=1e-6)
     assert plan["availability"] == 1.0
     assert [s["key"] for s in d["strategies"]] == ["plan", "cold-restart", "backup", "cloud"]
@@ -122,6 +122,8 @@ def test_simulate_input_errors_exit_2(files):
     (files / "bad.csv").write_text("time_s,server,state\n10,a,sideways\n")
     r = run(base + ["--trace", str(files / "bad.csv")], files)
     assert r.exit_code == 2 and "line 2" in r.stderr and "bad.csv" in r.stderr and "Traceback" not in r.output
+    r = run(base + ["--trace", str(files / "trace.csv"), "--hours", "2", "--policy", "failover-only"], files)
+    assert r.exit_code == 0 and "2 row(s) after the horizon ignored" in r.output
     r = run(base + ["--hours", "-3"], files)
     assert r.exit_code == 2 and "--hours" in r.stderr
     r = run(base + ["--hours", "10", "--grace", "-1"], files)

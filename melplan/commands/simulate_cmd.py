@@ -91,7 +91,8 @@ def simulate(plan_path: str, cluster_path: str, catalog_dir: str | None, trace_p
         d["trace_written"] = run.trace_out
         echo_json(d)
         return
-    click.echo(f"Simulated {rep.hours:g} h, {rep.events} failure/recovery events ({rep.trace_source}).")
+    dropped = f"; {rep.dropped_after_horizon} row(s) after the horizon ignored" if rep.dropped_after_horizon else ""
+    click.echo(f"Simulated {rep.hours:g} h, {rep.events} failure/recovery events ({rep.trace_source}{dropped}).")
     click.echo(f"Plan {rep.plan_family}: exact expected accuracy under independent failures "
                f"{rep.expected_accuracy:.4f}; floor {rep.floor:.4f} ({rep.floor_source}).")
     rows = []
