@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from melplan.data import Batches, load_dataset  # noqa: E402
+from melplan.errors import DataError  # noqa: E402
+
+
+def test_mnist5k_split_is_stratified_and_fixed():
+    ds = load_dataset("mnist5k")
+    assert (len(ds.train), len(ds.test)) == (4000, 1000)
+    assert torch.bincount(ds.test.labels).tolist() == [100] * 10
+    assert torch.equal(load_dataset("mnist5k").test.labels, ds.test.labels)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_official_split():
+    ds = load_dataset("fashion-mnist")
+    assert (len(ds.train), len(ds.test)) == (60000, 10000)
+    assert torch.bincount(ds.test.labels).tolist() == [1000] * 10
+    x, y, coarse = next(iter(Batches(ds, ds.test, batch_size=8, shuffle=False, augment=False)))
+    assert x.shape == (8, 3, 32, 32) and coarse.max() <= 4
+
+
+def test_missing_data_names_the_fix(tmp_path):
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", data_root=tmp_path)
+    with pytest.raises(DataError, match="--download"):
+        load_dataset("cifar100", data_root=tmp_path)
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("imagenet")
+
+
+def test_augmented_batches_are_seeded():
+    ds = load_dataset("mnist5k", train_limit=64)
+
+    def first(seed):
+        g = torch.Generator().manual_seed(seed)
+        return next(iter(Batches(ds, ds.train, batch_size=16, shuffle=True, augment=True, generator=g)))[0]
+
+    assert torch.equal(first(1), first(1)) and not torch.equal(first(1), first(2))

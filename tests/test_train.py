@@ -1,0 +1,146 @@
+"""Training engine, models and measurement (torch)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from melplan.catalog import load_catalog, load_family  # noqa: E402
+from melplan.errors import InputError, TrainingError  # noqa: E402
+from melplan.models import build_mel  # noqa: E402
+from melplan.train import FamilySpec, load_weights, parse_lambdas, train_family  # noqa: E402
+
+TINY = dict(base="resnet18", blocks=(1, 2), epochs=1, dataset="mnist5k", train_limit=480, test_limit=300,
+            batch_size=16, finetune_epochs=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_family(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cat")
+    fam = train_family(FamilySpec(**TINY), catalog_dir=root, save_weights=True, latency=True)
+    return fam, root
+
+
+def test_tiny_family_gives_complete_entry_above_chance(tiny_family):
+    fam, root = tiny_family
+    again = load_family(root / f"{fam.id}.json")
+    assert again == fam
+    assert set(fam.accuracy) == {"u1", "u2", "u1+u2"}
+    assert all(acc > 0.2 for acc in fam.accuracy.values()), fam.accuracy  # 10 classes: chance is 0.1
+    for comp in fam.upstreams + fam.combiners:
+        assert comp.params > 0 and comp.macs > 0 and comp.weight_bytes >= 4 * comp.params
+        assert comp.latency_ms["cpu"] > 0
+    for u in fam.upstreams:
+        assert u.feature_bytes > 0 and u.activation_bytes > 0
+    assert fam.upstreams[0].params < fam.upstreams[1].params
+    meas = fam.extra["measurement"]
+    assert meas["macs_counter"] == "fvcore" and isinstance(meas["fvcore_skipped_ops"], dict)
+    assert fam.training["seed"] == 0 and fam.training["train_samples"] == 480
+
+
+def test_weights_roundtrip_weights_only(tiny_family):
+    fam, root = tiny_family
+    fam = load_catalog(root).get(fam.id)
+    model = load_weights(fam)
+    payload = torch.load(root / fam.weights, weights_only=True)
+    assert set(payload) == {"config", "state_dict"}
+    x = torch.randn(4, 3, 32, 32)
+    out, _ = model(x)
+    again = build_mel(**{k: v for k, v in payload["config"].items()})
+    again.load_state_dict(payload["state_dict"])
+    again.eval()
+    out2, _ = again(x)
+    for k in out:
+        assert torch.equal(out[k], out2[k])
+
+
+@pytest.mark.parametrize("kind", ["fc", "cnn", "shared"])
+def test_joint_loss_gradients_reach_every_upstream_and_combiner(kind):
+    torch.manual_seed(0)
+    model = build_mel(base="efficientnet_b0", blocks=(2, 3, 4), combiner=kind, num_classes=10)
+    model.train()
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    out, _ = model(x)
+    assert set(out) == {"u1", "u2", "u3", "u1+u2", "u1+u3", "u2+u3", "u1+u2+u3"}
+    loss = sum(torch.nn.functional.cross_entropy(v, y) for v in out.values())
+    loss.backward()
+    for name, module in list(model.upstreams.items()) + list(model.combiners.items()):
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads), name
+        assert sum(float(g.abs().sum()) for g in grads) > 0, name
+
+
+def test_asymmetric_upstreams_have_different_shapes_and_combine():
+    model = build_mel(base="efficientnet_b0", blocks=(3, 6), combiner="cnn", num_classes=10).eval()
+    feats = {n: u(torch.randn(2, 3, 32, 32))[0] for n, u in model.upstreams.items()}
+    assert feats["u1"].shape[1:] != feats["u2"].shape[1:]
+    assert model.combine(feats)["u1+u2"].shape == (2, 10)
+
+
+def test_shared_combiner_grows_linearly_and_serves_every_subset():
+    per = [sum(p.numel() for p in build_mel(base="efficientnet_b0", blocks=(3,) * n, combiner="cnn",
+                                            num_classes=10).combiners.parameters()) for n in (2, 3, 4)]
+    shared = [sum(p.numel() for p in build_mel(base="efficientnet_b0", blocks=(3,) * n, combiner="shared",
+                                               num_classes=10).combiners.parameters()) for n in (2, 3, 4)]
+    assert per[2] / per[1] > shared[2] / shared[1]  # 2^n - n - 1 combiners against one
+    assert shared[2] < per[2]
+
+
+def test_checkpoint_resume_gives_the_same_family(tmp_path):
+    spec = FamilySpec(**{**TINY, "epochs": 2, "train_limit": 160, "test_limit": 100})
+    straight = train_family(spec, catalog_dir=tmp_path / "a", latency=False)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(msg):
+        if "joint epoch 2/2" in msg:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_family(spec, catalog_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ck", log=interrupt, latency=False)
+    lines = []
+    resumed = train_family(spec, catalog_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ck", log=lines.append,
+                           latency=False)
+    assert any("resuming after epoch 1" in m for m in lines)
+    assert resumed.accuracy == straight.accuracy
+
+
+def test_checkpoint_of_another_spec_is_refused(tmp_path):
+    spec = FamilySpec(**{**TINY, "train_limit": 64, "test_limit": 50, "finetune_epochs": 0, "family_id": "same-id"})
+    train_family(spec, catalog_dir=tmp_path, checkpoint_dir=tmp_path / "ck", latency=False)
+    other = FamilySpec(**{**TINY, "train_limit": 64, "test_limit": 50, "finetune_epochs": 0, "family_id": "same-id",
+                          "lr": 0.01})
+    with pytest.raises(TrainingError, match="different spec"):
+        train_family(other, catalog_dir=tmp_path, checkpoint_dir=tmp_path / "ck", latency=False)
+
+
+def test_lambda_parsing_and_errors():
+    assert parse_lambdas("2,2,1", 2) == {"u1": 2.0, "u2": 2.0, "u1+u2": 1.0}
+    assert parse_lambdas("u1+u2=3", 2) == {"u1+u2": 3.0}
+    with pytest.raises(InputError, match="u1, u2, u1\\+u2"):
+        parse_lambdas("1,2", 2)
+    with pytest.raises(InputError, match="unknown subset"):
+        FamilySpec(blocks=(2, 2), lambdas={"u3": 1.0}).resolved_lambdas()
+
+
+def test_train_cli_bad_input_is_one_paragraph(tmp_path):
+    from click.testing import CliRunner
+
+    from melplan.cli import main
+
+    r = CliRunner().invoke(main, ["train", "--blocks", "5,x", "--catalog", str(tmp_path)])
+    assert r.exit_code == 2 and "--blocks" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["train", "--blocks", "12", "--dataset", "mnist5k", "--catalog", str(tmp_path)])
+    assert r.exit_code == 2 and "blocks" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_efficientnet_family_learns_on_mnist5k(tmp_path):
+    fam = train_family(FamilySpec(blocks=(3, 4), epochs=2, dataset="mnist5k", train_limit=2000, test_limit=500,
+                                  batch_size=64), catalog_dir=tmp_path, latency=False)
+    assert fam.accuracy_all_up > 0.3, fam.accuracy
+    assert json.loads((tmp_path / f"{fam.id}.json").read_text())["base"] == "efficientnet_b0"
