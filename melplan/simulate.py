@@ -261,7 +261,7 @@ class _PlanStrategy(_Strategy):
                                    clock=lambda: self._t)
         self._t = 0.0
         self.load_s = options.load_s
-        self.label = f"MEL plan ({family.id}, {options.policy.name})"
+        self.label = f"plan: {family.id} ({options.policy.name})"
         self.servers = tuple(self.sel.lookup.used)
         self._old: RouteLookup | None = None
         self._until = -math.inf

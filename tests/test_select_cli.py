@@ -104,7 +104,7 @@ def test_simulate_generated_trace_table_plot_and_replay(files):
     r = run(args + ["--hours", "500", "--seed", "4", "--plot", str(files / "out" / "sim.png"),
                     "--write-trace", str(files / "gen.csv")], files)
     assert r.exit_code == 0, r.output
-    for needle in ("strategy", "availability", "below floor (h)", "MEL plan", "cold restart", "compressed backup",
+    for needle in ("strategy", "availability", "below floor (h)", "plan: ", "cold restart", "compressed backup",
                    "cloud failover", "Assumptions:", "seed=4"):
         assert needle in r.output, needle
     assert (files / "out" / "sim.png").read_bytes()[:4] == b"\x89PNG"
