@@ -19,7 +19,7 @@ def _bytes(n: float) -> str:
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False),
               help="Plan file written by `melplan plan --out`.")
 @click.option("--servers", "cluster_path", required=True, type=click.Path(dir_okay=False),
-              help="Cluster file (DESIGN §3) the plan was made for; MTBF/MTTR or failure_prob per server.")
+              help="Cluster file the plan was made for (docs/cluster.md); MTBF/MTTR or failure_prob per server.")
 @catalog_option
 @click.option("--trace", "trace_path", default=None, type=click.Path(dir_okay=False),
               help="Failure trace CSV with columns time_s,server,state (down/up).")
