@@ -210,6 +210,15 @@ class FamilyModel:
     moved_mib: pulp.LpAffineExpression | None = None
 
 
+def _var(prob: pulp.LpProblem, name: str, low: float | None = None, up: float | None = None,
+         cat: str = pulp.LpContinuous) -> pulp.LpVariable:
+    """A variable of ``prob`` (``add_variable`` where PuLP has it, the constructor before 3.x)."""
+    add = getattr(prob, "add_variable", None)
+    if add is not None:
+        return add(name, low, up, cat=cat)
+    return pulp.LpVariable(name, low, up, cat=cat)  # pragma: no cover - older PuLP
+
+
 def scenario_count(m: int, f: int) -> int:
     return sum(math.comb(m, k) for k in range(0, min(f, m) + 1))
 
@@ -234,7 +243,7 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
     R = spec.combiner_replicas
     prob = pulp.LpProblem(name, pulp.LpMaximize)
 
-    x = {(i, j): pulp.LpVariable(f"x_{i}_{j}", cat=pulp.LpBinary)
+    x = {(i, j): _var(prob, f"x_{i}_{j}", 0, 1, pulp.LpBinary)
          for i in range(n) for j in range(m) if data.fits[i, j]}
     z_ok = {(k, j) for k in range(nc) for j in range(m) if data.fits[n + k, j]}
     inputs = combiner_inputs(fam)
@@ -249,13 +258,13 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
                     break
                 if bad:
                     bad_pairs[(i, k, t)] = bad
-    z = {(k, j): pulp.LpVariable(f"z_{k}_{j}", cat=pulp.LpBinary) for (k, j) in sorted(z_ok)}
+    z = {(k, j): _var(prob, f"z_{k}_{j}", 0, 1, pulp.LpBinary) for (k, j) in sorted(z_ok)}
 
     for i in range(n):
         prob += (pulp.lpSum(x[i, j] for j in range(m) if (i, j) in x) == 1, f"place_u{i}")
     Z: dict[int, pulp.LpVariable] = {}
     for k in range(nc):
-        Z[k] = pulp.LpVariable(f"nz_{k}", lowBound=0, upBound=R)
+        Z[k] = _var(prob, f"nz_{k}", 0, R)
         prob += (pulp.lpSum(z[k, j] for j in range(m) if (k, j) in z) - Z[k] == 0, f"replicas_c{k}")
     for j in range(m):
         ups = [(x[i, j], i) for i in range(n) if (i, j) in x]
@@ -278,7 +287,7 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
         if (k, t) in z:
             prob += (pulp.lpSum(x[i, s] for s in bad) + z[k, t] <= 1, f"slo_u{i}_c{k}_s{t}")
     if spec.max_used is not None and m > spec.max_used:
-        w = {j: pulp.LpVariable(f"w_{j}", lowBound=0, upBound=1) for j in range(m)}
+        w = {j: _var(prob, f"w_{j}", 0, 1) for j in range(m)}
         for (i, j), v in x.items():
             prob += (w[j] - v >= 0, f"usedx_{i}_{j}")
         for (k, j), v in z.items():
@@ -299,7 +308,7 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
     def scenario_rows(tag: str, scenarios: list[tuple[int, ...]]) -> list[list[tuple[int, pulp.LpVariable]]]:
         rows = []
         for d, D in enumerate(scenarios):
-            row = {si: pulp.LpVariable(f"{tag}_{d}_{si}", lowBound=0, upBound=1) for si in answerable}
+            row = {si: _var(prob, f"{tag}_{d}_{si}", 0, 1) for si in answerable}
             for i in range(n):
                 down = [x[i, j] for j in D if (i, j) in x]
                 if down:
@@ -333,7 +342,7 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
         Fw = max(1, spec.worst_failures)
         model.worst_scenarios = [tuple(range(m))] if m <= Fw else list(itertools.combinations(range(m), Fw))
         rows_w = scenario_rows("v", model.worst_scenarios)
-        model.t = pulp.LpVariable("t", lowBound=0, upBound=1)
+        model.t = _var(prob, "t", 0, 1)
         for d, row in enumerate(rows_w):
             prob += (model.t - pulp.LpAffineExpression([(v, acc[si]) for si, v in row]) <= 0, f"worst_{d}")
         if spec.min_worst is not None:

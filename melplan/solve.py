@@ -60,11 +60,27 @@ def highs_available() -> bool:
     return True
 
 
-def cbc_available() -> bool:
+def _cbc_command(**kwargs: Any):
+    """COIN_CMD when a ``cbc`` binary is installed, else the CBC bundled with PuLP (or None)."""
+    import warnings
+
     try:
-        return bool(pulp.PULP_CBC_CMD(msg=False).available())
+        cmd = pulp.COIN_CMD(**kwargs)
+        if cmd.available():
+            return cmd
     except Exception:  # pragma: no cover - depends on the installation
-        return False
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            cmd = pulp.PULP_CBC_CMD(**kwargs)
+        except Exception:  # pragma: no cover
+            return None
+    return cmd if cmd.available() else None
+
+
+def cbc_available() -> bool:
+    return _cbc_command(msg=False) is not None
 
 
 def choose_solver(name: str | None) -> str:
@@ -162,8 +178,10 @@ def _solve_cbc(problem, time_limit_s, gap_rel, gap_abs, threads, start) -> Solve
     fd, log = tempfile.mkstemp(prefix="melplan-cbc-", suffix=".log")
     os.close(fd)
     try:
-        cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap_rel, gapAbs=gap_abs,
-                                threads=threads, logPath=log, options=["randomSeed 1", "randomCbcSeed 1"])
+        cmd = _cbc_command(msg=False, timeLimit=time_limit_s, gapRel=gap_rel, gapAbs=gap_abs,
+                           threads=threads, logPath=log, options=["randomSeed 1", "randomCbcSeed 1"])
+        if cmd is None:
+            raise SolverError("the CBC solver is not available here", field="--solver", fix="use --solver highs")
         try:
             problem.solve(cmd)
         except pulp.PulpSolverError as exc:

@@ -1,0 +1,278 @@
+"""The placement ILP against a brute-force oracle built only on melplan.evaluate.
+
+The oracle enumerates every placement (each upstream on its own server, each combiner on any
+0..R servers), keeps those that respect memory, compute and the SLO (checked here by hand and with
+``evaluate.path_latency_ms``), scores them with ``evaluate.best_accuracy_by_state`` and returns the
+best.  The planner, pinned to one family, must reach the same value on every instance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+
+import numpy as np
+import pulp
+import pytest
+
+from factories import make_cluster, make_family
+from melplan.catalog import subset_key
+from melplan.evaluate import (RouteTable, best_accuracy_by_state, capacity_violations, evaluate_placement,
+                              path_latency_ms)
+from melplan.ilp import ModelSpec, build_family_model, family_data, read_placement, useful_subsets
+from melplan.planner import PlanOptions, objective_value, plan
+from melplan.solve import solve
+
+
+# -- the oracle -----------------------------------------------------------------------------------
+
+def _replica_sets(servers, r):
+    return [c for k in range(r + 1) for c in itertools.combinations(servers, k)]
+
+
+def _valid(family, placement, cluster) -> bool:
+    """Memory, compute and SLO, computed directly from the catalog and cluster numbers."""
+    rate = cluster.workload.rate_rps
+    load_mem: dict[str, float] = {}
+    load_cpu: dict[str, float] = {}
+    for comp, servers in placement.items():
+        c = family.component(comp)
+        for s in servers:
+            load_mem[s] = load_mem.get(s, 0.0) + c.memory_bytes
+            load_cpu[s] = load_cpu.get(s, 0.0) + c.macs * rate
+    for s in load_mem:
+        srv = cluster.server(s)
+        if load_mem[s] > srv.memory_bytes or load_cpu[s] > srv.compute_gmacs * 1e9:
+            return False
+    slo = cluster.workload.latency_slo_ms
+    if slo is None:
+        return True
+    ups = {u: placement[u][0] for u in family.upstream_names}
+    for u in family.upstream_names:
+        if path_latency_ms(family, cluster, u, ups, None, None) > slo:
+            return False
+    for c in family.combiners:
+        for srv in placement.get(c.name, ()):
+            for s in c.serves:
+                if path_latency_ms(family, cluster, subset_key(s), ups, c.name, srv) > slo:
+                    return False
+    return True
+
+
+def scores(family, placement, cluster, failures):
+    """(exact expected, worst with ``failures`` used servers down) by full enumeration."""
+    table = RouteTable(family, placement, cluster)
+    best = best_accuracy_by_state(table)
+    m = len(table.used)
+    states = np.arange(1 << m)
+    prob = np.ones(1 << m)
+    ndown = np.zeros(1 << m, dtype=int)
+    for i, s in enumerate(table.used):
+        p = cluster.server(s).failure_prob
+        up = (states >> i) & 1
+        prob *= np.where(up == 1, 1 - p, p)
+        ndown += 1 - up
+    worst = float(best[ndown == min(failures, m)].min())
+    return float(prob @ best), worst
+
+
+def brute_force(family, cluster, *, objective="expected", failures=1, replicas=1, min_worst=None):
+    """The best value of the objective over every valid placement, and one placement reaching it."""
+    best_v, best_p = -math.inf, None
+    names = cluster.names
+    for ups in itertools.permutations(names, family.n):
+        base = {u: (s,) for u, s in zip(family.upstream_names, ups)}
+        for combo in itertools.product(*[_replica_sets(names, replicas) for _ in family.combiners]):
+            placement = dict(base)
+            placement.update({c.name: reps for c, reps in zip(family.combiners, combo) if reps})
+            if not _valid(family, placement, cluster):
+                continue
+            e, w = scores(family, placement, cluster, failures)
+            if min_worst is not None and w < min_worst - 1e-12:
+                continue
+            v = e if objective == "expected" else w
+            if objective == "worst-case":
+                v = (w, e)                       # the planner breaks worst-case ties by expected accuracy
+            if best_p is None or v > best_v:
+                best_v, best_p = v, placement
+    return best_v, best_p
+
+
+# -- instances ----------------------------------------------------------------------------------
+
+CASES = [
+    # (family kwargs, cluster kwargs, replicas)
+    (dict(n=2, seed=1), dict(m=5, seed=1), 1),
+    (dict(n=2, seed=2), dict(m=6, seed=2, rate=200.0), 2),
+    (dict(n=2, seed=3), dict(m=6, seed=3, slo=25.0), 1),
+    (dict(n=3, seed=4, shared=True), dict(m=5, seed=4), 1),
+    (dict(n=3, seed=5, shared=True), dict(m=5, seed=5, memory=(0.3, 1.2)), 2),
+    (dict(n=3, seed=6), dict(m=4, seed=6, memory=(0.4, 1.5)), 1),
+    (dict(n=1, seed=7), dict(m=6, seed=7, slo=20.0), 1),
+]
+
+
+def _family(kw):
+    kw = dict(kw)
+    return make_family(kw.pop("n"), **kw)
+
+
+def _ids(case):
+    f, c, r = case
+    return f"n{f['n']}{'-shared' if f.get('shared') else ''}-m{c['m']}-s{c['seed']}-R{r}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_expected_objective_equals_brute_force_every_scenario(case):
+    fkw, ckw, reps = case
+    fam, cl = _family(fkw), make_cluster(**ckw)
+    want, _ = brute_force(fam, cl, replicas=reps)
+    got = plan([fam], cl, PlanOptions(max_failures=None, combiner_replicas=reps, gap=0.0))
+    assert got.plan.expected_accuracy == pytest.approx(want, abs=1e-9)
+    assert got.chosen.status == "solved" and got.proven_optimal
+    assert capacity_violations(fam, got.plan.placement, cl) == []
+
+
+@pytest.mark.parametrize("case", CASES[:5], ids=_ids)
+@pytest.mark.parametrize("failures", [1, 2])
+def test_worst_case_objective_equals_brute_force(case, failures):
+    fkw, ckw, reps = case
+    fam, cl = _family(fkw), make_cluster(**ckw)
+    (w_want, e_want), _ = brute_force(fam, cl, objective="worst-case", failures=failures, replicas=reps)
+    got = plan([fam], cl, PlanOptions(objective="worst-case", max_failures=failures, combiner_replicas=reps, gap=0.0))
+    w_got = objective_value(fam, got.plan.placement, cl, None, failures).worst
+    assert w_got == pytest.approx(w_want, abs=1e-9)
+    # among the plans with that worst case, the most accurate on average
+    assert got.plan.expected_accuracy == pytest.approx(e_want, abs=1e-9)
+    assert capacity_violations(fam, got.plan.placement, cl) == []
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5]], ids=_ids)
+def test_min_accuracy_under_failure_matches_brute_force(case):
+    fkw, ckw, reps = case
+    fam, cl = _family(fkw), make_cluster(**ckw)
+    (w_best, _), _ = brute_force(fam, cl, objective="worst-case", failures=1, replicas=reps)
+    floor = w_best - 1e-6                # only the plans that keep the best guarantee
+    want, _ = brute_force(fam, cl, replicas=reps, min_worst=floor)
+    got = plan([fam], cl, PlanOptions(min_accuracy_under_failure=floor, combiner_replicas=reps, gap=0.0))
+    assert got.plan.expected_accuracy == pytest.approx(want, abs=1e-9)
+    assert objective_value(fam, got.plan.placement, cl).worst >= floor
+
+
+def test_without_reductions_the_same_optimum():
+    fam, cl = make_family(3, seed=11, shared=True), make_cluster(6, seed=11)
+    a = plan([fam], cl, PlanOptions(gap=0.0))
+    b = plan([fam], cl, PlanOptions(gap=0.0, reduce=False))
+    assert a.plan.expected_accuracy == pytest.approx(b.plan.expected_accuracy, abs=1e-12)
+    assert b.chosen.reduction.candidates == 6
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_constraints_never_violated_on_random_instances(seed):
+    fam = make_family(2 + seed % 2, seed=100 + seed, shared=seed % 3 == 0)
+    cl = make_cluster(6, seed=200 + seed, rate=[10.0, 300.0][seed % 2], slo=[None, 30.0][seed % 2 == 0],
+                      memory=(0.3, 3.0))
+    try:
+        got = plan([fam], cl, PlanOptions(combiner_replicas=1 + seed % 2))
+    except Exception as exc:  # an infeasible instance must say why, not fail
+        from melplan.errors import InfeasiblePlanError
+
+        assert isinstance(exc, InfeasiblePlanError)
+        return
+    pl = got.plan.placement
+    assert capacity_violations(fam, pl, cl) == []
+    hosts = [pl[u][0] for u in fam.upstream_names]
+    assert len(set(hosts)) == len(hosts)                     # anti-affinity
+    ev = evaluate_placement(fam, pl, cl)
+    assert got.plan.expected_accuracy == ev.expected_accuracy  # numbers from the evaluator, not the ILP
+
+
+# -- the model itself -------------------------------------------------------------------------------
+
+def _model(fam, cl, **spec):
+    return build_family_model(family_data(fam, cl), ModelSpec(**spec))
+
+
+def _constraint_names(problem) -> list[str]:
+    cons = problem.constraints
+    items = cons() if callable(cons) else cons.values()
+    return [c.name for c in items]
+
+
+def test_no_duplicate_variables_and_names_from_indices_only():
+    fam = make_family(3, seed=1, shared=True, fid="fam-with-dashes")
+    cl = make_cluster(5, seed=1, slo=30.0)
+    for spec in (dict(), dict(objective="worst-case", worst_failures=2), dict(min_worst=0.5, failures=1),
+                 dict(current={"u1": ("s1",)}, move_cost=0.01, combiner_replicas=2)):
+        model = _model(fam, cl, **spec)
+        model.problem.checkDuplicateVars()
+        names = [v.name for v in model.problem.variables()] + _constraint_names(model.problem)
+        assert len(set(names)) == len(names)
+        for name in names:
+            assert re.fullmatch(r"[a-z]+(_[a-z]*[0-9]*)*", name), name
+            assert not any(s in name for s in ("fam", "dashes", "shared"))
+
+
+def test_read_placement_goes_through_the_variable_maps():
+    fam, cl = make_family(2, seed=3), make_cluster(4, seed=3)
+    model = _model(fam, cl)
+    res = solve(model.problem, solver="highs", time_limit_s=20, gap_rel=0.0)
+    assert res.optimal
+    pl = read_placement(model)
+    assert set(pl) >= set(fam.upstream_names)
+    for (i, j), v in model.x.items():
+        placed = model.data.servers[j] in pl[fam.upstreams[i].name]
+        assert placed == (v.varValue > 0.5)
+    # the objective of the full-state model is the exact expected accuracy over its servers
+    assert res.objective == pytest.approx(evaluate_placement(fam, pl, cl).expected_accuracy, abs=1e-7)
+
+
+def test_latency_tables_match_the_evaluator():
+    fam = make_family(3, seed=8, shared=True)
+    cl = make_cluster(5, seed=8, slo=40.0)
+    data = family_data(fam, cl)
+    ups = {"u1": "s0", "u2": "s3", "u3": "s4"}
+    for i, u in enumerate(fam.upstream_names):
+        for j, s in enumerate(cl.names):
+            one = dict(ups, **{u: s})
+            assert data.single_lat[i, j] == pytest.approx(path_latency_ms(fam, cl, u, one, None, None), abs=1e-9)
+    comb = fam.combiners[0]
+    for t, srv in enumerate(cl.names):
+        want = path_latency_ms(fam, cl, fam.all_key, ups, comb.name, srv)
+        got = max(data.pair_lat[(i, 0)][cl.index[ups[u]], t] for i, u in enumerate(fam.upstream_names))
+        assert got == pytest.approx(want, abs=1e-9)
+
+
+def test_useful_subsets_drop_subsets_no_better_than_a_member():
+    fam = make_family(3, seed=9)
+    kept = useful_subsets(fam)
+    for s in fam.subsets():
+        better = len(s) == 1 or fam.accuracy[subset_key(s)] > max(fam.accuracy[u] for u in s)
+        assert (s in kept) == better
+
+
+def test_truncated_model_is_a_lower_bound_of_the_exact_value():
+    fam, cl = make_family(2, seed=4), make_cluster(6, seed=4)
+    model = _model(fam, cl, failures=1)
+    assert model.failures_modeled == 1
+    assert model.modeled_mass < 1.0
+    res = solve(model.problem, solver="highs", time_limit_s=20, gap_rel=0.0)
+    pl = read_placement(model)
+    assert res.objective <= evaluate_placement(fam, pl, cl).expected_accuracy + 1e-12
+    # ... short of it by at most the probability left out times the best accuracy
+    assert res.objective >= evaluate_placement(fam, pl, cl).expected_accuracy - (1 - model.modeled_mass) - 1e-12
+
+
+def test_cbc_gives_the_same_optimum_as_highs():
+    fam, cl = make_family(2, seed=5), make_cluster(5, seed=5)
+    a = plan([fam], cl, PlanOptions(solver="highs", gap=0.0))
+    b = plan([fam], cl, PlanOptions(solver="cbc", gap=0.0))
+    assert a.plan.expected_accuracy == pytest.approx(b.plan.expected_accuracy, abs=1e-9)
+    assert b.plan.solver["name"] == "CBC"
+
+
+def test_pulp_sees_a_maximisation_with_binary_placement_variables():
+    model = _model(make_family(2, seed=6), make_cluster(4, seed=6))
+    assert model.problem.sense == pulp.LpMaximize
+    assert all(v.cat == pulp.LpBinary or v.cat == pulp.LpInteger for v in model.x.values())
