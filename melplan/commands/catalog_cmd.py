@@ -78,3 +78,22 @@ def check(catalog_dir):
 
     cat = load_catalog(catalog_dir)
     click.echo(f"ok: {len(cat)} families in {cat.root}")
+
+
+@catalog.command("report")
+@catalog_option
+@click.option("--dataset", default=None, help="Only families trained on this dataset.")
+def report(catalog_dir, dataset):
+    """Check a catalog against the MEL paper's headline claims (40% params, 1 point, 95.6%; pairs 98%)
+    and compare shared with per-subset combiners."""
+    from ..catalog import load_catalog
+    from ..results import headline, pairs, shared_vs_per_subset
+
+    cat = load_catalog(catalog_dir, dataset=dataset)
+    click.echo(f"{len(cat)} families in {cat.root}\n")
+    for check in (headline(cat), pairs(cat)):
+        click.echo(f"[{'PASS' if check.passed else 'FAIL'}] {check.name}: {check.family or '-'}\n       {check.detail}")
+    rows = shared_vs_per_subset(cat)
+    click.echo("\nshared combiner against per-subset combiners:")
+    for r in rows or ["(no shared-combiner family with a per-subset twin in this catalog)"]:
+        click.echo(f"  {r}")

@@ -1,0 +1,125 @@
+"""Catalog contract: validation, round trips, bad files, the acceptance report (no torch)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+
+from factories import make_family
+from melplan.catalog import Family, load_catalog, load_family, save_family
+from melplan.cli import main
+from melplan.errors import CatalogError
+from melplan.results import headline, pairs
+
+
+def write(tmp_path, data, name="f.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return p
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_roundtrip(tmp_path, n):
+    fam = make_family(n, seed=n, shared=(n == 4))
+    path = save_family(fam, tmp_path)
+    assert load_family(path) == fam
+    assert load_catalog(tmp_path).get(fam.id) == fam
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.pop("accuracy"), "accuracy"),
+    (lambda d: d["accuracy"].pop("u1+u2"), "accuracy"),
+    (lambda d: d["accuracy"].__setitem__("u1", 1.5), "accuracy.u1"),
+    (lambda d: d["accuracy"].__setitem__("u9", 0.5), "accuracy"),
+    (lambda d: d["upstreams"][0].__setitem__("params", -3), "upstreams[0].params"),
+    (lambda d: d["upstreams"][0].__setitem__("macs", "many"), "upstreams[0].macs"),
+    (lambda d: d["upstreams"][1].__setitem__("name", "u1"), "upstreams"),
+    (lambda d: d["combiners"].clear(), "combiners"),
+    (lambda d: d["combiners"][0].__setitem__("subset", ["u1", "u7"]), "combiners[0].subset"),
+    (lambda d: d.__setitem__("schema", "v0"), "schema"),
+    (lambda d: d.__setitem__("id", "Bad Id"), "id"),
+])
+def test_bad_entries_name_file_and_field(tmp_path, mutate, field):
+    data = make_family(2).to_dict()
+    mutate(data)
+    path = write(tmp_path, data)
+    with pytest.raises(CatalogError) as err:
+        load_family(path)
+    assert err.value.field == field and err.value.file == str(path) and err.value.fix
+
+
+def test_malformed_json_and_empty_and_duplicate(tmp_path):
+    with pytest.raises(CatalogError, match="not valid JSON"):
+        load_family(write(tmp_path, "{ nope"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CatalogError, match="holds no family"):
+        load_catalog(empty)
+    dup = tmp_path / "dup"
+    save_family(make_family(2, fid="same"), dup / "a")
+    save_family(make_family(2, fid="same", seed=3), dup / "b")
+    with pytest.raises(CatalogError, match="appears twice"):
+        load_catalog(dup)
+
+
+def test_cli_bad_catalog_is_one_paragraph_exit_2(tmp_path):
+    write(tmp_path, {"schema": "melplan.family/v1", "id": "x"})
+    r = CliRunner().invoke(main, ["catalog", "list", "--catalog", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "field 'dataset'" in r.output and "Traceback" not in r.output
+    r = subprocess.run([sys.executable, "-m", "melplan", "catalog", "show", "nope", "--catalog", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_unknown_fields_are_kept(tmp_path):
+    data = make_family(2).to_dict()
+    data["notes"] = {"by": "someone else's tool"}
+    data["upstreams"][0]["device"] = "npu"
+    fam = load_family(write(tmp_path, data))
+    assert fam.to_dict()["notes"] == {"by": "someone else's tool"}
+    assert fam.to_dict()["upstreams"][0]["device"] == "npu"
+
+
+def test_list_and_frame(tmp_path):
+    for s in range(3):
+        save_family(make_family(2, seed=s), tmp_path)
+    r = CliRunner().invoke(main, ["catalog", "list", "--catalog", str(tmp_path), "--json"])
+    assert r.exit_code == 0 and len(json.loads(r.output)) == 3
+    frame = load_catalog(tmp_path).to_frame()
+    assert list(frame["id"]) == sorted(frame["id"]) and (frame["params"] > 0).all()
+
+
+def _with_acc(fam: Family, acc: dict, **kw) -> Family:
+    return replace(fam, accuracy={**fam.accuracy, **acc}, **kw)
+
+
+def test_report_checks_can_pass_and_fail():
+    ref = replace(make_family(1, fid="ref", params_scale=1_000_000), extra={"role": "reference"},
+                  accuracy={"u1": 0.92})
+    good = _with_acc(make_family(2, fid="good"), {"u1": 0.90, "u2": 0.89, "u1+u2": 0.915})
+    weak = _with_acc(make_family(2, fid="weak"), {"u1": 0.80, "u2": 0.89, "u1+u2": 0.915})
+    from melplan.catalog import Catalog
+
+    assert headline(Catalog((ref, good))).passed
+    assert not headline(Catalog((ref, weak))).passed       # weaker single keeps only 87%
+    assert not headline(Catalog((good,))).passed            # no reference
+    three = make_family(3, fid="three")
+    hi = _with_acc(three, {"u1+u2": 0.90, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})
+    lo = _with_acc(three, {"u1+u2": 0.85, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})
+    assert pairs(Catalog((hi,))).passed and not pairs(Catalog((lo,))).passed
+
+
+def test_planning_core_imports_without_torch():
+    code = ("import sys, melplan.catalog, melplan.cluster, melplan.evaluate, melplan.plan, melplan.planner, "
+            "melplan.ilp, melplan.solve, melplan.selector, melplan.results, melplan.cli; "
+            "from melplan import RuntimeSelector; "
+            "bad = [m for m in ('torch', 'torchvision', 'matplotlib', 'pandas') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
