@@ -58,7 +58,7 @@ from .cluster import Cluster
 from .evaluate import input_bytes
 
 MIB = float(1 << 20)
-MAX_SCENARIO_VARS = 40_000
+MAX_SCENARIO_VARS = 6_000       # a[sigma,S] variables of the expected rows; F is lowered to fit
 
 
 # -- numbers of one family on a list of servers ----------------------------------------------

@@ -49,7 +49,7 @@ from .solve import SolveResult, choose_solver, solve
 
 OBJECTIVES = ("expected", "worst-case")
 TOL = 1e-9
-MAX_CANDIDATES = 12     # beyond this, the ILP runs on the most promising servers (the bound stays global)
+MAX_CANDIDATES = 10     # beyond this, the ILP runs on the most promising servers (the bound stays global)
 
 
 # -- options and results -----------------------------------------------------------------------
@@ -281,15 +281,28 @@ def plan_score(family: Family, placement: Mapping[str, Sequence[str]], cluster: 
 
 # -- bounds ---------------------------------------------------------------------------------------
 
-def best_without(family: Family) -> dict[frozenset, float]:
-    """A(-W): the best accuracy of a subset avoiding the upstreams in W, for every W."""
+def best_without(family: Family, exclude: frozenset[str] = frozenset()) -> dict[frozenset, float]:
+    """A(-W): the best accuracy of a subset avoiding the upstreams in W (and not in ``exclude``)."""
     acc = family.accuracy
     names = family.upstream_names
     out = {}
     for r in range(len(names) + 1):
         for W in itertools.combinations(names, r):
-            rest = [s for s in family.subsets() if not set(s) & set(W)]
+            rest = [s for s in family.subsets() if not set(s) & set(W) and subset_key(s) not in exclude]
             out[frozenset(W)] = max((acc[subset_key(s)] for s in rest), default=0.0)
+    return out
+
+
+def exclusive_subsets(family: Family) -> list[frozenset[str]]:
+    """For each combiner, the subset keys that no other combiner serves."""
+    out = []
+    for c in family.combiners:
+        keys = set()
+        for s in c.serves:
+            key = subset_key(s)
+            if len(family.combiners_serving(key)) == 1:
+                keys.add(key)
+        out.append(frozenset(keys))
     return out
 
 
@@ -315,6 +328,7 @@ class Relaxation:
     bound: float                          # over every placement of the family
     tuple_: tuple[int, ...]               # best upstream servers (indices into the data's servers)
     host_bound: np.ndarray                # (n, servers): bound for plans with upstream i on server j
+    without: tuple[float, ...]            # per combiner: the bound when its exclusive subsets never answer
 
 
 def relaxation(family: Family, data: FamilyData) -> Relaxation | None:
@@ -329,15 +343,15 @@ def relaxation(family: Family, data: FamilyData) -> Relaxation | None:
     if any(len(h) == 0 for h in hosts):
         return None
     top = [h[np.argsort(data.p[h], kind="stable")][:n] for h in hosts]
-    best_v, best_t = -1.0, None
-    for tup in itertools.product(*top):
-        if len(set(tup)) < n:
-            continue
-        v = float(relaxed_value(family, data.p[list(tup)][None, :], aw)[0])
-        if v > best_v:
-            best_v, best_t = v, tup
-    if best_t is None:
+    tuples = [t for t in itertools.product(*top) if len(set(t)) == n]
+    if not tuples:
         return None
+    P = data.p[np.array(tuples)]
+    vals = relaxed_value(family, P, aw)
+    best = int(np.argmax(vals))
+    best_v, best_t = float(vals[best]), tuples[best]
+    without = tuple(float(relaxed_value(family, P, best_without(family, ex)).max()) if ex else best_v
+                    for ex in exclusive_subsets(family))
     m = len(data.servers)
     host_bound = np.full((n, m), -np.inf)
     for i in range(n):
@@ -355,7 +369,7 @@ def relaxation(family: Family, data: FamilyData) -> Relaxation | None:
                 P[:, k] = data.p[j]
             vals = np.maximum(vals, relaxed_value(family, P, aw))
         host_bound[i, cols] = vals
-    return Relaxation(best_v, tuple(int(j) for j in best_t), host_bound)
+    return Relaxation(best_v, tuple(int(j) for j in best_t), host_bound, without)
 
 
 def worst_upper_bound(family: Family, failures: int) -> float:
@@ -480,21 +494,43 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
         if _meets_floor(family, current, cluster, opts):
             incumbent, inc_score = dict(current), sc
     if relax is not None and opts.objective == "expected":
-        greedy = _greedy(family, data_all, relax.tuple_, cluster)
-        if greedy is not None and _meets_floor(family, greedy, cluster, opts):
-            sc, _, _ = plan_score(family, greedy, cluster, opts, current)
-            if sc > inc_score:
-                incumbent, inc_score = greedy, sc
+        starts = [_greedy(family, data_all, relax.tuple_, cluster)]
+        if current:
+            starts.append(_repair(family, data_all, current, cluster))
+        for start in starts:
+            if start is not None and _meets_floor(family, start, cluster, opts):
+                sc, _, _ = plan_score(family, start, cluster, opts, current)
+                if sc > inc_score:
+                    incumbent, inc_score = start, sc
         if incumbent is not None and opts.reduce:
             keep_srv = {s for v in incumbent.values() for s in v}
-            before = fits[:n].any(axis=0)
-            cut = relax.host_bound < inc_score + TOL
+            before_any = fits.any(axis=0)
+            # a plan with upstream i on server j reaches at most host_bound[i, j], minus the price
+            # of starting i there when re-planning
+            penalty = np.zeros((n + len(family.combiners), m))
+            if opts.move_cost > 0:
+                for c, name in enumerate(family.component_names()):
+                    here = set((current or {}).get(name, ()))
+                    penalty[c] = [0.0 if s in here else opts.move_cost * data_all.comp_weight_mib[c]
+                                  for s in data_all.servers]
+            cut = relax.host_bound - penalty[:n] < inc_score + TOL
             for j, s in enumerate(data_all.servers):
-                if s in keep_srv or protected[j]:
+                if s in keep_srv:
                     cut[:, j] = False
             fits[:n] &= ~cut
-            after = fits[:n].any(axis=0)
-            bounded = int((before & ~after & ~fits[n:].any(axis=0)).sum())
+            # a combiner alone on a server without upstreams (its only replica when R = 1) is lost
+            # whenever that server is down: E <= q_t * bound + p_t * bound(without its subsets)
+            if opts.combiner_replicas == 1:
+                only_cb = ~fits[:n].any(axis=0)
+                for k in range(len(family.combiners)):
+                    ubk = relax.bound - data_all.p * (relax.bound - relax.without[k]) - penalty[n + k]
+                    cut_k = only_cb & (ubk < inc_score + TOL)
+                    for j, s in enumerate(data_all.servers):
+                        if s in keep_srv:
+                            cut_k[j] = False
+                    fits[n + k] &= ~cut_k
+            after = fits.any(axis=0)
+            bounded = int((before_any & ~after).sum())
 
     cand_idx = [j for j in range(m) if fits[:, j].any()]
     restricted = False
@@ -511,8 +547,13 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
                      max_used=max_used if n + opts.combiner_replicas * len(family.combiners) > MAX_EXACT_SERVERS else None,
                      current=current, move_cost=opts.move_cost)
     model = build_family_model(data, spec)
-    result, placement = _run(model, family, ctx)
     notes: list[str] = []
+    if incumbent is not None and inc_score >= ub - TOL * max(1.0, abs(ub)) and opts.objective == "expected":
+        # the starting plan reaches the family's bound: proved, the search would only confirm it
+        result, placement = None, None
+        notes.append("the starting plan reaches the relaxation bound (proved without search)")
+    else:
+        result, placement = _run(model, family, ctx)
     if placement is not None and opts.objective == "worst-case":
         # stage 2: among the plans with this worst case, the most accurate on average
         t_star = objective_value(family, placement, cluster, None, opts.worst_failures).worst
@@ -543,7 +584,8 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
         score_ilp = plan_score(family, placement, cluster, opts, current)[0]
     if incumbent is not None and inc_score > score_ilp + TOL:
         best = incumbent
-        notes.append("the starting plan was not improved on")
+        if result is not None:
+            notes.append("the starting plan was not improved on")
     value, ov, mv = plan_score(family, best, cluster, opts, current)
 
     # what is proved about the family
@@ -559,7 +601,7 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
     rel_gap = max(0.0, bound - value) / max(abs(bound), 1e-12)
     if rel_gap <= max(opts.gap, 1e-7) + 1e-9 and (proved or bound <= value + TOL):
         status = "solved"
-    elif result is not None and result.status == "time_limit":
+    elif result is None or result.status == "time_limit":
         status = "time_limit"
     else:
         status = "unproven"
@@ -628,6 +670,32 @@ def _run(model, family: Family, ctx: _Context) -> tuple[SolveResult | None, dict
     return res, placement
 
 
+def _repair(family: Family, data: FamilyData, current: Mapping[str, Sequence[str]],
+            cluster: Cluster) -> dict[str, tuple[str, ...]] | None:
+    """The running placement with what sat on missing servers moved: each lost upstream to the most
+    reliable free host, each lost combiner greedily (a cheap starting plan for a re-plan)."""
+    n = family.n
+    pos = {s: j for j, s in enumerate(data.servers)}
+    taken: set[int] = set()
+    tup: list[int | None] = []
+    for i, u in enumerate(family.upstream_names):
+        j = pos.get((current.get(u) or (None,))[0])
+        if j is not None and data.fits[i, j] and j not in taken:
+            tup.append(j)
+            taken.add(j)
+        else:
+            tup.append(None)
+    for i in range(n):
+        if tup[i] is None:
+            hosts = [j for j in np.argsort(data.p, kind="stable") if data.fits[i, j] and j not in taken]
+            if not hosts:
+                return None
+            tup[i] = int(hosts[0])
+            taken.add(int(hosts[0]))
+    keep = {c.name: tuple(s for s in current.get(c.name, ()) if s in pos) for c in family.combiners}
+    return _greedy(family, data, tuple(tup), cluster, keep={k: v for k, v in keep.items() if v})
+
+
 def _placement_fits(family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster) -> bool:
     try:
         if not all(s in cluster.index for v in placement.values() for s in v):
@@ -648,9 +716,11 @@ def _meets_floor(family: Family, placement, cluster: Cluster, opts: PlanOptions)
     return ov.worst >= opts.min_accuracy_under_failure - 1e-12
 
 
-def _greedy(family: Family, data: FamilyData, tup: tuple[int, ...], cluster: Cluster) -> dict[str, tuple[str, ...]] | None:
-    """Upstreams on ``tup``; each combiner on the most reliable member server with room, else on the
-    most reliable server that takes it (respecting capacity and the SLO), else left out."""
+def _greedy(family: Family, data: FamilyData, tup: tuple[int, ...], cluster: Cluster,
+            keep: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, tuple[str, ...]] | None:
+    """Upstreams on ``tup``; each combiner (unless ``keep`` places it) on the most reliable member
+    server with room, else on the most reliable server that takes it (capacity and SLO), else left
+    out.  None when the result breaks a constraint."""
     n = family.n
     placement: dict[str, tuple[str, ...]] = {family.upstreams[i].name: (data.servers[j],) for i, j in enumerate(tup)}
     mem_left = data.mem_mib.copy()
@@ -658,9 +728,18 @@ def _greedy(family: Family, data: FamilyData, tup: tuple[int, ...], cluster: Clu
     for i, j in enumerate(tup):
         mem_left[j] -= data.comp_mib[i]
         cpu_left[j] -= data.comp_gmacs[i]
+    pos = {s: j for j, s in enumerate(data.servers)}
+    for name, servers in (keep or {}).items():
+        c = n + [cb.name for cb in family.combiners].index(name)
+        placement[name] = tuple(servers)
+        for s in servers:
+            mem_left[pos[s]] -= data.comp_mib[c]
+            cpu_left[pos[s]] -= data.comp_gmacs[c]
     inputs = combiner_inputs(family)
     order = sorted(range(len(family.combiners)), key=lambda k: -len(family.combiners[k].serves[0]))
     for k in order:
+        if family.combiners[k].name in placement:
+            continue
         c = n + k
         members = set(tup[i] for i in inputs[k])
         ranked = sorted(range(len(data.servers)), key=lambda j: (j not in members, j not in tup, data.p[j], j))
@@ -764,6 +843,10 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     outcomes: dict[str, FamilyOutcome] = {}
     queue = []
     for fam in families:
+        if time.perf_counter() >= ctx.deadline:
+            outcomes[fam.id] = FamilyOutcome(fam.id, fam.n, role_of(fam), "not_solved",
+                                             reason="the time limit ran out before its turn")
+            continue
         data = family_data(fam, cluster)
         why = infeasibility_reason(fam, cluster, data)
         if why is None and options.min_accuracy_under_failure is not None:
@@ -777,10 +860,15 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
         relax = relaxation(fam, data) if options.objective == "expected" else None
         if options.objective == "expected":
             ub = relax.bound if relax is not None else max(fam.accuracy.values())
+            if options.move_cost > 0 and fam.id != options.current_family:
+                ub -= options.move_cost * sum(u.weight_bytes for u in fam.upstreams) / float(1 << 20)
         else:
             ub = worst_upper_bound(fam, options.worst_failures)
         queue.append((fam, data, ub, relax))
     if not queue:
+        if any(o.status == "not_solved" for o in outcomes.values()):
+            raise SolverError(f"no plan found within the time limit of {options.time_limit_s:g} s",
+                              field="--time-limit", fix="give a longer --time-limit")
         raise _infeasible(families, cluster, outcomes, options)
 
     # single models first (cheap, and needed for the comparison), then the most promising
@@ -813,18 +901,18 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     best_single = max(singles, key=lambda o: (o.value, o.expected_accuracy or 0.0, o.family)) if singles else None
 
     # what is proved: every family solved to the gap, pruned by its bound, or infeasible
-    bounds = [o.bound for o in outcomes.values() if o.status in ("solved", "time_limit", "not_solved")
-              and o.bound is not None]
+    bounds = [o.bound for o in outcomes.values() if o.status not in ("pruned", "infeasible") and o.bound is not None]
     top = max([chosen.value] + bounds)
     gap = max(0.0, top - chosen.value) / max(abs(top), 1e-12)
-    unfinished = [o for o in outcomes.values() if o.status in ("time_limit", "not_solved")]
-    proven = not unfinished and gap <= max(options.gap, 1e-7) + 1e-9
+    open_ = [o for o in outcomes.values() if o.status not in ("solved", "pruned", "infeasible")]
+    timed_out = [o for o in open_ if o.status in ("time_limit", "not_solved")]
+    proven = not open_ and gap <= max(options.gap, 1e-7) + 1e-9
 
     fam = next(f for f in families if f.id == chosen.family)
     ev = evaluate_placement(fam, chosen.placement, cluster)
     order = list(fam.upstream_names) + [c.name for c in fam.combiners]
     placement = {k: tuple(chosen.placement[k]) for k in order if k in chosen.placement}
-    status = "optimal" if proven else ("time_limit" if unfinished else "feasible")
+    status = "optimal" if proven else ("time_limit" if timed_out else "feasible")
     wall = time.perf_counter() - start
     notes = _notes(chosen, outcomes, options, proven, gap, fam, placement, cluster)
     solver_block = {"name": "HiGHS" if solver == "highs" else "CBC", "status": status, "gap": round(gap, 8),

@@ -123,6 +123,38 @@ def _ids(case):
     return f"n{f['n']}{'-shared' if f.get('shared') else ''}-m{c['m']}-s{c['seed']}-R{r}"
 
 
+def _solve_alone(fam, cl, **spec):
+    """The ILP by itself on every server of the cluster: no reductions, no starting plan."""
+    model = _model(fam, cl, **spec)
+    res = solve(model.problem, solver="highs", time_limit_s=60, gap_rel=0.0, gap_abs=1e-10)
+    assert res.optimal
+    pl = read_placement(model)
+    assert capacity_violations(fam, pl, cl) == []
+    return res, pl, model
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_ilp_alone_expected_equals_brute_force_every_scenario(case):
+    fkw, ckw, reps = case
+    fam, cl = _family(fkw), make_cluster(**ckw)
+    want, _ = brute_force(fam, cl, replicas=reps)
+    res, pl, model = _solve_alone(fam, cl, combiner_replicas=reps)
+    assert model.failures_modeled == len(cl.servers) and model.modeled_mass == pytest.approx(1.0)
+    assert res.objective == pytest.approx(want, abs=1e-5)        # the model's value is the exact one ...
+    assert scores(fam, pl, cl, 1)[0] == pytest.approx(want, abs=1e-9)   # ... and so is its placement's
+
+
+@pytest.mark.parametrize("case", CASES[:6], ids=_ids)
+@pytest.mark.parametrize("failures", [1, 2])
+def test_ilp_alone_worst_case_equals_brute_force(case, failures):
+    fkw, ckw, reps = case
+    fam, cl = _family(fkw), make_cluster(**ckw)
+    (w_want, _), _ = brute_force(fam, cl, objective="worst-case", failures=failures, replicas=reps)
+    res, pl, _ = _solve_alone(fam, cl, objective="worst-case", worst_failures=failures, combiner_replicas=reps)
+    assert res.objective == pytest.approx(w_want, abs=1e-5)     # (up to the solver's feasibility tolerance)
+    assert scores(fam, pl, cl, failures)[1] == pytest.approx(w_want, abs=1e-9)
+
+
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_expected_objective_equals_brute_force_every_scenario(case):
     fkw, ckw, reps = case
