@@ -53,9 +53,12 @@ class Link:
     bandwidth_mbps: float
 
     def transfer_ms(self, nbytes: float) -> float:
-        """Latency plus serialisation time of ``nbytes`` over this link (0 on the same server)."""
+        """Latency plus serialisation time of ``nbytes`` over this link (0 on the same server;
+        infinite between servers that no path connects, e.g. after ``Cluster.without``)."""
         if nbytes <= 0 or math.isinf(self.bandwidth_mbps):
             return self.latency_ms
+        if self.bandwidth_mbps <= 0:
+            return math.inf
         return self.latency_ms + nbytes * 8 / (self.bandwidth_mbps * 1e3)
 
 

@@ -23,8 +23,8 @@ Constraints::
     sum_i x[i,j] <= 1                               anti-affinity
     sum mem * (x + z) <= memory_j                   memory, MiB (weights + activations)
     sum gmac * (x + z) <= compute_j                 compute: every placed component at the full rate
-    x[i,j] = 0   when the single-upstream path of i on j breaks the SLO
-    sum_{j' : path i@j' -> k@j breaks the SLO} x[i,j'] + z[k,j] <= 1
+    x[i,j] = 0   when the single-upstream path of i on j breaks the SLO (or has no path)
+    sum_{j' : path i@j' -> k@j breaks the SLO or does not exist} x[i,j'] + z[k,j] <= 1
     sum_{S contains i} a[sigma,S] + sum_{j in sigma} x[i,j] <= 1          (upstream i is up)
     sum_{S served by g} a[sigma,S] <= sum_{k in g} (Z[k] - sum_{j in sigma} z[k,j])   (a replica is up)
     sum_S a[sigma,S] <= 1                                                   (one answer)
@@ -144,6 +144,10 @@ def family_data(family: Family, cluster: Cluster, servers: Sequence[str] | None 
         for i in members:
             feat = transfer_ms(lat, bw, family.upstreams[i].feature_bytes)
             pair[(i, k)] = (in_ms + compute_ms[i])[:, None] + feat + (compute_ms[n + k] + out_ms)[None, :]
+    # a component must be reachable: from the ingress (upstreams take the input, every answer goes
+    # back), and the SLO when there is one
+    fits[:n] &= np.isfinite(single)
+    fits[n:] &= np.isfinite(out_ms)[None, :]
     if slo is not None:
         fits[:n] &= single <= slo
     return FamilyData(family, servers, mem, gm, p, comp_mib, comp_gm, comp_w, fits, single, pair, slo)
@@ -248,16 +252,17 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
     z_ok = {(k, j) for k in range(nc) for j in range(m) if data.fits[n + k, j]}
     inputs = combiner_inputs(fam)
     bad_pairs: dict[tuple[int, int, int], list[int]] = {}
-    if data.slo_ms is not None:
-        for (k, t) in sorted(z_ok):
-            for i in inputs[k]:
-                hosts = [s for s in range(m) if (i, s) in x]
-                bad = [s for s in hosts if data.pair_lat[(i, k)][s, t] > data.slo_ms]
-                if bad and len(bad) == len(hosts):       # no host of i reaches k on t in time
+    limit = math.inf if data.slo_ms is None else data.slo_ms
+    for (k, t) in sorted(z_ok):
+        for i in inputs[k]:
+            hosts = [s for s in range(m) if (i, s) in x]
+            lat = data.pair_lat[(i, k)][:, t]
+            bad = [s for s in hosts if not (math.isfinite(lat[s]) and lat[s] <= limit)]   # too slow, or no path
+            if bad:
+                if len(bad) == len(hosts):                # no host of i reaches k on t (in time)
                     z_ok.discard((k, t))
                     break
-                if bad:
-                    bad_pairs[(i, k, t)] = bad
+                bad_pairs[(i, k, t)] = bad
     z = {(k, j): _var(prob, f"z_{k}_{j}", 0, 1, pulp.LpBinary) for (k, j) in sorted(z_ok)}
 
     for i in range(n):

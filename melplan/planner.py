@@ -41,7 +41,7 @@ import numpy as np
 
 from .catalog import Catalog, Family, subset_key
 from .cluster import Cluster
-from .errors import InfeasiblePlanError, InputError, SolverError
+from .errors import InfeasiblePlanError, InputError, MelplanError, SolverError
 from .evaluate import MAX_EXACT_SERVERS, RouteTable, best_accuracy_by_state, capacity_violations, evaluate_placement
 from .ilp import FamilyData, ModelSpec, build_family_model, combiner_inputs, family_data, read_placement
 from .plan import Plan
@@ -696,17 +696,28 @@ def _repair(family: Family, data: FamilyData, current: Mapping[str, Sequence[str
     return _greedy(family, data, tuple(tup), cluster, keep={k: v for k, v in keep.items() if v})
 
 
+def _reaches(data: FamilyData, i: int, k: int, s: int, t: int) -> bool:
+    """Upstream i on server s can feed combiner k on server t (a path exists, within the SLO)."""
+    lat = data.pair_lat[(i, k)][s, t]
+    return bool(np.isfinite(lat) and (data.slo_ms is None or lat <= data.slo_ms))
+
+
 def _placement_fits(family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster) -> bool:
-    try:
-        if not all(s in cluster.index for v in placement.values() for s in v):
-            return False
-        if not all(len(placement.get(u, ())) == 1 for u in family.upstream_names):
-            return False
-        if set(placement) - set(family.component_names()):
-            return False
-        return not capacity_violations(family, placement, cluster)
-    except Exception:
+    """Whether a given placement (a running one) is valid on ``cluster``: known servers, capacity,
+    anti-affinity, SLO, and a path for every answer."""
+    if not all(s in cluster.index for v in placement.values() for s in v):
         return False
+    if not all(len(placement.get(u, ())) == 1 for u in family.upstream_names):
+        return False
+    if set(placement) - set(family.component_names()):
+        return False
+    try:
+        if capacity_violations(family, placement, cluster):
+            return False
+        table = RouteTable(family, placement, cluster)
+    except MelplanError:
+        return False
+    return all(math.isfinite(lat) for _, _, _, reps in table.options for lat, _, _ in reps)
 
 
 def _meets_floor(family: Family, placement, cluster: Cluster, opts: PlanOptions) -> bool:
@@ -729,13 +740,18 @@ def _greedy(family: Family, data: FamilyData, tup: tuple[int, ...], cluster: Clu
         mem_left[j] -= data.comp_mib[i]
         cpu_left[j] -= data.comp_gmacs[i]
     pos = {s: j for j, s in enumerate(data.servers)}
+    inputs = combiner_inputs(family)
     for name, servers in (keep or {}).items():
-        c = n + [cb.name for cb in family.combiners].index(name)
-        placement[name] = tuple(servers)
+        k = [cb.name for cb in family.combiners].index(name)
+        c = n + k
+        servers = tuple(s for s in servers if data.fits[c, pos[s]]
+                        and all(_reaches(data, i, k, tup[i], pos[s]) for i in inputs[k]))
+        if not servers:
+            continue
+        placement[name] = servers
         for s in servers:
             mem_left[pos[s]] -= data.comp_mib[c]
             cpu_left[pos[s]] -= data.comp_gmacs[c]
-    inputs = combiner_inputs(family)
     order = sorted(range(len(family.combiners)), key=lambda k: -len(family.combiners[k].serves[0]))
     for k in order:
         if family.combiners[k].name in placement:
@@ -746,7 +762,7 @@ def _greedy(family: Family, data: FamilyData, tup: tuple[int, ...], cluster: Clu
         for j in ranked:
             if not data.fits[c, j] or data.comp_mib[c] > mem_left[j] + 1e-12 or data.comp_gmacs[c] > cpu_left[j] + 1e-12:
                 continue
-            if data.slo_ms is not None and any(data.pair_lat[(i, k)][tup[i], j] > data.slo_ms for i in inputs[k]):
+            if not all(_reaches(data, i, k, tup[i], j) for i in inputs[k]):
                 continue
             placement[family.combiners[k].name] = (data.servers[j],)
             mem_left[j] -= data.comp_mib[c]
