@@ -157,19 +157,20 @@ def get_objective(name: str, *, field_: str = "--objectives") -> Objective:
     raise ObjectiveError(f"unknown objective '{name}'", field=field_, fix=f"use names from: {', '.join(KNOWN_NAMES)}")
 
 
-def parse_objectives(spec: str | Sequence[str] | None) -> tuple[Objective, ...]:
-    """``"acc_all_up,params"`` (or a sequence of names) to objectives; None gives the defaults.
+def parse_objectives(spec: str | Sequence[str | Objective] | None) -> tuple[Objective, ...]:
+    """``"acc_all_up,params"`` (or a sequence of names or objectives) to objectives; None gives
+    the defaults.
 
     Raises:
         ObjectiveError: unknown or repeated names, or fewer than two objectives.
     """
     if spec is None:
-        names: Sequence[str] = DEFAULT_OBJECTIVES
+        names: Sequence[str | Objective] = DEFAULT_OBJECTIVES
     elif isinstance(spec, str):
         names = [s for s in (x.strip() for x in spec.split(",")) if s]
     else:
         names = list(spec)
-    objs = tuple(get_objective(n) for n in names)
+    objs = tuple(n if isinstance(n, Objective) else get_objective(n) for n in names)
     dup = [n for n, c in Counter(o.name for o in objs).items() if c > 1]
     if dup:
         raise ObjectiveError(f"objective(s) {dup} listed twice", field="--objectives", fix="list each objective once")
@@ -484,8 +485,7 @@ def analyse(catalog: Catalog | Sequence[Family], objectives: Sequence[Objective]
         PickError: a bad ``pick``, ``prefer`` or ``weights`` expression.
         NoFamilyMatchesError: no family satisfies the constraints.
     """
-    objs = objectives if isinstance(objectives, tuple) and all(isinstance(o, Objective) for o in objectives) \
-        else parse_objectives(objectives)  # type: ignore[arg-type]
+    objs = parse_objectives(objectives)
     source = catalog.root if isinstance(catalog, Catalog) else None
     families, ds = single_dataset(list(catalog), dataset, source)
     result = pareto_table(families, objs, dataset=ds)
@@ -661,6 +661,10 @@ def _fmt(obj: Objective, v: float, ref: float | None = None) -> str:
     return text
 
 
+def _fmt_or_na(obj: Objective, v: float | None) -> str:
+    return "not applicable" if v is None else f"{obj.name} = {_fmt(obj, v)}"
+
+
 def choose(result: ParetoResult, families: Sequence[Family], *, constraints: Sequence[Constraint],
            preference: Preference) -> Pick:
     """The family to deploy: satisfies every constraint, then maximises the preference.
@@ -691,7 +695,7 @@ def choose(result: ParetoResult, families: Sequence[Family], *, constraints: Seq
         if worst is not None:
             f, failed = worst
             detail = f"; closest is {f.id}, which fails " + ", ".join(
-                f"{c.text} ({c.objective.name} = {_fmt(c.objective, values[f.id][c.objective.name] or 0.0)})" for c in failed)
+                f"{c.text} ({_fmt_or_na(c.objective, values[f.id][c.objective.name])})" for c in failed)
         raise NoFamilyMatchesError(f"no family satisfies {', '.join(c.text for c in constraints)}{detail}",
                                    field="--pick", fix="relax a constraint or train more families (`melplan search`)")
     fam = [f for f, _ in feasible]

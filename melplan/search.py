@@ -223,13 +223,18 @@ class SearchSettings:
         return cls(space=sp, **rest)
 
     def family_id(self, c: Candidate) -> str:
-        """Catalog id of a searched family: names the search, the candidate and the training budget."""
+        """Catalog id of a searched family: names the search, the candidate and the training budget
+        (epochs, fine-tuning epochs, train and test samples, batch size when not the default, seed)."""
         base = BASE_SHORT.get(self.base, self.base.replace("_", ""))
         text = f"srch-{self.dataset}-{base}-{c.key}-e{self.epochs}"
         if self.finetune_epochs != 1:
             text += f"f{self.finetune_epochs}"
         if self.train_limit is not None:
             text += f"-t{self.train_limit}"
+        if self.test_limit is not None:
+            text += f"-v{self.test_limit}"
+        if self.batch_size != 128:
+            text += f"-bs{self.batch_size}"
         return f"{text}-s{self.seed}"
 
 
@@ -401,9 +406,9 @@ def _hand_made(catalog_dir: str | Path | None, dataset: str, exclude: set[str]) 
     try:
         cat = load_catalog(catalog_dir, dataset=dataset)
     except CatalogError as exc:
-        if Path(catalog_dir).exists() and "holds no family" not in exc.message:
-            raise
-        return []
+        if Path(catalog_dir).is_dir() and "holds no family" in exc.message:
+            return []                     # a catalog of other datasets: nothing to compare with
+        raise
     return [f for f in cat if f.id not in exclude]
 
 

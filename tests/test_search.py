@@ -132,8 +132,20 @@ def test_bad_space_is_input_error(space, field, tmp_path):
 
 def test_family_id_names_the_budget():
     s = settings(epochs=3, train_limit=500, seed=7)
-    fid = s.family_id(S.Candidate((5, 4), "fc", 0.5))
-    assert fid == "srch-test-effb0-u2-b5b4-fc-x0p5-e3-t500-s7"
+    c = S.Candidate((5, 4), "fc", 0.5)
+    assert s.family_id(c) == "srch-test-effb0-u2-b5b4-fc-x0p5-e3-t500-s7"
+    assert replace(s, batch_size=32, test_limit=100, finetune_epochs=2).family_id(c) == \
+        "srch-test-effb0-u2-b5b4-fc-x0p5-e3f2-t500-v100-bs32-s7"
+
+
+def test_missing_hand_made_catalog_is_an_error_but_other_datasets_are_not(tmp_path, hand_made):
+    st = settings()
+    with pytest.raises(InputError, match="does not exist"):
+        S.run_search(st, budget=1, out_dir=tmp_path / "a", catalog_dir=tmp_path / "nope", evaluate=Recorder(st),
+                     plot=False)
+    res = S.run_search(replace(st, dataset="other"), budget=1, out_dir=tmp_path / "b", catalog_dir=hand_made,
+                       evaluate=Recorder(replace(st, dataset="other")), plot=False)
+    assert res.before is None and res.hv_before == 0.0
 
 
 # -- running, budget and resume --------------------------------------------------------------
@@ -269,6 +281,15 @@ def test_cli_search_with_a_stand_in_evaluator(tmp_path, hand_made, monkeypatch):
     assert r.exit_code == 0, r.output
     data = json.loads(r.output[r.output.index("{"):])
     assert data["trained_this_run"] == 0 and len(data["evaluations"]) == 5
+
+
+def test_cli_interrupt_says_how_to_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "train_evaluator", lambda st, **kw: Recorder(st, interrupt_after=2))
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, ["search", "--budget", "5", "--out-dir", str(out), "--no-plot"])
+    assert r.exit_code == 130, r.output
+    assert "interrupted: 2 evaluation(s) are saved" in r.output and "Traceback" not in r.output
+    assert len(state_keys(out)) == 2
 
 
 @pytest.mark.parametrize("extra,needle", [
