@@ -1,0 +1,253 @@
+"""How `melplan plan` scales, measured in one run (numbers and ratios side by side).
+
+1. Scale: a 200-server heterogeneous cluster (``melplan cluster generate --servers 200 --seed 0``)
+   and the whole catalog, ``--max-failures 2``, target: a gap of at most 1% within 10 s.
+2. Re-plan: a 100-server cluster, one used server lost, the running placement kept where it can
+   be (migration weight 0.05 points per MiB); target under 1 s.
+3. ILP against brute force on 6-server instances, same objective (exact expected accuracy over
+   every up/down state): the brute force enumerates every placement and scores it with
+   melplan.evaluate; the ILP is timed alone (``build_family_model`` + ``solve`` on all servers, no
+   reductions, no starting plan) and inside the planner (reductions, bounds).
+
+Usage::
+
+    python benchmarks/plan_scale.py                       # the shipped catalog if present, else a synthetic one
+    python benchmarks/plan_scale.py --catalog catalog/fashion-mnist --threads 2
+
+The synthetic catalog (used when no catalog is given and none is shipped) is shaped like
+EfficientNet-B0 prefixes on 32x32 inputs; its sizes and accuracies are made up (seeded) and the
+output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from melplan.catalog import Combiner, Family, Upstream, load_catalog, nonempty_subsets, subset_key  # noqa: E402
+from melplan.cluster import Cluster, Link, Server, Workload  # noqa: E402
+from melplan.clustergen import generate_cluster  # noqa: E402
+from melplan.evaluate import RouteTable, best_accuracy_by_state, path_latency_ms  # noqa: E402
+from melplan.ilp import ModelSpec, build_family_model, family_data, read_placement  # noqa: E402
+from melplan.planner import PlanOptions, objective_value, plan  # noqa: E402
+from melplan.solve import solve  # noqa: E402
+
+
+# -- a synthetic catalog -----------------------------------------------------------------------
+
+def synthetic_catalog(seed: int = 0) -> list[Family]:
+    """About 24 families: a reference and a backup model, MEL families with 2-4 upstreams,
+    fc (one combiner per subset) and shared combiners, several lambda settings."""
+    rng = random.Random(seed)
+    ds = {"name": "synthetic-fmnist", "num_classes": 10, "test_samples": 10000, "input_shape": [3, 32, 32]}
+    fams = []
+
+    def single(fid, params, macs, acc, role):
+        u = Upstream("u1", params=params, macs=macs, weight_bytes=4 * params, feature_bytes=5120, blocks=16,
+                     activation_bytes=600_000)
+        return Family(fid, ds, "efficientnet_b0", {"seed": seed}, (u,), (), {"u1": acc}, extra={"role": role})
+
+    fams.append(single("syn-reference", 4_020_358, 8_780_000, 0.921, "reference"))
+    fams.append(single("syn-backup", 310_000, 1_400_000, 0.884, "backup"))
+    for n in (2, 3, 4):
+        for variant in range(8 if n < 4 else 4):
+            blocks = [rng.choice([3, 4, 5, 6, 8]) for _ in range(n)]
+            ups = []
+            for i, b in enumerate(blocks):
+                params = int(18_000 * b * b * rng.uniform(0.9, 1.1))
+                ups.append(Upstream(f"u{i + 1}", params=params, macs=int(650_000 * b), weight_bytes=4 * params,
+                                    feature_bytes=4 * 40 * b * 4, blocks=b, activation_bytes=150_000 * b))
+            names = [u.name for u in ups]
+            shared = variant % 3 == 2 and n >= 3
+            subs = [s for s in nonempty_subsets(names) if len(s) >= 2]
+            if shared:
+                p = 60_000 * n
+                combs = (Combiner(tuple(names), params=p, macs=p, weight_bytes=4 * p, serves=tuple(subs), name="shared",
+                                  kind="shared"),)
+            else:
+                combs = tuple(Combiner(s, params=25_000 * len(s), macs=25_000 * len(s), weight_bytes=100_000 * len(s),
+                                       kind="fc") for s in subs)
+            # as in the MEL paper: each exit alone is a few points below the full model, the
+            # ensemble of all upstreams close to it or above
+            single_acc = {u.name: min(0.905, 0.845 + 0.007 * u.blocks + rng.uniform(-0.008, 0.008)) for u in ups}
+            acc = {}
+            for s in nonempty_subsets(names):
+                best = max(single_acc[u] for u in s)
+                gain = sum(0.022 / (k + 1) for k in range(len(s) - 1)) + rng.uniform(-0.003, 0.004) * (len(s) > 1)
+                acc[subset_key(s)] = round(min(0.94, best + gain) if len(s) > 1 else single_acc[s[0]], 4)
+            fid = f"syn-u{n}-{'-'.join(map(str, blocks))}-{'shared' if shared else 'fc'}-v{variant}"
+            fams.append(Family(fid, ds, "efficientnet_b0", {"seed": seed, "lambdas_variant": variant}, tuple(ups),
+                               combs, acc, extra={"role": "mel"}))
+    return fams
+
+
+# -- brute force -----------------------------------------------------------------------------------
+
+def _valid(family, placement, cluster) -> bool:
+    rate = cluster.workload.rate_rps
+    mem: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for comp, servers in placement.items():
+        c = family.component(comp)
+        for s in servers:
+            mem[s] = mem.get(s, 0.0) + c.memory_bytes
+            cpu[s] = cpu.get(s, 0.0) + c.macs * rate
+    if any(mem[s] > cluster.server(s).memory_bytes or cpu[s] > cluster.server(s).compute_gmacs * 1e9 for s in mem):
+        return False
+    slo = cluster.workload.latency_slo_ms
+    if slo is None:
+        return True
+    ups = {u: placement[u][0] for u in family.upstream_names}
+    if any(path_latency_ms(family, cluster, u, ups, None, None) > slo for u in family.upstream_names):
+        return False
+    return all(path_latency_ms(family, cluster, subset_key(s), ups, c.name, srv) <= slo
+               for c in family.combiners for srv in placement.get(c.name, ()) for s in c.serves)
+
+
+def brute_force(family, cluster, replicas=1):
+    """Best exact expected accuracy over every valid placement (and how many were scored)."""
+    names = cluster.names
+    sets = [c for k in range(replicas + 1) for c in itertools.combinations(names, k)]
+    best, count = -1.0, 0
+    for ups in itertools.permutations(names, family.n):
+        base = {u: (s,) for u, s in zip(family.upstream_names, ups)}
+        for combo in itertools.product(*[sets for _ in family.combiners]):
+            placement = dict(base)
+            placement.update({c.name: r for c, r in zip(family.combiners, combo) if r})
+            if not _valid(family, placement, cluster):
+                continue
+            count += 1
+            table = RouteTable(family, placement, cluster)
+            b = best_accuracy_by_state(table)
+            prob = 1.0
+            import numpy as np
+
+            m = len(table.used)
+            states = np.arange(1 << m)
+            prob = np.ones(1 << m)
+            for i, s in enumerate(table.used):
+                p = cluster.server(s).failure_prob
+                prob *= np.where((states >> i) & 1, 1 - p, p)
+            best = max(best, float(prob @ b))
+    return best, count
+
+
+def small_cluster(seed: int, m: int = 6) -> Cluster:
+    rng = random.Random(seed)
+    servers = tuple(Server(f"s{i}", memory_mb=round(rng.choice([1.0, 2.0, 4.0, 8.0, 64.0]) * rng.uniform(0.8, 1.2), 2),
+                           compute_gmacs=rng.choice([0.6, 4.0, 20.0]), failure_prob=round(rng.uniform(0.005, 0.1), 4))
+                    for i in range(m))
+    over = tuple((f"s{i}", f"s{j}", Link(rng.uniform(2, 30), 50.0)) for i in range(m) for j in range(i + 1, m)
+                 if rng.random() < 0.3)
+    return Cluster(servers, Workload(50.0, 60.0), Link(1.0, 1000.0), over, "s0")
+
+
+# -- the runs ----------------------------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--catalog", default=None,
+                    help="catalog directory (default: catalog/fashion-mnist when it holds 5+ families, else synthetic)")
+    ap.add_argument("--synthetic", action="store_true", help="use the synthetic catalog even when one is shipped")
+    ap.add_argument("--servers", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="solver threads (HiGHS)")
+    ap.add_argument("--solver", default=None, choices=["highs", "cbc"])
+    ap.add_argument("--small-instances", type=int, default=3, help="6-server instances for the brute-force ratio")
+    args = ap.parse_args()
+
+    shipped = ROOT / "catalog" / "fashion-mnist"
+    if args.catalog:
+        cat, what = list(load_catalog(args.catalog)), f"catalog {args.catalog}"
+    elif not args.synthetic and shipped.is_dir() and len(list(shipped.glob("*.json"))) >= 5:
+        cat, what = list(load_catalog(shipped)), f"shipped catalog {shipped.relative_to(ROOT)}"
+    else:
+        cat, what = synthetic_catalog(args.seed), "SYNTHETIC catalog (seeded, sizes and accuracies made up)"
+    print(f"melplan plan scale benchmark: {what}, {len(cat)} families; {os.cpu_count()} CPU(s) visible, "
+          f"threads={args.threads or 'solver default'}")
+
+    # 1. scale
+    cl = generate_cluster(args.servers, seed=args.seed)
+    print(f"\n[1] {args.servers} servers (clustergen seed {args.seed}), --max-failures 2, gap 1%, time limit 10 s")
+    for gap in (0.01, 1e-4):
+        t = time.perf_counter()
+        res = plan(cat, cl, PlanOptions(max_failures=2, gap=gap, time_limit_s=10.0, threads=args.threads,
+                                        solver=args.solver))
+        wall = time.perf_counter() - t
+        counts: dict[str, int] = {}
+        for o in res.considered:
+            counts[o.status] = counts.get(o.status, 0) + 1
+        cand = res.chosen.reduction
+        print(f"    gap target {gap:<6g}: {wall:6.2f} s  status {res.plan.solver['status']:<10} proven gap "
+              f"{res.gap:.2e}  proven optimal {res.proven_optimal}  families {counts}")
+        print(f"      chosen {res.plan.family}: expected {res.plan.expected_accuracy:.5f} on "
+              f"{len(res.plan.used_servers)} servers; candidates {cand.candidates}/{cand.servers} "
+              f"(cannot host {cand.cannot_host}, dominated {cand.dominated}, cut by bound {cand.bounded}, "
+              f"restricted {cand.restricted})")
+        print(f"      target (gap <= 1% within 10 s): {'MET' if res.gap <= 0.01 and wall <= 10 else 'MISSED'}"
+              f"  ({wall / 10:.0%} of the time budget)")
+
+    # 2. re-plan
+    cl100 = generate_cluster(100, seed=args.seed + 3)
+    first = plan(cat, cl100, PlanOptions(max_failures=2, threads=args.threads, solver=args.solver))
+    import numpy as np
+
+    lost = next((s for s in first.plan.used_servers if np.isfinite(cl100.without([s])._paths[0]).all()),
+                first.plan.used_servers[0])
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        re = plan(cat, cl100.without([lost]), PlanOptions(max_failures=2, current=first.plan.placement,
+                                                            current_family=first.plan.family, migration_weight=0.05,
+                                                            time_limit_s=10, threads=args.threads, solver=args.solver))
+        times.append(time.perf_counter() - t)
+    print(f"\n[2] re-plan on 100 servers after losing {lost}: {min(times):.3f} s best of 3 "
+          f"(median {sorted(times)[1]:.3f} s), target 1 s: {'MET' if sorted(times)[1] <= 1.0 else 'MISSED'}; "
+          f"family {re.plan.family}, moved {re.chosen.moved_mib:.2f} MiB, status {re.plan.solver['status']}")
+
+    # 3. ILP vs brute force on 6 servers
+    print("\n[3] ILP vs brute force, 6 servers, exact expected accuracy (every state), R = combiner replicas")
+    # a 2-upstream family, a 3-upstream family with a shared combiner, a 3-upstream fc family (4 combiners)
+    pick = [next((f for f in cat if f.n == 2), None),
+            next((f for f in cat if f.n == 3 and len(f.combiners) == 1), None),
+            next((f for f in cat if f.n == 3 and len(f.combiners) > 1), None)]
+    fams = [f for f in pick if f is not None] or [f for f in cat if f.n <= 2][:2]
+    header = f"    {'instance':<34} {'R':>1} {'placements':>10} {'brute s':>8} {'ILP s':>7} {'planner s':>9} " \
+             f"{'brute/ILP':>9} {'brute/planner':>13}  same optimum"
+    print(header)
+    ratios = []
+    for k in range(args.small_instances):
+        fam = fams[k % len(fams)]
+        cl6 = small_cluster(100 + k)
+        reps = 2 if len(fam.combiners) <= 1 else 1
+        t = time.perf_counter()
+        bf, count = brute_force(fam, cl6, reps)
+        t_bf = time.perf_counter() - t
+        t = time.perf_counter()
+        model = build_family_model(family_data(fam, cl6), ModelSpec(combiner_replicas=reps))
+        r = solve(model.problem, solver=args.solver or "highs", time_limit_s=120, gap_rel=0.0, threads=args.threads)
+        t_ilp = time.perf_counter() - t
+        ilp_val = objective_value(fam, read_placement(model), cl6).expected if r.has_solution else math.nan
+        t = time.perf_counter()
+        pr = plan([fam], cl6, PlanOptions(combiner_replicas=reps, gap=0.0, threads=args.threads, solver=args.solver))
+        t_pl = time.perf_counter() - t
+        same = abs(ilp_val - bf) < 1e-9 and abs(pr.plan.expected_accuracy - bf) < 1e-9
+        ratios.append(t_bf / t_ilp)
+        print(f"    {fam.id[:26] + ' seed ' + str(100 + k):<34} {reps:>1} {count:>10,} {t_bf:8.3f} {t_ilp:7.3f} "
+              f"{t_pl:9.3f} {t_bf / t_ilp:9.1f} {t_bf / t_pl:13.1f}  {'yes' if same else 'NO'}")
+    geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+    print(f"    geometric mean brute/ILP time ratio: {geo:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
