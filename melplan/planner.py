@@ -989,13 +989,15 @@ def _notes(chosen: FamilyOutcome, outcomes: Mapping[str, FamilyOutcome], options
     notes = []
     red = chosen.reduction
     if red is not None and (red.cannot_host or red.dominated or red.bounded):
-        notes.append(f"{red.servers} servers reduced to {red.candidates} candidates for {chosen.family}: "
+        notes.append(f"{_n(red.servers, 'server')} reduced to {_n(red.candidates, 'candidate')} for {chosen.family}: "
                      f"{red.cannot_host} cannot hold any of its components, {red.dominated} dominated by at least "
-                     f"{red.max_used} others (a plan uses at most {red.max_used} servers), {red.bounded} cut by the "
-                     f"relaxation bound; every cut is exact")
+                     f"{_n(red.max_used, 'other')} (a plan uses at most {_n(red.max_used, 'server')}), {red.bounded} "
+                     f"cut by the relaxation bound; every cut is exact"
+                     + ("; the search then ran on the most promising of the rest, the bound still covers them all"
+                        if red.restricted else ""))
     pruned = [o for o in outcomes.values() if o.status == "pruned"]
     if pruned:
-        notes.append(f"{len(pruned)} family(ies) not solved: their upper bound cannot beat the chosen plan")
+        notes.append(f"{_n(len(pruned), 'family', 'families')} not solved: the upper bound cannot beat the chosen plan")
     if chosen.modeled_mass is not None and chosen.modeled_mass < 1.0 - 1e-12:
         notes.append(f"the model of {chosen.family} counts the states with at most {chosen.failures_modeled} "
                      f"candidate servers down (probability {chosen.modeled_mass:.6f}); the rest is in the bound")
@@ -1008,6 +1010,10 @@ def _notes(chosen: FamilyOutcome, outcomes: Mapping[str, FamilyOutcome], options
     else:
         notes.append(f"NOT proven optimal: the best bound is {gap:.3%} above the chosen plan")
     return tuple(notes)
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def _infeasible(families: Sequence[Family], cluster: Cluster, outcomes: Mapping[str, FamilyOutcome],

@@ -100,7 +100,7 @@ def render(result, cluster, catalog, servers_file: str) -> str:
     lines.append(f"Plan for {servers_file}: {len(cluster.servers)} servers, {cluster.workload.rate_rps:g} requests/s"
                  + (f", SLO {slo:g} ms" if slo is not None else "")
                  + (f", ingress {cluster.ingress}" if cluster.ingress else ""))
-    lines.append(f"Catalog {catalog.root}: {len(catalog)} families"
+    lines.append(f"Catalog {catalog.root}: {len(catalog)} famil{'y' if len(catalog) == 1 else 'ies'}"
                  + (f" of {plan.extra.get('dataset')}" if plan.extra.get("dataset") else ""))
     lines.append("")
     kind = f"MEL, {fam.n} upstreams" if fam.n > 1 else "single model"
@@ -115,9 +115,12 @@ def render(result, cluster, catalog, servers_file: str) -> str:
     counts = {}
     for o in result.considered:
         counts[o.status] = counts.get(o.status, 0) + 1
-    what = "expected accuracy" if objective == "expected" else f"accuracy left with {opts_planner.get('max_failures') if k_label != 'all' else 1} server(s) down"
+    k_worst = k_label if k_label != "all" else "1"
+    what = ("expected accuracy" if objective == "expected"
+            else f"accuracy left with {k_worst} server{'' if k_worst == '1' else 's'} down")
     summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
-    why = f"  why: highest {what} of {len(result.considered)} families ({summary})"
+    nf = len(result.considered)
+    why = f"  why: highest {what} of {nf} famil{'y' if nf == 1 else 'ies'} ({summary})"
     lines.append(why)
     if result.best_single is not None and result.best_single.family != plan.family:
         bs = result.best_single
@@ -143,7 +146,7 @@ def render(result, cluster, catalog, servers_file: str) -> str:
                      "-" if o.expected_accuracy is None else f"{o.expected_accuracy:.4f}",
                      "-" if o.reduction is None else f"{o.reduction.candidates}/{o.reduction.servers}",
                      _short(o.reason)])
-    lines.append(table(rows, ["family", "n", "role", "status", "value", "bound", "expected", "servers", "note"],
+    lines.append(table(rows, ["family", "n", "role", "status", "value", "bound", "expected", "candidates", "note"],
                        align="lrllrrrrl"))
     lines.append("")
 
