@@ -608,14 +608,17 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
     if restricted:
         notes.append(f"solved on {len(cand)} of the servers left after the exact cuts "
                      f"(the most promising; the bound still covers every server)")
-    if opts.objective == "expected" and model.failures_modeled is not None and model.modeled_mass < 1.0 - 1e-12:
+    if (result is not None and opts.objective == "expected" and model.failures_modeled is not None
+            and model.modeled_mass < 1.0 - 1e-12):
         notes.append(f"model counts states with <= {model.failures_modeled} of {len(cand)} candidates down "
                      f"(probability {model.modeled_mass:.6f})")
+    searched = result is not None
     return FamilyOutcome(family.id, n, role, status, value=value, bound=bound, expected_accuracy=ov.expected,
                          worst_case_accuracy=ov.worst, accuracy_all_up=ov.all_up, moved_mib=mv,
                          placement={k: tuple(v) for k, v in best.items()}, reason="; ".join(notes),
-                         solver=solver_info, reduction=red, failures_modeled=model.failures_modeled,
-                         modeled_mass=model.modeled_mass)
+                         solver=solver_info, reduction=red,
+                         failures_modeled=model.failures_modeled if searched else None,
+                         modeled_mass=model.modeled_mass if searched else None)
 
 
 def _restrict(family: Family, data: FamilyData, fits: np.ndarray, relax: Relaxation | None,
@@ -893,7 +896,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     for fam, data, ub, relax in queue:
         if fam.n > 1 and ub <= best_value + TOL:
             outcomes[fam.id] = FamilyOutcome(fam.id, fam.n, role_of(fam), "pruned", bound=ub,
-                                             reason=f"its bound {ub:.4f} cannot beat {best_value:.4f}")
+                                             reason=f"its bound {ub:.5f} cannot beat {best_value:.5f}")
             continue
         if time.perf_counter() >= ctx.deadline:
             outcomes[fam.id] = FamilyOutcome(fam.id, fam.n, role_of(fam), "not_solved", bound=ub,

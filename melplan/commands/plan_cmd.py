@@ -122,6 +122,14 @@ def render(result, cluster, catalog, servers_file: str) -> str:
     nf = len(result.considered)
     why = f"  why: highest {what} of {nf} famil{'y' if nf == 1 else 'ies'} ({summary})"
     lines.append(why)
+    others = [o for o in result.considered if o.family != plan.family and o.value is not None]
+    if others:
+        ru = max(others, key=lambda o: o.value)
+        lines.append(f"  runner-up: {ru.family} at {ru.value:.4f} ({100 * (ru.value - chosen.value):+.2f} points)")
+    pruned = [o for o in result.considered if o.status == "pruned"]
+    if pruned:
+        top = max(pruned, key=lambda o: o.bound)
+        lines.append(f"  {len(pruned)} more could not win: the best of them ({top.family}) is bounded by {top.bound:.4f}")
     if result.best_single is not None and result.best_single.family != plan.family:
         bs = result.best_single
         where = ", ".join(sorted({s for v in (bs.placement or {}).values() for s in v}))
