@@ -605,8 +605,8 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
         status = "time_limit"
     else:
         status = "unproven"
-    if restricted:
-        notes.append(f"solved on {len(cand)} of the servers left after the exact cuts "
+    if restricted and result is not None:
+        notes.append(f"searched {len(cand)} of the servers left after the exact cuts "
                      f"(the most promising; the bound still covers every server)")
     if (result is not None and opts.objective == "expected" and model.failures_modeled is not None
             and model.modeled_mass < 1.0 - 1e-12):

@@ -232,6 +232,28 @@ def test_a_tiny_time_limit_on_a_big_instance_reports_not_optimal():
     assert any(o.status == "not_solved" for o in res.considered)
 
 
+def test_families_left_unsolved_by_the_time_limit_make_the_status_time_limit(monkeypatch):
+    import melplan.planner as planner
+
+    real = planner.family_data
+
+    def slow(family, *args, **kwargs):             # preparing a MEL family takes 0.3 s of the 0.5 s budget
+        if family.n > 1:
+            time.sleep(0.3)
+        return real(family, *args, **kwargs)
+
+    monkeypatch.setattr(planner, "family_data", slow)
+    cat = [make_family(1, seed=1, fid="single")] + [make_family(2, seed=s, fid=f"mel-{s}") for s in range(4)]
+    start = time.perf_counter()
+    res = plan(cat, make_cluster(5, seed=1), PlanOptions(time_limit_s=0.5))
+    took = time.perf_counter() - start
+    assert took < 1.2                                  # one family started before the limit, no more
+    assert res.plan.solver["status"] == "time_limit" and not res.proven_optimal
+    left = [o for o in res.considered if o.status == "not_solved"]
+    assert left and all("time limit" in o.reason for o in left)
+    assert any("NOT proven" in n for n in res.notes)
+
+
 def test_an_unclosed_bound_is_reported_as_a_gap():
     # one component per server: combiners need servers of their own, so the relaxation (free
     # combiners) is out of reach, and the model counts only single failures of 8 candidates
