@@ -25,6 +25,7 @@ Constraints::
     sum gmac * (x + z) <= compute_j                 compute: every placed component at the full rate
     x[i,j] = 0   when the single-upstream path of i on j breaks the SLO (or has no path)
     sum_{j' : path i@j' -> k@j breaks the SLO or does not exist} x[i,j'] + z[k,j] <= 1
+    z[k,j] <= sum_i x[i,j]   on servers where combiners may only run beside an upstream
     sum_{S contains i} a[sigma,S] + sum_{j in sigma} x[i,j] <= 1          (upstream i is up)
     sum_{S served by g} a[sigma,S] <= sum_{k in g} (Z[k] - sum_{j in sigma} z[k,j])   (a replica is up)
     sum_S a[sigma,S] <= 1                                                   (one answer)
@@ -85,6 +86,7 @@ class FamilyData:
     single_lat: np.ndarray         # (upstreams, servers) ms
     pair_lat: Mapping[tuple[int, int], np.ndarray]
     slo_ms: float | None
+    combiner_alone: np.ndarray | None = None   # (servers,) False: combiners only beside an upstream there
 
     @property
     def n(self) -> int:
@@ -99,9 +101,10 @@ class FamilyData:
         pos = {s: j for j, s in enumerate(self.servers)}
         idx = np.array([pos[s] for s in servers], dtype=np.int64)
         pair = {key: v[np.ix_(idx, idx)] for key, v in self.pair_lat.items()}
+        alone = None if self.combiner_alone is None else self.combiner_alone[idx]
         return FamilyData(self.family, tuple(servers), self.mem_mib[idx], self.gmacs[idx], self.p[idx],
                           self.comp_mib, self.comp_gmacs, self.comp_weight_mib, self.fits[:, idx],
-                          self.single_lat[:, idx], pair, self.slo_ms)
+                          self.single_lat[:, idx], pair, self.slo_ms, alone)
 
 
 def combiner_inputs(family: Family) -> list[list[int]]:
@@ -291,6 +294,10 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
     for (i, k, t), bad in sorted(bad_pairs.items()):
         if (k, t) in z:
             prob += (pulp.lpSum(x[i, s] for s in bad) + z[k, t] <= 1, f"slo_u{i}_c{k}_s{t}")
+    if data.combiner_alone is not None:
+        for (k, j), v in sorted(z.items()):
+            if not data.combiner_alone[j]:
+                prob += (v - pulp.lpSum(x[i, j] for i in range(n) if (i, j) in x) <= 0, f"beside_c{k}_s{j}")
     if spec.max_used is not None and m > spec.max_used:
         w = {j: _var(prob, f"w_{j}", 0, 1) for j in range(m)}
         for (i, j), v in x.items():

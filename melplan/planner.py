@@ -471,6 +471,7 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
 
     # 1-2. who may host what
     fits = data_all.fits.copy()
+    alone = np.ones(m, dtype=bool)
     cannot = int((~fits.any(axis=0)).sum())
     protected = np.array([s in ctx.protected for s in data_all.servers])
     links = None if ctx.links is None else ctx.links[np.ix_([cluster.index[s] for s in data_all.servers],
@@ -482,7 +483,9 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
         comb_host = fits[n:].any(axis=0) if family.combiners else np.zeros(m, dtype=bool)
         drop_cb = _dominated(data_all, _packings(data_all, False), links, comb_host, max_used) & ~protected
         fits[:n, drop_up] = False
-        fits[n:, drop_cb] = False
+        # dominated for running combiners alone: they may still run beside an upstream there
+        alone = ~drop_cb
+        fits[n:, drop_cb & ~fits[:n].any(axis=0)] = False
         dominated = int(((data_all.fits.any(axis=0)) & ~fits.any(axis=0)).sum())
 
     # 3. an incumbent, and the relaxation bound on upstream hosts
@@ -529,6 +532,7 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
                         if s in keep_srv:
                             cut_k[j] = False
                     fits[n + k] &= ~cut_k
+            fits[n:, ~alone & ~fits[:n].any(axis=0)] = False   # no upstream left there, no combiner either
             after = fits.any(axis=0)
             bounded = int((before_any & ~after).sum())
 
@@ -536,10 +540,11 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
     restricted = False
     if len(cand_idx) > MAX_CANDIDATES:
         fits = _restrict(family, data_all, fits, relax, incumbent, opts)
+        fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
         restricted = True
         cand_idx = [j for j in range(m) if fits[:, j].any()]
     cand = [data_all.servers[j] for j in cand_idx]
-    data = replace(data_all, fits=fits).subset(cand)
+    data = replace(data_all, fits=fits, combiner_alone=alone).subset(cand)
     red = Reduction(m, len(cand), cannot, dominated, bounded, max_used, restricted)
     spec = ModelSpec(objective=opts.objective, failures=opts.max_failures if opts.objective == "expected" else None,
                      worst_failures=opts.worst_failures, combiner_replicas=opts.combiner_replicas,

@@ -308,3 +308,18 @@ def test_pulp_sees_a_maximisation_with_binary_placement_variables():
     model = _model(make_family(2, seed=6), make_cluster(4, seed=6))
     assert model.problem.sense == pulp.LpMaximize
     assert all(v.cat == pulp.LpBinary or v.cat == pulp.LpInteger for v in model.x.values())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_planner_cuts_are_exact_on_random_instances(seed):
+    """Dominance, bound cuts and the starting plan never lose the optimum (tight memory, so
+    combiners sometimes cannot sit beside their upstreams)."""
+    rng_kind = seed % 3
+    fam = make_family(2 if rng_kind < 2 else 3, seed=300 + seed, shared=rng_kind == 2)
+    cl = make_cluster(6, seed=400 + seed, memory=(0.25, 1.6), slo=[None, 35.0][seed % 2])
+    want, _ = brute_force(fam, cl)
+    if want == -math.inf:
+        return
+    got = plan([fam], cl, PlanOptions(gap=0.0))
+    assert got.plan.expected_accuracy == pytest.approx(want, abs=1e-9)
+    assert got.proven_optimal
