@@ -449,6 +449,9 @@ def _dominated(data: FamilyData, feas: np.ndarray, links: np.ndarray | None, eli
 
 @dataclass
 class _Context:
+    """What every family's solve shares: the cluster, the options, the deadline, the servers
+    never to drop (running the current placement), and the link dominance matrix (with an SLO)."""
+
     cluster: Cluster
     options: PlanOptions
     solver: str
@@ -457,107 +460,118 @@ class _Context:
     links: np.ndarray | None
 
 
-def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float,
-                  relax: Relaxation | None) -> FamilyOutcome:
-    opts = ctx.options
-    cluster = ctx.cluster
-    role = role_of(family)
-    n = family.n
-    m = len(data_all.servers)
-    max_used = max_servers_per_plan(family, opts.combiner_replicas)
-    current = None
-    if opts.current is not None:
-        current = {k: tuple(v) for k, v in opts.current.items()} if opts.current_family == family.id else {}
+@dataclass
+class _Reduced:
+    """The servers a family's model keeps, a starting plan, and how they were cut."""
 
-    # 1-2. who may host what
+    data: FamilyData
+    reduction: Reduction
+    incumbent: dict[str, tuple[str, ...]] | None
+    inc_score: float
+
+
+def _reduce(family: Family, data_all: FamilyData, ctx: _Context, relax: Relaxation | None,
+            current: Mapping[str, tuple[str, ...]] | None) -> _Reduced:
+    """Cut the servers of ``data_all`` for one family (the steps of the module docstring)."""
+    opts, cluster = ctx.options, ctx.cluster
+    n, m = family.n, len(data_all.servers)
+    max_used = max_servers_per_plan(family, opts.combiner_replicas)
+
+    # 1-2. who may host what: fit, then dominance per role
     fits = data_all.fits.copy()
-    alone = np.ones(m, dtype=bool)
+    alone = np.ones(m, dtype=bool)          # False: combiners only beside an upstream on that server
     cannot = int((~fits.any(axis=0)).sum())
     protected = np.array([s in ctx.protected for s in data_all.servers])
-    links = None if ctx.links is None else ctx.links[np.ix_([cluster.index[s] for s in data_all.servers],
-                                                            [cluster.index[s] for s in data_all.servers])]
     dominated = 0
     if opts.reduce and m > max_used:
+        pos = [cluster.index[s] for s in data_all.servers]
+        links = None if ctx.links is None else ctx.links[np.ix_(pos, pos)]
         up_host = fits[:n].any(axis=0)
         drop_up = _dominated(data_all, _packings(data_all, True), links, up_host, max_used) & ~protected
         comb_host = fits[n:].any(axis=0) if family.combiners else np.zeros(m, dtype=bool)
         drop_cb = _dominated(data_all, _packings(data_all, False), links, comb_host, max_used) & ~protected
         fits[:n, drop_up] = False
-        # dominated for running combiners alone: they may still run beside an upstream there
         alone = ~drop_cb
-        fits[n:, drop_cb & ~fits[:n].any(axis=0)] = False
-        dominated = int(((data_all.fits.any(axis=0)) & ~fits.any(axis=0)).sum())
+        fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
+        dominated = int((data_all.fits.any(axis=0) & ~fits.any(axis=0)).sum())
 
-    # 3. an incumbent, and the relaxation bound on upstream hosts
-    incumbent = None
+    # 3. starting plans, and the relaxation bound on hosts
+    incumbent: dict[str, tuple[str, ...]] | None = None
     inc_score = -math.inf
     bounded = 0
-    if current and _placement_fits(family, current, cluster):
-        sc, _, _ = plan_score(family, current, cluster, opts, current)
-        if _meets_floor(family, current, cluster, opts):
-            incumbent, inc_score = dict(current), sc
+    if current and _placement_fits(family, current, cluster) and _meets_floor(family, current, cluster, opts):
+        incumbent, inc_score = dict(current), plan_score(family, current, cluster, opts, current)[0]
     if relax is not None and opts.objective == "expected":
         starts = [_greedy(family, data_all, relax.tuple_, cluster)]
         if current:
             starts.append(_repair(family, data_all, current, cluster))
         for start in starts:
             if start is not None and _meets_floor(family, start, cluster, opts):
-                sc, _, _ = plan_score(family, start, cluster, opts, current)
+                sc = plan_score(family, start, cluster, opts, current)[0]
                 if sc > inc_score:
                     incumbent, inc_score = start, sc
         if incumbent is not None and opts.reduce:
-            keep_srv = {s for v in incumbent.values() for s in v}
-            before_any = fits.any(axis=0)
-            # a plan with upstream i on server j reaches at most host_bound[i, j], minus the price
-            # of starting i there when re-planning
+            keep = np.array([s in {x for v in incumbent.values() for x in v} for s in data_all.servers])
+            before = fits.any(axis=0)
+            # a plan with component c on server j reaches at most its bound there, minus the price
+            # of starting c on j when re-planning
             penalty = np.zeros((n + len(family.combiners), m))
             if opts.move_cost > 0:
                 for c, name in enumerate(family.component_names()):
                     here = set((current or {}).get(name, ()))
                     penalty[c] = [0.0 if s in here else opts.move_cost * data_all.comp_weight_mib[c]
                                   for s in data_all.servers]
-            cut = relax.host_bound - penalty[:n] < inc_score + TOL
-            for j, s in enumerate(data_all.servers):
-                if s in keep_srv:
-                    cut[:, j] = False
-            fits[:n] &= ~cut
-            # a combiner alone on a server without upstreams (its only replica when R = 1) is lost
-            # whenever that server is down: E <= q_t * bound + p_t * bound(without its subsets)
+            fits[:n] &= ~((relax.host_bound - penalty[:n] < inc_score + TOL) & ~keep[None, :])
+            # a combiner alone on a server (its only replica when R = 1) is lost whenever that
+            # server is down: E <= q_t * bound + p_t * bound(without the subsets only it serves)
             if opts.combiner_replicas == 1:
                 only_cb = ~fits[:n].any(axis=0)
                 for k in range(len(family.combiners)):
                     ubk = relax.bound - data_all.p * (relax.bound - relax.without[k]) - penalty[n + k]
-                    cut_k = only_cb & (ubk < inc_score + TOL)
-                    for j, s in enumerate(data_all.servers):
-                        if s in keep_srv:
-                            cut_k[j] = False
-                    fits[n + k] &= ~cut_k
-            fits[n:, ~alone & ~fits[:n].any(axis=0)] = False   # no upstream left there, no combiner either
-            after = fits.any(axis=0)
-            bounded = int((before_any & ~after).sum())
+                    fits[n + k] &= ~(only_cb & (ubk < inc_score + TOL) & ~keep)
+            fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
+            bounded = int((before & ~fits.any(axis=0)).sum())
 
-    cand_idx = [j for j in range(m) if fits[:, j].any()]
-    restricted = False
-    if len(cand_idx) > MAX_CANDIDATES:
+    # 6. too many left: search the most promising (not exact; the bound stays global)
+    restricted = int(fits.any(axis=0).sum()) > MAX_CANDIDATES
+    if restricted:
         fits = _restrict(family, data_all, fits, relax, incumbent, opts)
         fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
-        restricted = True
-        cand_idx = [j for j in range(m) if fits[:, j].any()]
-    cand = [data_all.servers[j] for j in cand_idx]
+    cand = [s for j, s in enumerate(data_all.servers) if fits[:, j].any()]
     data = replace(data_all, fits=fits, combiner_alone=alone).subset(cand)
-    red = Reduction(m, len(cand), cannot, dominated, bounded, max_used, restricted)
+    return _Reduced(data, Reduction(m, len(cand), cannot, dominated, bounded, max_used, restricted),
+                    incumbent, inc_score)
+
+
+def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float,
+                  relax: Relaxation | None) -> FamilyOutcome:
+    """Reduce, start, search and score one family; the row of the families table."""
+    opts = ctx.options
+    cluster = ctx.cluster
+    role = role_of(family)
+    n = family.n
+    current = None
+    if opts.current is not None:
+        current = {k: tuple(v) for k, v in opts.current.items()} if opts.current_family == family.id else {}
+    reduced = _reduce(family, data_all, ctx, relax, current)
+    data, red = reduced.data, reduced.reduction
+    incumbent, inc_score = reduced.incumbent, reduced.inc_score
+    restricted = red.restricted
+    cand = data.servers
+    max_used = red.max_used
     spec = ModelSpec(objective=opts.objective, failures=opts.max_failures if opts.objective == "expected" else None,
                      worst_failures=opts.worst_failures, combiner_replicas=opts.combiner_replicas,
                      min_worst=opts.min_accuracy_under_failure,
                      max_used=max_used if n + opts.combiner_replicas * len(family.combiners) > MAX_EXACT_SERVERS else None,
                      current=current, move_cost=opts.move_cost)
-    model = build_family_model(data, spec)
     notes: list[str] = []
+    model = None
     if incumbent is not None and inc_score >= ub - TOL * max(1.0, abs(ub)) and opts.objective == "expected":
         # the starting plan reaches the family's bound: proved, the search would only confirm it
         result, placement = None, None
         notes.append("the starting plan reaches the relaxation bound (proved without search)")
     else:
+        model = build_family_model(data, spec)
         result, placement = _run(model, family, ctx)
     if placement is not None and opts.objective == "worst-case":
         # stage 2: among the plans with this worst case, the most accurate on average
@@ -596,7 +610,7 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
     # what is proved about the family
     bound = ub
     proved = result is not None and result.optimal
-    if result is not None and result.bound is not None and not restricted:
+    if model is not None and result is not None and result.bound is not None and not restricted:
         tail = 0.0
         if opts.objective == "expected":
             tail = (1.0 - model.modeled_mass) * max(family.accuracy.values())
@@ -613,11 +627,11 @@ def _solve_family(family: Family, data_all: FamilyData, ctx: _Context, ub: float
     if restricted and result is not None:
         notes.append(f"searched {len(cand)} of the servers left after the exact cuts "
                      f"(the most promising; the bound still covers every server)")
-    if (result is not None and opts.objective == "expected" and model.failures_modeled is not None
+    searched = model is not None and result is not None
+    if (searched and opts.objective == "expected" and model.failures_modeled is not None
             and model.modeled_mass < 1.0 - 1e-12):
         notes.append(f"model counts states with <= {model.failures_modeled} of {len(cand)} candidates down "
                      f"(probability {model.modeled_mass:.6f})")
-    searched = result is not None
     return FamilyOutcome(family.id, n, role, status, value=value, bound=bound, expected_accuracy=ov.expected,
                          worst_case_accuracy=ov.worst, accuracy_all_up=ov.all_up, moved_mib=mv,
                          placement={k: tuple(v) for k, v in best.items()}, reason="; ".join(notes),
