@@ -177,6 +177,12 @@ def useful_subsets(family: Family) -> list[tuple[str, ...]]:
     return [s for s in family.subsets() if len(s) == 1 or acc[subset_key(s)] > max(acc[u] for u in s)]
 
 
+def useful_combiners(family: Family) -> list[bool]:
+    """Whether each combiner serves a subset worth answering with (else placing it cannot help)."""
+    keys = {subset_key(s) for s in useful_subsets(family) if len(s) >= 2}
+    return [any(subset_key(s) in keys for s in c.serves) for c in family.combiners]
+
+
 # -- the model -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -252,7 +258,8 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
 
     x = {(i, j): _var(prob, f"x_{i}_{j}", 0, 1, pulp.LpBinary)
          for i in range(n) for j in range(m) if data.fits[i, j]}
-    z_ok = {(k, j) for k in range(nc) for j in range(m) if data.fits[n + k, j]}
+    useful = useful_combiners(fam)
+    z_ok = {(k, j) for k in range(nc) for j in range(m) if data.fits[n + k, j] and useful[k]}
     inputs = combiner_inputs(fam)
     bad_pairs: dict[tuple[int, int, int], list[int]] = {}
     limit = math.inf if data.slo_ms is None else data.slo_ms

@@ -43,7 +43,8 @@ from .catalog import Catalog, Family, subset_key
 from .cluster import Cluster
 from .errors import InfeasiblePlanError, InputError, MelplanError, SolverError
 from .evaluate import MAX_EXACT_SERVERS, RouteTable, best_accuracy_by_state, capacity_violations, evaluate_placement
-from .ilp import FamilyData, ModelSpec, build_family_model, combiner_inputs, family_data, read_placement
+from .ilp import (FamilyData, ModelSpec, build_family_model, combiner_inputs, family_data, read_placement,
+                  useful_combiners)
 from .plan import Plan
 from .solve import SolveResult, choose_solver, solve
 
@@ -775,8 +776,9 @@ def _greedy(family: Family, data: FamilyData, tup: tuple[int, ...], cluster: Clu
             mem_left[pos[s]] -= data.comp_mib[c]
             cpu_left[pos[s]] -= data.comp_gmacs[c]
     order = sorted(range(len(family.combiners)), key=lambda k: -len(family.combiners[k].serves[0]))
+    useful = useful_combiners(family)
     for k in order:
-        if family.combiners[k].name in placement:
+        if family.combiners[k].name in placement or not useful[k]:
             continue
         c = n + k
         members = set(tup[i] for i in inputs[k])

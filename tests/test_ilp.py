@@ -323,3 +323,16 @@ def test_planner_cuts_are_exact_on_random_instances(seed):
     got = plan([fam], cl, PlanOptions(gap=0.0))
     assert got.plan.expected_accuracy == pytest.approx(want, abs=1e-9)
     assert got.proven_optimal
+
+
+def test_combiners_that_cannot_help_are_never_placed():
+    import dataclasses
+
+    fam = make_family(2, seed=12)
+    worse = dict(fam.accuracy, **{"u1+u2": min(fam.accuracy["u1"], fam.accuracy["u2"]) - 0.01})
+    fam = dataclasses.replace(fam, accuracy=worse)          # the pair is worse than either upstream
+    cl = make_cluster(4, seed=12)
+    model = _model(fam, cl)
+    assert model.z == {}
+    res = plan([fam], cl, PlanOptions(gap=0.0))
+    assert set(res.plan.placement) == {"u1", "u2"}
