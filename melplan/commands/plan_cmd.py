@@ -110,7 +110,7 @@ def render(result, cluster, catalog, servers_file: str) -> str:
     lines.append(f"Chosen: {plan.family} ({kind})")
     wc = plan.worst_case_accuracy
     worst_txt = ", ".join(f"{k} down {v:.4f}" for k, v in list(wc.items())[:2]) or "-"
-    lines.append(f"  expected accuracy {plan.expected_accuracy:.4f} (exact), all up {plan.accuracy_all_up:.4f}, "
+    lines.append(f"  expected accuracy {plan.expected_accuracy:.5f} (exact), all up {plan.accuracy_all_up:.4f}, "
                  f"worst with {worst_txt}")
     counts = {}
     for o in result.considered:
@@ -125,15 +125,15 @@ def render(result, cluster, catalog, servers_file: str) -> str:
     others = [o for o in result.considered if o.family != plan.family and o.value is not None]
     if others:
         ru = max(others, key=lambda o: o.value)
-        lines.append(f"  runner-up: {ru.family} at {ru.value:.4f} ({100 * (ru.value - chosen.value):+.2f} points)")
+        lines.append(f"  runner-up: {ru.family} at {ru.value:.5f} ({100 * (ru.value - chosen.value):+.2f} points)")
     pruned = [o for o in result.considered if o.status == "pruned"]
     if pruned:
         top = max(pruned, key=lambda o: o.bound)
-        lines.append(f"  {len(pruned)} more could not win: the best of them ({top.family}) is bounded by {top.bound:.4f}")
+        lines.append(f"  {len(pruned)} more could not win: the best of them ({top.family}) is bounded by {top.bound:.5f}")
     if result.best_single is not None and result.best_single.family != plan.family:
         bs = result.best_single
         where = ", ".join(sorted({s for v in (bs.placement or {}).values() for s in v}))
-        lines.append(f"  vs best single model: {bs.family} on {where}: {bs.value:.4f}; "
+        lines.append(f"  vs best single model: {bs.family} on {where}: {bs.value:.5f}; "
                      f"this plan gains {100 * (chosen.value - bs.value):+.2f} points")
     elif result.best_single is not None:
         lines.append("  the best plan is itself a single model")
