@@ -50,7 +50,9 @@ from .solve import SolveResult, choose_solver, solve
 
 OBJECTIVES = ("expected", "worst-case")
 TOL = 1e-9
-MAX_CANDIDATES = 10     # beyond this, the ILP runs on the most promising servers (the bound stays global)
+MAX_CANDIDATES = 10           # beyond this, the ILP runs on the most promising servers (the bound stays global)
+MAX_HOST_BOUND_TUPLES = 1000  # per-host relaxation bounds only for families with few upstreams
+MAX_PACKING_COMBINERS = 10    # beyond this, capability is compared on raw memory and compute
 
 
 # -- options and results -----------------------------------------------------------------------
@@ -354,7 +356,10 @@ def relaxation(family: Family, data: FamilyData) -> Relaxation | None:
     without = tuple(float(relaxed_value(family, P, best_without(family, ex)).max()) if ex else best_v
                     for ex in exclusive_subsets(family))
     m = len(data.servers)
-    host_bound = np.full((n, m), -np.inf)
+    host_bound = np.full((n, m), np.inf)     # no per-host bound: nothing is cut
+    if n ** (n - 1) > MAX_HOST_BOUND_TUPLES:
+        return Relaxation(best_v, tuple(int(j) for j in best_t), host_bound, without)
+    host_bound[:] = -np.inf
     for i in range(n):
         others = [k for k in range(n) if k != i]
         cols = hosts[i]
@@ -386,29 +391,43 @@ def max_servers_per_plan(family: Family, replicas: int) -> int:
     return min(family.n + replicas * len(family.combiners), MAX_EXACT_SERVERS)
 
 
-def _packings(data: FamilyData, with_upstream: bool) -> np.ndarray:
-    """feasible[s, packing]: which sets of components (one upstream, or none) fit on each server."""
+def _capability(data: FamilyData, with_upstream: bool) -> np.ndarray:
+    """sup[s, t]: every set of components of the role (one upstream with any combiners, or
+    combiners only) that fits on t also fits on s."""
     n, nc = data.n, data.n_comb
+    comps = range(n + nc) if with_upstream else range(n, n + nc)
+    if nc > MAX_PACKING_COMBINERS:
+        # sufficient, if coarser: more memory, more compute, and every component that fits on t fits on s
+        sup = (data.mem_mib[:, None] >= data.mem_mib[None, :]) & (data.gmacs[:, None] >= data.gmacs[None, :])
+        for c in comps:
+            sup &= data.fits[c][:, None] | ~data.fits[c][None, :]
+        return sup
     masks = np.arange(1 << nc, dtype=np.int64)
     bits = ((masks[:, None] >> np.arange(nc)) & 1).astype(float) if nc else np.zeros((1, 0))
     cmem = bits @ data.comp_mib[n:] if nc else np.zeros(1)
     cgm = bits @ data.comp_gmacs[n:] if nc else np.zeros(1)
+    cfit = np.ones((len(masks), len(data.servers)), dtype=bool)
+    for k in range(nc):
+        cfit &= ~(bits[:, k:k + 1] > 0) | data.fits[n + k][None, :]
     rows = []
     for i in (range(n) if with_upstream else [None]):
         mem = cmem + (0.0 if i is None else data.comp_mib[i])
         gm = cgm + (0.0 if i is None else data.comp_gmacs[i])
-        ok = (mem[:, None] <= data.mem_mib[None, :]) & (gm[:, None] <= data.gmacs[None, :])
+        ok = (mem[:, None] <= data.mem_mib[None, :]) & (gm[:, None] <= data.gmacs[None, :]) & cfit
         if i is not None:
             ok &= data.fits[i][None, :]
         rows.append(ok)
-    return np.concatenate(rows, axis=0).T
+    return _superset(np.concatenate(rows, axis=0).T)
 
 
-def _superset(feas: np.ndarray) -> np.ndarray:
-    """sup[s, t]: every packing feasible on t is feasible on s."""
+def _superset(feas: np.ndarray, block: int = 16) -> np.ndarray:
+    """sup[s, t]: every packing feasible on t (a row of ``feas``) is feasible on s."""
     uniq, inv = np.unique(feas, axis=0, return_inverse=True)
     inv = np.asarray(inv).reshape(-1)
-    sup = ~((~uniq[:, None, :]) & uniq[None, :, :]).any(axis=2)
+    u = len(uniq)
+    sup = np.zeros((u, u), dtype=bool)
+    for a in range(0, u, block):
+        sup[a:a + block] = ~((~uniq[a:a + block, None, :]) & uniq[None, :, :]).any(axis=2)
     return sup[inv[:, None], inv[None, :]]
 
 
@@ -430,11 +449,12 @@ def link_dominance(cluster: Cluster, block: int = 48) -> np.ndarray:
     return out
 
 
-def _dominated(data: FamilyData, feas: np.ndarray, links: np.ndarray | None, eligible: np.ndarray,
+def _dominated(data: FamilyData, capable: np.ndarray, links: np.ndarray | None, eligible: np.ndarray,
                threshold: int) -> np.ndarray:
-    """drop[t]: t has at least ``threshold`` strict dominators among the eligible servers."""
+    """drop[t]: t has at least ``threshold`` strict dominators among the eligible servers
+    (``capable[s, t]``: s can hold whatever t can)."""
     m = len(data.servers)
-    weak = _superset(feas) & (data.p[:, None] <= data.p[None, :])
+    weak = capable & (data.p[:, None] <= data.p[None, :])
     if data.slo_ms is not None:
         weak &= data.gmacs[:, None] >= data.gmacs[None, :]
         if links is not None:
@@ -488,9 +508,9 @@ def _reduce(family: Family, data_all: FamilyData, ctx: _Context, relax: Relaxati
         pos = [cluster.index[s] for s in data_all.servers]
         links = None if ctx.links is None else ctx.links[np.ix_(pos, pos)]
         up_host = fits[:n].any(axis=0)
-        drop_up = _dominated(data_all, _packings(data_all, True), links, up_host, max_used) & ~protected
+        drop_up = _dominated(data_all, _capability(data_all, True), links, up_host, max_used) & ~protected
         comb_host = fits[n:].any(axis=0) if family.combiners else np.zeros(m, dtype=bool)
-        drop_cb = _dominated(data_all, _packings(data_all, False), links, comb_host, max_used) & ~protected
+        drop_cb = _dominated(data_all, _capability(data_all, False), links, comb_host, max_used) & ~protected
         fits[:n, drop_up] = False
         alone = ~drop_cb
         fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
