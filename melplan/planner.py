@@ -19,7 +19,12 @@ How the instance is cut down, and why each cut loses nothing (docs/ilp.md has th
    needs its n most reliable hosts), which bounds the whole family, and, per (upstream, server),
    bounds every plan that puts that upstream there.  A host whose bound is below a plan already
    found (the best tuple, completed greedily, scored exactly) cannot improve on it: dropped.
+   Likewise for a server that could only run a combiner alone.  A starting plan that reaches the
+   family's bound is optimal without a search.
 4. **Families** whose bound cannot beat the best plan found so far are not solved (pruned).
+5. **Not exact:** when more than MAX_CANDIDATES servers remain, the model runs on the most
+   promising of them; the family's bound still covers every server, so the gap stays honest and
+   the family is marked ``unproven`` unless the bound is met.
 
 The expected-accuracy model counts the scenarios with at most F candidate servers down (every
 state when F = all and the scenario budget allows); the remaining probability times the best
