@@ -58,6 +58,7 @@ TOL = 1e-9
 MAX_CANDIDATES = 10           # beyond this, the ILP runs on the most promising servers (the bound stays global)
 MAX_HOST_BOUND_TUPLES = 1000  # per-host relaxation bounds only for families with few upstreams
 MAX_PACKING_COMBINERS = 10    # beyond this, capability is compared on raw memory and compute
+MAX_LINK_DOMINANCE = 1500     # beyond this many servers, no dominance on links (under an SLO)
 
 
 # -- options and results -----------------------------------------------------------------------
@@ -436,10 +437,16 @@ def _superset(feas: np.ndarray, block: int = 16) -> np.ndarray:
     return sup[inv[:, None], inv[None, :]]
 
 
-def link_dominance(cluster: Cluster, block: int = 48) -> np.ndarray:
-    """ok[s, t] over all servers: s is no further and no narrower than t from every other server."""
+def link_dominance(cluster: Cluster) -> np.ndarray | None:
+    """ok[s, t] over all servers: s is no further and no narrower than t from every other server.
+
+    None (no server stands in for another on links) beyond MAX_LINK_DOMINANCE servers, where the
+    comparison would cost more than it saves."""
+    m = len(cluster.servers)
+    if m > MAX_LINK_DOMINANCE:
+        return None
     lat, bw = cluster._paths
-    m = lat.shape[0]
+    block = max(1, int(2e7 // max(1, m * m)))
     out = np.zeros((m, m), dtype=bool)
     cols = np.arange(m)
     for a in range(0, m, block):
@@ -462,8 +469,9 @@ def _dominated(data: FamilyData, capable: np.ndarray, links: np.ndarray | None, 
     weak = capable & (data.p[:, None] <= data.p[None, :])
     if data.slo_ms is not None:
         weak &= data.gmacs[:, None] >= data.gmacs[None, :]
-        if links is not None:
-            weak &= links
+        if links is None:                        # links not compared (too many servers): drop nothing
+            return np.zeros(m, dtype=bool)
+        weak &= links
     weak &= eligible[:, None] & eligible[None, :]
     idx = np.arange(m)
     dom = (weak & ~weak.T) | (weak & weak.T & (idx[:, None] < idx[None, :]))
