@@ -24,9 +24,9 @@ Model (docs/simulate.md):
   count as missed (no answer).
 
 Baseline models come from the catalog: families with ``extra['role']`` ``reference`` and ``backup``
-of the plan's dataset; without roles, the largest single-model family is the reference and the
-smallest the backup; without any single model, the reference is built from the plan family's
-``reference`` block (accuracy, params, macs).  "Fits" means memory, compute at the workload rate,
+of the plan's dataset; otherwise, among single-model families without a role, the largest is the
+reference and the smallest the backup; without either, the reference is built from the plan family's
+``reference`` block (accuracy, params, macs).  A backup-role model is never the reference.  "Fits" means memory, compute at the workload rate,
 and the SLO from the ingress, as for the planner.  Servers are ranked by failure probability, then
 compute (faster first), then name.
 """
@@ -165,23 +165,26 @@ def baseline_families(catalog: Catalog | None, family: Family) -> tuple[Family |
     refs = [f for f in singles if f.extra.get("role") == "reference"]
     backs = [f for f in singles if f.extra.get("role") == "backup"]
     how = []
+    unmarked = [f for f in by_size if f.extra.get("role") not in ("reference", "backup")]
     if refs:
         reference = max(refs, key=lambda f: (f.accuracy_all_up, f.id))
         how.append(f"reference {reference.id} (role)")
-    elif by_size:
-        reference = by_size[-1]
-        how.append(f"reference {reference.id} (largest single model)")
+    elif unmarked:
+        reference = unmarked[-1]
+        how.append(f"reference {reference.id} (largest single model without a role)")
     else:
         reference = _reference_from_block(family)
         how.append(f"reference {reference.id} (from the plan family's reference block)" if reference
                    else "no reference model (no single-model family, no reference block)")
+    backs = [f for f in backs if reference is None or f.id != reference.id]
     if backs:
         backup = min(backs, key=lambda f: (f.weight_bytes, f.id))
         how.append(f"backup {backup.id} (role)")
     else:
-        small = [f for f in by_size if reference is None or f.id != reference.id]
+        small = [f for f in unmarked if reference is None or f.id != reference.id]
         backup = small[0] if small else None
-        how.append(f"backup {backup.id} (smallest single model)" if backup else "no backup model in the catalog")
+        how.append(f"backup {backup.id} (smallest single model without a role)" if backup
+                   else "no backup model in the catalog")
     return reference, backup, "; ".join(how)
 
 

@@ -244,6 +244,16 @@ def test_baseline_families_by_role_by_size_and_from_the_reference_block():
     assert r.upstreams[0].weight_bytes == 4 * fam.reference["params"]
     no_ref = replace(fam, reference=None)
     assert baseline_families(Catalog((no_ref,)), no_ref)[0] is None
+    # a backup-role model is never taken as the reference, nor a model as its own backup
+    only_backup = Catalog((no_ref, catalog.get("small")))
+    r, b, how = baseline_families(only_backup, no_ref)
+    assert r is None and b.id == "small"
+    r, b, how = baseline_families(Catalog((fam, catalog.get("full"))), fam)
+    assert r.id == "full" and b is None and "no backup" in how
+    rep = simulate(plan, no_ref, cluster, trace_of([(1, "a", "down")], 2), catalog=only_backup,
+                   options=SimOptions(policy=Policy.named("failover-only")))
+    assert [s.deployable for s in rep.strategies] == [True, False, False, False]
+    assert "no reference model" in rep.strategy("cold-restart").note
 
 
 def test_baselines_that_fit_nowhere_are_reported_not_deployable():
