@@ -161,8 +161,10 @@ class Health:
 class PlanView:
     """What the decision needs to know about the current plan.
 
-    ``used``: servers the current placement runs on; ``basis``: servers that were available when the
-    current plan was made; ``known``: every server the selector may place on (cluster plus joins).
+    ``used``: servers the current placement runs on; ``basis``: servers the current plan has
+    accounted for (those it could use, and those that were down by coincidence, unused, when it was
+    made); ``known``: every server the selector may place on (cluster plus joins).  A stable server
+    outside the basis (one a plan lost, a recovering one, a new one) triggers a re-plan.
     """
 
     used: frozenset[str]

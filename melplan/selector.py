@@ -631,8 +631,14 @@ class RuntimeSelector:
         moved = sum(a.bytes for a in actions if a.verb == "start")
         result = ReplanResult(t, request.reason, request.excluded, self._plan, new_plan, actions, moved, wall,
                               lookup.generation)
+        # the new basis: what the re-plan could use, plus servers left out only by coincidence (down or
+        # unsettled, already accounted for, not used by the old plan): their return needs no re-plan.
+        # Servers the old plan lost, and those never accounted for (recovering, joined), stay outside
+        # and trigger a re-plan once stable.
+        old_used = set(self._lookup.used)
+        coincidental = {s for s in request.excluded if s in self._basis and s not in old_used}
+        self._basis = frozenset(request.cluster.names) | frozenset(coincidental)
         self._plan, self._family, self._lookup = new_plan, new_family, lookup
-        self._basis = frozenset(request.cluster.names)
         self._rstate = self._rstate.after(t, self._policy, ok=True)
         self._bytes_moved += moved
         self._mask = lookup.mask_of(self._health.down)

@@ -571,3 +571,22 @@ def test_failover_does_not_wait_for_a_running_replan():
     assert "s0" in sel.down and sel.route() == sel.route_for(sel.down)
     with pytest.raises(SelectorError):
         RuntimeSelector(plan, family, cluster, history_limit=0)
+
+
+def test_only_servers_a_plan_lost_or_never_counted_trigger_recovery_replans():
+    family, _, _ = random_plan(2, 2, 21)
+    cluster = make_cluster(6, seed=8)
+    plan = Plan(family.id, {"u1": ("s0",), "u2": ("s1",), "u1+u2": ("s2",)}, "expected", 0, 0, {})
+    calls = []
+    sel = RuntimeSelector(plan, family, cluster, replanner=greedy_replanner(calls),
+                          policy=Policy.named("replan-after", grace_s=100, hold_down_s=100, backoff_s=1))
+    sel.mark_down("s5", now=0.0)               # unused, down by coincidence during the re-plan
+    sel.mark_down("s1", now=0.0)               # used: lost after the grace period
+    assert sel.tick(now=100.0) is not None
+    assert set(calls[-1].excluded) == {"s1", "s5"}
+    sel.mark_up("s5", now=200.0)
+    assert sel.tick(now=400.0) is None and sel.next_due(now=400.0) is None      # nothing to gain from s5
+    sel.mark_up("s1", now=500.0)
+    assert sel.next_due(now=500.0) == 600.0
+    assert sel.tick(now=600.0) is not None and "s1" in calls[-1].cluster.names
+    assert sel.next_due(now=700.0) is None
