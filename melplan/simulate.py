@@ -175,7 +175,7 @@ def baseline_families(catalog: Catalog | None, family: Family) -> tuple[Family |
     else:
         reference = _reference_from_block(family)
         how.append(f"reference {reference.id} (from the plan family's reference block)" if reference
-                   else "no reference model (no single-model family, no reference block)")
+                   else "no reference model (no family with role 'reference', no single model without a role, no reference block in the plan's family)")
     backs = [f for f in backs if reference is None or f.id != reference.id]
     if backs:
         backup = min(backs, key=lambda f: (f.weight_bytes, f.id))
