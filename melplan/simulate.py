@@ -595,14 +595,15 @@ def plot_report(report: SimulationReport, path: str, *, title: str | None = None
         raise InputError("nothing to plot: no strategy is deployable", field="plot", fix="check the notes in the table")
     hours = report.hours
     bins = max(1, min(bins, int(report.horizon_s)))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(11, 1.7 * len(rows) + 1.3), sharex=True, squeeze=False)
+    height = 1.7 * len(rows) + 1.3
+    fig, axes = plt.subplots(len(rows), 1, figsize=(11, height), sharex=True, squeeze=False)
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
     nonzero = [a for s in rows for _, a in s.series if a > 0]
     low_y = max(0.0, min(nonzero + [report.floor]) - 0.04) if nonzero else 0.0
     for ax, s, color in zip(axes[:, 0], rows, colors):
         starts, mean, low, gap = binned_series(s.series, report.horizon_s, bins)
         xs = [t / 3600 for t in starts] + [hours]
-        ax.stairs(mean, xs, color=color, lw=1.3)
+        ax.stairs(mean, xs, baseline=None, color=color, lw=1.3)
         ax.stairs(mean, xs, baseline=[max(v, low_y) for v in low], fill=True, color=color, alpha=0.25, lw=0)
         ax.axhline(report.floor, color="gray", ls="--", lw=0.8)
         for x0, x1, g in zip(xs[:-1], xs[1:], gap):
@@ -620,9 +621,11 @@ def plot_report(report: SimulationReport, path: str, *, title: str | None = None
                Patch(color="black", alpha=0.25, label="down to the lowest accuracy in the bin"),
                Line2D([], [], color="gray", ls="--", lw=0.8, label=f"floor {report.floor:.3f}"),
                Patch(color="red", label="no answer for part of the bin")]
-    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.965))
-    fig.suptitle(title or f"Delivered accuracy over {hours:g} h ({report.trace_source})", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.suptitle(title or f"Delivered accuracy over {hours:g} h ({report.trace_source})", fontsize=10,
+                 y=1 - 0.08 / height, va="top")
+    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 1 - 0.27 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
     try:
         atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
