@@ -81,9 +81,6 @@ class Objective:
         """The value pymoo sees: accuracies negated, costs as they are."""
         return -value if self.maximise else value
 
-    def better_or_equal(self, a: float, b: float) -> bool:
-        return a >= b if self.maximise else a <= b
-
 
 def expected_accuracy(family: Family, p: float) -> float:
     """Expected accuracy when each upstream server is down independently with probability ``p``.
@@ -646,7 +643,9 @@ def parse_preference(prefer: str | None, weights: str | None, objectives: Sequen
             objs.append(o)
         if not any(ws.values()):
             raise PickError("every weight is zero", field="--weights", fix="give at least one non-zero weight")
-        return Preference(ws, tuple(objs), "weights " + ", ".join(f"{k}={v:g}" for k, v in ws.items()))
+        terms = " + ".join(f"{v:g}·{k}" + (" (as a fraction of the reference)" if get_objective(k).kind == "cost" else "")
+                           for k, v in ws.items())
+        return Preference(ws, tuple(objs), f"largest weighted sum {terms}")
     o = obj(prefer, "--prefer") if prefer else objectives[0]
     return Preference({o.name: 1.0 if o.maximise else -1.0}, (o,),
                       f"{'highest' if o.maximise else 'lowest'} {o.name}" + ("" if prefer else " (default: the first objective)"))
@@ -717,6 +716,8 @@ def choose(result: ParetoResult, families: Sequence[Family], *, constraints: Seq
     pref_names = list(preference.weights)
     shown = ", ".join(f"{n} = {_fmt(get_objective(n), values[best.id][n], ref.value(get_objective(n)))}"  # type: ignore[arg-type]
                       for n in pref_names)
+    if len(preference.weights) > 1 or preference.text.startswith("largest weighted"):
+        shown += f"; score {score(best):.4f}"
     parts = [f"deploy {best.id} ({family_label(best)}): {preference.text} ({shown})"]
     if constraints:
         met = ", ".join(f"{c.text}: {_fmt(c.objective, values[best.id][c.objective.name], ref.value(c.objective))}"  # type: ignore[arg-type]
