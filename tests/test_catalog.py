@@ -109,6 +109,9 @@ def test_report_checks_can_pass_and_fail():
     assert headline(Catalog((ref, good))).passed
     assert not headline(Catalog((ref, weak))).passed       # weaker single keeps only 87%
     assert not headline(Catalog((good,))).passed            # no reference
+    assert "CAVEAT" not in headline(Catalog((ref, good))).detail
+    strong_backup = replace(make_family(1, fid="backup"), extra={"role": "backup"}, accuracy={"u1": 0.93})
+    assert "CAVEAT" in headline(Catalog((ref, good, strong_backup))).detail
     three = make_family(3, fid="three")
     hi = _with_acc(three, {"u1+u2": 0.90, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})
     lo = _with_acc(three, {"u1+u2": 0.85, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})

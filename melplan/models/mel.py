@@ -15,6 +15,7 @@ every block and the base's own classifier.  Combiners read upstream *features*, 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Sequence
 
@@ -197,6 +198,7 @@ class MELNet(nn.Module):
         return out
 
 
+@functools.lru_cache(maxsize=None)
 def _spatial(base: str, blocks: int) -> int:
     with torch.no_grad():
         net = build_base(base, num_classes=2)
