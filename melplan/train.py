@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .catalog import Family, load_catalog, save_family, subset_key
-from .data import FMNIST_COARSE, Batches, load_dataset
+from .data import Batches, load_dataset
 from .errors import CatalogError, InputError, TrainingError
 from .fileio import atomic_write_with
 from .measure import accuracy_by_subset, measure_components
@@ -203,7 +203,10 @@ def train_family(spec: FamilySpec, *, catalog_dir: str | Path, data_root: str | 
     train_s = time.perf_counter() - t0
 
     test_batches = Batches(ds, ds.test, batch_size=500, shuffle=False, augment=False)
-    coarse_map = torch.tensor(FMNIST_COARSE) if (spec.hierarchical and ds.name == "fashion-mnist") else None
+    coarse_map = None
+    if spec.hierarchical and ds.train.coarse is not None:  # fine class -> its coarse class, read off the data
+        coarse_map = torch.zeros(ds.num_classes, dtype=torch.long)
+        coarse_map[ds.train.labels] = ds.train.coarse
     acc, acc_coarse = accuracy_by_subset(model, test_batches, device=dev, coarse_map=coarse_map)
     meas = measure_components(model, kind=spec.combiner, latency=latency)
     family = _family(spec, fid, ds, model, lambdas, acc, acc_coarse, meas, train_s, n_base, catalog_dir, dev)

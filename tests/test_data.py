@@ -41,3 +41,24 @@ def test_augmented_batches_are_seeded():
         return next(iter(Batches(ds, ds.train, batch_size=16, shuffle=True, augment=True, generator=g)))[0]
 
     assert torch.equal(first(1), first(1)) and not torch.equal(first(1), first(2))
+
+
+def test_cifar100_binary_records_are_parsed(tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "cifar-100-binary"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train.bin", 6), ("test.bin", 4)):
+        rec = np.zeros((n, 2 + 3072), dtype=np.uint8)
+        rec[:, 0] = rng.integers(0, 20, n)            # coarse label first, then fine, then 3x32x32 pixels
+        rec[:, 1] = rng.integers(0, 100, n)
+        rec[:, 2:] = rng.integers(0, 256, (n, 3072))
+        rec.tofile(folder / name)
+        if name == "test.bin":
+            expected = rec
+    ds = load_dataset("cifar100", data_root=tmp_path)
+    assert (len(ds.train), len(ds.test), ds.num_classes, ds.num_coarse) == (6, 4, 100, 20)
+    assert ds.test.labels.tolist() == expected[:, 1].tolist()
+    assert ds.test.coarse.tolist() == expected[:, 0].tolist()
+    assert torch.equal(ds.test.images[2], torch.from_numpy(expected[2, 2:].reshape(3, 32, 32)))

@@ -144,3 +144,13 @@ def test_efficientnet_family_learns_on_mnist5k(tmp_path):
                                   batch_size=64), catalog_dir=tmp_path, latency=False)
     assert fam.accuracy_all_up > 0.3, fam.accuracy
     assert json.loads((tmp_path / f"{fam.id}.json").read_text())["base"] == "efficientnet_b0"
+
+
+def test_hierarchical_labels_report_coarse_accuracy(tmp_path):
+    fam = train_family(FamilySpec(**{**TINY, "train_limit": 160, "test_limit": 100, "finetune_epochs": 0,
+                                     "hierarchical": True}), catalog_dir=tmp_path, latency=False)
+    coarse = fam.extra["accuracy_coarse"]
+    assert {"u1:head", "u2:head"} <= set(coarse)          # each exit's coarse head
+    assert {"u1", "u2", "u1+u2"} <= set(coarse)           # every subset's fine answer mapped to coarse
+    assert all(0.0 <= v <= 1.0 for v in coarse.values())
+    assert fam.training["hierarchical"] is True
