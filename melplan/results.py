@@ -24,13 +24,17 @@ class Check:
     detail: str
 
 
-def _reference(cat: Catalog) -> Family | None:
+def _reference(cat: Catalog, reference_id: str | None = None) -> Family | None:
+    if reference_id is not None:
+        return cat.get(reference_id)
     refs = [f for f in cat if f.extra.get("role") == "reference"]
     return refs[0] if refs else None
 
 
-def headline(cat: Catalog) -> Check:
-    ref = _reference(cat)
+def headline(cat: Catalog, reference_id: str | None = None) -> Check:
+    """The best 2-upstream family against the paper's headline; ``reference_id`` picks the reference
+    (default: the family with role 'reference')."""
+    ref = _reference(cat, reference_id)
     if ref is None:
         return Check("headline", False, None, "no reference family (role: reference) in the catalog")
     best = None
@@ -47,7 +51,7 @@ def headline(cat: Catalog) -> Check:
     if best is None:
         return Check("headline", False, None, "no 2-upstream family")
     ok, _, f, ratio, gap, keep = best
-    singles = [g for g in cat if g.n == 1 and g.id != ref.id]
+    singles = [g for g in cat if g.n == 1 and g.id != ref.id and g.params < ref.params]
     stronger = max(singles, key=lambda g: g.accuracy_all_up, default=None)
     caveat = ""
     if stronger is not None and stronger.accuracy_all_up > ref.accuracy_all_up:
@@ -55,7 +59,7 @@ def headline(cat: Catalog) -> Check:
                   f"model {stronger.id} ({stronger.accuracy_all_up:.4f}), so it is under-trained and this check is "
                   f"no evidence for the paper's claim")
     return Check("headline", ok, f.id,
-                 f"params {f.params:,} = {ratio:.1%} of reference ({ref.params:,}; needs <= {HEADLINE_PARAMS:.0%}); "
+                 f"reference {ref.id}; params {f.params:,} = {ratio:.1%} of reference ({ref.params:,}; needs <= {HEADLINE_PARAMS:.0%}); "
                  f"ensemble {f.accuracy_all_up:.4f} vs reference {ref.accuracy_all_up:.4f} "
                  f"(gap {gap * 100:+.2f} points; needs <= {HEADLINE_GAP * 100:.1f}); weaker single "
                  f"{f.weakest_single:.4f} = {keep:.1%} of ensemble (needs >= {HEADLINE_KEEP:.1%}){caveat}")
