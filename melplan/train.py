@@ -413,3 +413,24 @@ def attach_reference(catalog_dir: str | Path) -> int:
             save_family(replace(f, reference=info), Path(f.source).parent if f.source else catalog_dir)
             changed += 1
     return changed
+
+
+def weights_from_checkpoint(family: Family, checkpoint: str | Path) -> Family:
+    """Write ``weights/<id>.pt`` for a family trained without ``--save-weights`` from its final
+    checkpoint, and record it in the entry. The checkpoint must hold the same spec (digest) with every
+    phase finished; raises TrainingError otherwise."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state.get("spec") != family.training.get("spec_digest") or not all(state.get("phase_done", {}).values()):
+        raise TrainingError("the checkpoint is not the finished run of this family", file=str(checkpoint),
+                            fix="use the checkpoint written by the run that produced the entry")
+    config = {"base": family.base, "blocks": [u.blocks for u in family.upstreams],
+              "combiner": family.training.get("combiner") or "fc",
+              "num_classes": int(family.dataset["num_classes"]), "num_coarse": None}
+    model = MELNet(config)
+    model.load_state_dict(state["model"])  # strict: the shapes must match the entry
+    root = Path(family.source).parent
+    payload = {"config": model.config, "state_dict": model.state_dict()}
+    atomic_write_with(root / "weights" / f"{family.id}.pt", lambda p: torch.save(payload, p))
+    updated = replace(family, weights=f"weights/{family.id}.pt")
+    save_family(updated, root)
+    return updated

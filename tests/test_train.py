@@ -154,3 +154,22 @@ def test_hierarchical_labels_report_coarse_accuracy(tmp_path):
     assert {"u1", "u2", "u1+u2"} <= set(coarse)           # every subset's fine answer mapped to coarse
     assert all(0.0 <= v <= 1.0 for v in coarse.values())
     assert fam.training["hierarchical"] is True
+
+
+def test_weights_from_a_finished_checkpoint(tmp_path):
+    from dataclasses import replace
+
+    from melplan.train import weights_from_checkpoint
+
+    spec = FamilySpec(**{**TINY, "train_limit": 64, "test_limit": 50, "finetune_epochs": 0})
+    fam = train_family(spec, catalog_dir=tmp_path, checkpoint_dir=tmp_path / "ck", latency=False)
+    assert fam.weights is None
+    ckpt = tmp_path / "ck" / f"{fam.id}.ckpt.pt"
+    again = weights_from_checkpoint(fam, ckpt)
+    assert load_catalog(tmp_path).get(fam.id).weights == again.weights == f"weights/{fam.id}.pt"
+    model = load_weights(again)
+    state = torch.load(ckpt, weights_only=True)["model"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    other = replace(fam, training={**fam.training, "spec_digest": "not-this-run"})
+    with pytest.raises(TrainingError, match="not the finished run"):
+        weights_from_checkpoint(other, ckpt)
