@@ -53,3 +53,11 @@ def make_cluster(m: int = 4, *, seed: int = 0, rate: float = 10.0, slo: float | 
             if rng.random() < 0.3:
                 overrides.append((f"s{i}", f"s{j}", Link(rng.uniform(1, 20), rng.choice([10.0, 100.0, 1000.0]))))
     return Cluster(servers, Workload(rate, slo), Link(1.0, 1000.0), tuple(overrides), "s0" if ingress else None)
+
+
+def make_single(fid: str, *, params: int, accuracy: float, role: str, dataset: dict | None = None) -> Family:
+    """A single-model family (n = 1, no combiner): the reference or a backup of the baselines."""
+    return Family(id=fid, dataset=dataset or {"name": "test", "num_classes": 10, "input_shape": [3, 32, 32]},
+                  base="efficientnet_b0", training={},
+                  upstreams=(Upstream("u1", params, 10 * params, 4 * params, 0),), combiners=(),
+                  accuracy={"u1": accuracy}, extra={"role": role})

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from factories import make_family
-from melplan.catalog import Family, Upstream, save_family
+from factories import make_family, make_single
+from melplan.catalog import save_family
 from melplan.cli import main
 from melplan.cluster import Cluster, Link, Server, Workload, dump_cluster_yaml
 from melplan.fileio import atomic_write_text
@@ -25,12 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture()
 def files(tmp_path):
     fam = replace(make_family(2, seed=3), accuracy={"u1": 0.80, "u2": 0.70, "u1+u2": 0.90})
-    ref = Family(id="full", dataset=fam.dataset, base="efficientnet_b0", training={},
-                 upstreams=(Upstream("u1", 1_000_000, 10_000_000, 4_000_000, 0),), combiners=(),
-                 accuracy={"u1": 0.95}, extra={"role": "reference"})
-    small = Family(id="small", dataset=fam.dataset, base="efficientnet_b0", training={},
-                   upstreams=(Upstream("u1", 100_000, 1_000_000, 400_000, 0),), combiners=(),
-                   accuracy={"u1": 0.85}, extra={"role": "backup"})
+    ref = make_single("full", params=1_000_000, accuracy=0.95, role="reference", dataset=fam.dataset)
+    small = make_single("small", params=100_000, accuracy=0.85, role="backup", dataset=fam.dataset)
     for f in (fam, ref, small):
         save_family(f, tmp_path / "cat")
     servers = tuple(Server(n, 256.0, 50.0, p) for n, p in

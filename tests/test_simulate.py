@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factories import make_cluster, make_family
-from melplan.catalog import Catalog, Family, Upstream
+from factories import make_cluster, make_family, make_single
+from melplan.catalog import Catalog
 from melplan.cluster import Cluster, Link, Server, Workload
 from melplan.errors import InfeasiblePlanError, PlanFileError, TraceError
 from melplan.plan import Plan
@@ -32,12 +32,8 @@ def hand_setup(slo: float | None = None):
     servers = tuple(Server(n, 256.0, 50.0, p) for n, p in
                     (("a", 0.05), ("b", 0.05), ("c", 0.05), ("d", 0.001), ("e", 0.002)))
     cluster = Cluster(servers, Workload(10.0, slo), Link(1.0, 1000.0), (), None)
-    ref = Family(id="full", dataset=fam.dataset, base="efficientnet_b0", training={},
-                 upstreams=(Upstream("u1", 1_000_000, 10_000_000, 4_000_000, 0),), combiners=(),
-                 accuracy={"u1": 0.95}, extra={"role": "reference"})
-    small = Family(id="small", dataset=fam.dataset, base="efficientnet_b0", training={},
-                   upstreams=(Upstream("u1", 100_000, 1_000_000, 400_000, 0),), combiners=(),
-                   accuracy={"u1": 0.85}, extra={"role": "backup"})
+    ref = make_single("full", params=1_000_000, accuracy=0.95, role="reference", dataset=fam.dataset)
+    small = make_single("small", params=100_000, accuracy=0.85, role="backup", dataset=fam.dataset)
     plan = Plan(fam.id, {"u1": ("a",), "u2": ("b",), "u1+u2": ("c",)}, "expected", 0.0, 0.0, {})
     return fam, cluster, plan, Catalog((fam, ref, small)), ref
 
