@@ -6,7 +6,7 @@
    be (migration weight 0.05 points per MiB); target under 1 s.
 3. ILP against brute force on 6-server instances, same objective (exact expected accuracy over
    every up/down state): the brute force enumerates every placement and scores it with
-   melplan.evaluate; the ILP is timed alone (``build_family_model`` + ``solve`` on all servers, no
+   melplan.core.evaluate; the ILP is timed alone (``build_family_model`` + ``solve`` on all servers, no
    reductions, no starting plan) and inside the planner (reductions, bounds).
 
 Usage::
@@ -33,16 +33,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from melplan.catalog import Combiner, Family, Upstream, load_catalog, nonempty_subsets, subset_key  # noqa: E402
-from melplan.cluster import Cluster, Link, Server, Workload  # noqa: E402
-from melplan.clustergen import generate_cluster  # noqa: E402
-from melplan.evaluate import RouteTable, best_accuracy_by_state, path_latency_ms  # noqa: E402
-from melplan.ilp import ModelSpec, build_family_model, family_data, read_placement  # noqa: E402
-from melplan.planner import PlanOptions, objective_value, plan  # noqa: E402
-from melplan.solve import solve  # noqa: E402
-
+from melplan.core.catalog import Combiner, Family, Upstream, load_catalog, nonempty_subsets, subset_key  # noqa: E402
+from melplan.core.cluster import Cluster, Link, Server, Workload  # noqa: E402
+from melplan.core.clustergen import generate_cluster  # noqa: E402
+from melplan.core.evaluate import RouteTable, best_accuracy_by_state, path_latency_ms  # noqa: E402
+from melplan.planner.ilp import ModelSpec, build_family_model, family_data, read_placement  # noqa: E402
+from melplan.planner.planner import PlanOptions, objective_value, plan  # noqa: E402
+from melplan.planner.solve import solve  # noqa: E402
 
 # -- a synthetic catalog -----------------------------------------------------------------------
+
 
 def synthetic_catalog(seed: int = 0) -> list[Family]:
     """About 24 families: a reference and a backup model, MEL families with 2-4 upstreams,
@@ -52,8 +52,15 @@ def synthetic_catalog(seed: int = 0) -> list[Family]:
     fams = []
 
     def single(fid, params, macs, acc, role):
-        u = Upstream("u1", params=params, macs=macs, weight_bytes=4 * params, feature_bytes=5120, blocks=16,
-                     activation_bytes=600_000)
+        u = Upstream(
+            "u1",
+            params=params,
+            macs=macs,
+            weight_bytes=4 * params,
+            feature_bytes=5120,
+            blocks=16,
+            activation_bytes=600_000,
+        )
         return Family(fid, ds, "efficientnet_b0", {"seed": seed}, (u,), (), {"u1": acc}, extra={"role": role})
 
     fams.append(single("syn-reference", 4_020_358, 8_780_000, 0.921, "reference"))
@@ -64,18 +71,38 @@ def synthetic_catalog(seed: int = 0) -> list[Family]:
             ups = []
             for i, b in enumerate(blocks):
                 params = int(18_000 * b * b * rng.uniform(0.9, 1.1))
-                ups.append(Upstream(f"u{i + 1}", params=params, macs=int(650_000 * b), weight_bytes=4 * params,
-                                    feature_bytes=4 * 40 * b * 4, blocks=b, activation_bytes=150_000 * b))
+                ups.append(
+                    Upstream(
+                        f"u{i + 1}",
+                        params=params,
+                        macs=int(650_000 * b),
+                        weight_bytes=4 * params,
+                        feature_bytes=4 * 40 * b * 4,
+                        blocks=b,
+                        activation_bytes=150_000 * b,
+                    )
+                )
             names = [u.name for u in ups]
             shared = variant % 3 == 2 and n >= 3
             subs = [s for s in nonempty_subsets(names) if len(s) >= 2]
             if shared:
                 p = 60_000 * n
-                combs = (Combiner(tuple(names), params=p, macs=p, weight_bytes=4 * p, serves=tuple(subs), name="shared",
-                                  kind="shared"),)
+                combs = (
+                    Combiner(
+                        tuple(names),
+                        params=p,
+                        macs=p,
+                        weight_bytes=4 * p,
+                        serves=tuple(subs),
+                        name="shared",
+                        kind="shared",
+                    ),
+                )
             else:
-                combs = tuple(Combiner(s, params=25_000 * len(s), macs=25_000 * len(s), weight_bytes=100_000 * len(s),
-                                       kind="fc") for s in subs)
+                combs = tuple(
+                    Combiner(s, params=25_000 * len(s), macs=25_000 * len(s), weight_bytes=100_000 * len(s), kind="fc")
+                    for s in subs
+                )
             # as in the MEL paper: each exit alone is a few points below the full model, the
             # ensemble of all upstreams close to it or above
             single_acc = {u.name: min(0.905, 0.845 + 0.007 * u.blocks + rng.uniform(-0.008, 0.008)) for u in ups}
@@ -85,12 +112,23 @@ def synthetic_catalog(seed: int = 0) -> list[Family]:
                 gain = sum(0.022 / (k + 1) for k in range(len(s) - 1)) + rng.uniform(-0.003, 0.004) * (len(s) > 1)
                 acc[subset_key(s)] = round(min(0.94, best + gain) if len(s) > 1 else single_acc[s[0]], 4)
             fid = f"syn-u{n}-{'-'.join(map(str, blocks))}-{'shared' if shared else 'fc'}-v{variant}"
-            fams.append(Family(fid, ds, "efficientnet_b0", {"seed": seed, "lambdas_variant": variant}, tuple(ups),
-                               combs, acc, extra={"role": "mel"}))
+            fams.append(
+                Family(
+                    fid,
+                    ds,
+                    "efficientnet_b0",
+                    {"seed": seed, "lambdas_variant": variant},
+                    tuple(ups),
+                    combs,
+                    acc,
+                    extra={"role": "mel"},
+                )
+            )
     return fams
 
 
 # -- brute force -----------------------------------------------------------------------------------
+
 
 def _valid(family, placement, cluster) -> bool:
     rate = cluster.workload.rate_rps
@@ -109,8 +147,12 @@ def _valid(family, placement, cluster) -> bool:
     ups = {u: placement[u][0] for u in family.upstream_names}
     if any(path_latency_ms(family, cluster, u, ups, None, None) > slo for u in family.upstream_names):
         return False
-    return all(path_latency_ms(family, cluster, subset_key(s), ups, c.name, srv) <= slo
-               for c in family.combiners for srv in placement.get(c.name, ()) for s in c.serves)
+    return all(
+        path_latency_ms(family, cluster, subset_key(s), ups, c.name, srv) <= slo
+        for c in family.combiners
+        for srv in placement.get(c.name, ())
+        for s in c.serves
+    )
 
 
 def brute_force(family, cluster, replicas=1):
@@ -143,20 +185,34 @@ def brute_force(family, cluster, replicas=1):
 
 def small_cluster(seed: int, m: int = 6) -> Cluster:
     rng = random.Random(seed)
-    servers = tuple(Server(f"s{i}", memory_mb=round(rng.choice([1.0, 2.0, 4.0, 8.0, 64.0]) * rng.uniform(0.8, 1.2), 2),
-                           compute_gmacs=rng.choice([0.6, 4.0, 20.0]), failure_prob=round(rng.uniform(0.005, 0.1), 4))
-                    for i in range(m))
-    over = tuple((f"s{i}", f"s{j}", Link(rng.uniform(2, 30), 50.0)) for i in range(m) for j in range(i + 1, m)
-                 if rng.random() < 0.3)
+    servers = tuple(
+        Server(
+            f"s{i}",
+            memory_mb=round(rng.choice([1.0, 2.0, 4.0, 8.0, 64.0]) * rng.uniform(0.8, 1.2), 2),
+            compute_gmacs=rng.choice([0.6, 4.0, 20.0]),
+            failure_prob=round(rng.uniform(0.005, 0.1), 4),
+        )
+        for i in range(m)
+    )
+    over = tuple(
+        (f"s{i}", f"s{j}", Link(rng.uniform(2, 30), 50.0))
+        for i in range(m)
+        for j in range(i + 1, m)
+        if rng.random() < 0.3
+    )
     return Cluster(servers, Workload(50.0, 60.0), Link(1.0, 1000.0), over, "s0")
 
 
 # -- the runs ----------------------------------------------------------------------------------------
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--catalog", default=None,
-                    help="catalog directory (default: catalog/fashion-mnist when it holds 5+ families, else synthetic)")
+    ap.add_argument(
+        "--catalog",
+        default=None,
+        help="catalog directory (default: catalog/fashion-mnist when it holds 5+ families, else synthetic)",
+    )
     ap.add_argument("--synthetic", action="store_true", help="use the synthetic catalog even when one is shipped")
     ap.add_argument("--servers", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -172,57 +228,84 @@ def main() -> int:
         cat, what = list(load_catalog(shipped)), f"shipped catalog {shipped.relative_to(ROOT)}"
     else:
         cat, what = synthetic_catalog(args.seed), "SYNTHETIC catalog (seeded, sizes and accuracies made up)"
-    print(f"melplan plan scale benchmark: {what}, {len(cat)} families; {os.cpu_count()} CPU(s) visible, "
-          f"threads={args.threads or 'solver default'}")
+    print(
+        f"melplan plan scale benchmark: {what}, {len(cat)} families; {os.cpu_count()} CPU(s) visible, "
+        f"threads={args.threads or 'solver default'}"
+    )
 
     # 1. scale
     cl = generate_cluster(args.servers, seed=args.seed)
     print(f"\n[1] {args.servers} servers (clustergen seed {args.seed}), --max-failures 2, gap 1%, time limit 10 s")
     for gap in (0.01, 1e-4):
         t = time.perf_counter()
-        res = plan(cat, cl, PlanOptions(max_failures=2, gap=gap, time_limit_s=10.0, threads=args.threads,
-                                        solver=args.solver))
+        res = plan(
+            cat, cl, PlanOptions(max_failures=2, gap=gap, time_limit_s=10.0, threads=args.threads, solver=args.solver)
+        )
         wall = time.perf_counter() - t
         counts: dict[str, int] = {}
         for o in res.considered:
             counts[o.status] = counts.get(o.status, 0) + 1
         cand = res.chosen.reduction
-        print(f"    gap target {gap:<6g}: {wall:6.2f} s  status {res.plan.solver['status']:<10} proven gap "
-              f"{res.gap:.2e}  proven optimal {res.proven_optimal}  families {counts}")
-        print(f"      chosen {res.plan.family}: expected {res.plan.expected_accuracy:.5f} on "
-              f"{len(res.plan.used_servers)} servers; candidates {cand.candidates}/{cand.servers} "
-              f"(cannot host {cand.cannot_host}, dominated {cand.dominated}, cut by bound {cand.bounded}, "
-              f"restricted {cand.restricted})")
-        print(f"      target (gap <= 1% within 10 s): {'MET' if res.gap <= 0.01 and wall <= 10 else 'MISSED'}"
-              f"  ({wall / 10:.0%} of the time budget)")
+        print(
+            f"    gap target {gap:<6g}: {wall:6.2f} s  status {res.plan.solver['status']:<10} proven gap "
+            f"{res.gap:.2e}  proven optimal {res.proven_optimal}  families {counts}"
+        )
+        print(
+            f"      chosen {res.plan.family}: expected {res.plan.expected_accuracy:.5f} on "
+            f"{len(res.plan.used_servers)} servers; candidates {cand.candidates}/{cand.servers} "
+            f"(cannot host {cand.cannot_host}, dominated {cand.dominated}, cut by bound {cand.bounded}, "
+            f"restricted {cand.restricted})"
+        )
+        print(
+            f"      target (gap <= 1% within 10 s): {'MET' if res.gap <= 0.01 and wall <= 10 else 'MISSED'}"
+            f"  ({wall / 10:.0%} of the time budget)"
+        )
 
     # 2. re-plan
     cl100 = generate_cluster(100, seed=args.seed + 3)
     first = plan(cat, cl100, PlanOptions(max_failures=2, threads=args.threads, solver=args.solver))
     import numpy as np
 
-    lost = next((s for s in first.plan.used_servers if np.isfinite(cl100.without([s])._paths[0]).all()),
-                first.plan.used_servers[0])
+    lost = next(
+        (s for s in first.plan.used_servers if np.isfinite(cl100.without([s])._paths[0]).all()),
+        first.plan.used_servers[0],
+    )
     times = []
     for _ in range(3):
         t = time.perf_counter()
-        re = plan(cat, cl100.without([lost]), PlanOptions(max_failures=2, current=first.plan.placement,
-                                                            current_family=first.plan.family, migration_weight=0.05,
-                                                            time_limit_s=10, threads=args.threads, solver=args.solver))
+        re = plan(
+            cat,
+            cl100.without([lost]),
+            PlanOptions(
+                max_failures=2,
+                current=first.plan.placement,
+                current_family=first.plan.family,
+                migration_weight=0.05,
+                time_limit_s=10,
+                threads=args.threads,
+                solver=args.solver,
+            ),
+        )
         times.append(time.perf_counter() - t)
-    print(f"\n[2] re-plan on 100 servers after losing {lost}: {min(times):.3f} s best of 3 "
-          f"(median {sorted(times)[1]:.3f} s), target 1 s: {'MET' if sorted(times)[1] <= 1.0 else 'MISSED'}; "
-          f"family {re.plan.family}, moved {re.chosen.moved_mib:.2f} MiB, status {re.plan.solver['status']}")
+    print(
+        f"\n[2] re-plan on 100 servers after losing {lost}: {min(times):.3f} s best of 3 "
+        f"(median {sorted(times)[1]:.3f} s), target 1 s: {'MET' if sorted(times)[1] <= 1.0 else 'MISSED'}; "
+        f"family {re.plan.family}, moved {re.chosen.moved_mib:.2f} MiB, status {re.plan.solver['status']}"
+    )
 
     # 3. ILP vs brute force on 6 servers
     print("\n[3] ILP vs brute force, 6 servers, exact expected accuracy (every state), R = combiner replicas")
     # a 2-upstream family, a 3-upstream family with a shared combiner, a 3-upstream fc family (4 combiners)
-    pick = [next((f for f in cat if f.n == 2), None),
-            next((f for f in cat if f.n == 3 and len(f.combiners) == 1), None),
-            next((f for f in cat if f.n == 3 and len(f.combiners) > 1), None)]
+    pick = [
+        next((f for f in cat if f.n == 2), None),
+        next((f for f in cat if f.n == 3 and len(f.combiners) == 1), None),
+        next((f for f in cat if f.n == 3 and len(f.combiners) > 1), None),
+    ]
     fams = [f for f in pick if f is not None] or [f for f in cat if f.n <= 2][:2]
-    header = f"    {'instance':<34} {'R':>1} {'placements':>10} {'brute s':>8} {'ILP s':>7} {'planner s':>9} " \
-             f"{'brute/ILP':>9} {'brute/planner':>13}  same optimum"
+    header = (
+        f"    {'instance':<34} {'R':>1} {'placements':>10} {'brute s':>8} {'ILP s':>7} {'planner s':>9} "
+        f"{'brute/ILP':>9} {'brute/planner':>13}  same optimum"
+    )
     print(header)
     ratios = []
     for k in range(args.small_instances):
@@ -242,8 +325,10 @@ def main() -> int:
         t_pl = time.perf_counter() - t
         same = abs(ilp_val - bf) < 1e-9 and abs(pr.plan.expected_accuracy - bf) < 1e-9
         ratios.append(t_bf / t_ilp)
-        print(f"    {fam.id[:26] + ' seed ' + str(100 + k):<34} {reps:>1} {count:>10,} {t_bf:8.3f} {t_ilp:7.3f} "
-              f"{t_pl:9.3f} {t_bf / t_ilp:9.1f} {t_bf / t_pl:13.1f}  {'yes' if same else 'NO'}")
+        print(
+            f"    {fam.id[:26] + ' seed ' + str(100 + k):<34} {reps:>1} {count:>10,} {t_bf:8.3f} {t_ilp:7.3f} "
+            f"{t_pl:9.3f} {t_bf / t_ilp:9.1f} {t_bf / t_pl:13.1f}  {'yes' if same else 'NO'}"
+        )
     geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
     print(f"    geometric mean brute/ILP time ratio: {geo:.1f}x")
     return 0

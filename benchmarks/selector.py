@@ -6,7 +6,7 @@
    so they see the same machine.  Reports median and p99, the timer's own overhead, and the ratio of
    medians.  Target: median under 20 us.
 2. Slow path (``--replan``): wall time of one re-plan after a failure on a generated 100-server
-   cluster, with the ILP planner (``melplan.planner``) and with the local repair replanner.
+   cluster, with the ILP planner (``melplan.planner.planner``) and with the local repair replanner.
    Target: under 1 s.
 
 Run:  python benchmarks/selector.py [--events 200000] [--replan] [--json]
@@ -25,30 +25,46 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from melplan.catalog import Catalog, Combiner, Family, Upstream, nonempty_subsets  # noqa: E402
-from melplan.cluster import Cluster, Link, Server, Workload  # noqa: E402
-from melplan.plan import Plan  # noqa: E402
-from melplan.selector import RuntimeSelector  # noqa: E402
+from melplan.core.catalog import Catalog, Combiner, Family, Upstream, nonempty_subsets  # noqa: E402
+from melplan.core.cluster import Cluster, Link, Server, Workload  # noqa: E402
+from melplan.core.plan import Plan  # noqa: E402
+from melplan.runtime.selector import RuntimeSelector  # noqa: E402
 
 
 def bench_family(n: int, seed: int = 0) -> Family:
     rng = random.Random(seed)
     names = [f"u{i + 1}" for i in range(n)]
-    ups = tuple(Upstream(u, params=150_000, macs=9_000_000, weight_bytes=600_000, feature_bytes=1280,
-                         activation_bytes=200_000) for u in names)
+    ups = tuple(
+        Upstream(u, params=150_000, macs=9_000_000, weight_bytes=600_000, feature_bytes=1280, activation_bytes=200_000)
+        for u in names
+    )
     subsets = [s for s in nonempty_subsets(names) if len(s) >= 2]
-    combs = tuple(Combiner(subset=s, params=30_000 * len(s), macs=30_000 * len(s), weight_bytes=120_000 * len(s))
-                  for s in subsets)
+    combs = tuple(
+        Combiner(subset=s, params=30_000 * len(s), macs=30_000 * len(s), weight_bytes=120_000 * len(s)) for s in subsets
+    )
     acc = {"+".join(s): round(0.80 + 0.03 * len(s) + rng.uniform(-0.01, 0.01), 4) for s in nonempty_subsets(names)}
-    return Family(id=f"bench-u{n}", dataset={"name": "bench", "num_classes": 10, "input_shape": [3, 32, 32]},
-                  base="efficientnet_b0", training={}, upstreams=ups, combiners=combs, accuracy=acc)
+    return Family(
+        id=f"bench-u{n}",
+        dataset={"name": "bench", "num_classes": 10, "input_shape": [3, 32, 32]},
+        base="efficientnet_b0",
+        training={},
+        upstreams=ups,
+        combiners=combs,
+        accuracy=acc,
+    )
 
 
 def bench_cluster(m: int, seed: int = 0) -> Cluster:
     rng = random.Random(seed)
-    servers = tuple(Server(f"edge-{i:03d}", memory_mb=rng.choice([4.0, 8.0, 16.0]),
-                           compute_gmacs=rng.choice([5.0, 10.0, 20.0, 40.0]),
-                           failure_prob=rng.choice([0.01, 0.02, 0.05, 0.1])) for i in range(m))
+    servers = tuple(
+        Server(
+            f"edge-{i:03d}",
+            memory_mb=rng.choice([4.0, 8.0, 16.0]),
+            compute_gmacs=rng.choice([5.0, 10.0, 20.0, 40.0]),
+            failure_prob=rng.choice([0.01, 0.02, 0.05, 0.1]),
+        )
+        for i in range(m)
+    )
     return Cluster(servers, Workload(50.0, None), Link(1.0, 1000.0), (), None)
 
 
@@ -82,8 +98,8 @@ def fast_path(events: int, seed: int) -> dict:
     mark_down, mark_up = sel.mark_down, sel.mark_up
     dec, dic, empty, changed = [], [], [], []
     block = 1000
-    for start in range(0, events, block):            # interleave: decisions, dict lookups, empty timings
-        for s, goes_down in ops[start:start + block]:
+    for start in range(0, events, block):  # interleave: decisions, dict lookups, empty timings
+        for s, goes_down in ops[start : start + block]:
             before = sel.route()
             if goes_down:
                 t0 = now()
@@ -96,7 +112,7 @@ def fast_path(events: int, seed: int) -> dict:
             dec.append(t1 - t0)
             if r is not before:
                 changed.append(t1 - t0)
-        for k in keys[start:start + block]:
+        for k in keys[start : start + block]:
             t0 = now()
             table[k]
             t1 = now()
@@ -108,10 +124,15 @@ def fast_path(events: int, seed: int) -> dict:
     over = statistics.median(empty)
     md, mdict = statistics.median(dec), statistics.median(dic)
     return {
-        "servers_in_table": len(used), "table_entries": 1 << len(used), "events": events,
+        "servers_in_table": len(used),
+        "table_entries": 1 << len(used),
+        "events": events,
         "decision_us": {"median": md / 1e3, "p99": pct(dec, 0.99) / 1e3},
-        "route_changing_decision_us": {"median": statistics.median(changed) / 1e3, "p99": pct(changed, 0.99) / 1e3,
-                                       "count": len(changed)},
+        "route_changing_decision_us": {
+            "median": statistics.median(changed) / 1e3,
+            "p99": pct(changed, 0.99) / 1e3,
+            "count": len(changed),
+        },
         "dict_lookup_us": {"median": mdict / 1e3, "p99": pct(dic, 0.99) / 1e3},
         "timer_overhead_us": over / 1e3,
         "ratio_of_medians": md / mdict,
@@ -120,17 +141,21 @@ def fast_path(events: int, seed: int) -> dict:
 
 
 def slow_path(seed: int, time_limit_s: float) -> dict:
-    from melplan.planner import PlanOptions, plan
-    from melplan.repair import repair_replanner
-    from melplan.selector import planner_replanner
+    from melplan.planner.planner import PlanOptions, plan
+    from melplan.runtime.repair import repair_replanner
+    from melplan.runtime.selector import planner_replanner
 
     family = bench_family(3, seed)
     cluster = bench_cluster(100, seed)
     t0 = time.perf_counter()
     first = plan(Catalog((family,)), cluster, PlanOptions(max_failures=2, time_limit_s=60.0)).plan
     plan_s = time.perf_counter() - t0
-    out = {"servers": 100, "family": family.id, "initial_plan_s": round(plan_s, 3),
-           "initial_solver": dict(first.solver)}
+    out = {
+        "servers": 100,
+        "family": family.id,
+        "initial_plan_s": round(plan_s, 3),
+        "initial_solver": dict(first.solver),
+    }
     for name, replanner in (("planner", planner_replanner(time_limit_s=time_limit_s)), ("repair", repair_replanner())):
         sel = RuntimeSelector(first, family, cluster, policy="replan-after", replanner=replanner)
         victim = sel.route().servers[0]
@@ -141,9 +166,14 @@ def slow_path(seed: int, time_limit_s: float) -> dict:
         if res is None:
             out[name] = {"failed": sel.history[-1].detail, "wall_s": round(wall, 3)}
             continue
-        out[name] = {"wall_s": round(wall, 3), "down": victim, "actions": [str(a) for a in res.actions],
-                     "bytes_moved": res.bytes_moved, "expected_accuracy": res.new_plan.expected_accuracy,
-                     "solver": dict(res.new_plan.solver)}
+        out[name] = {
+            "wall_s": round(wall, 3),
+            "down": victim,
+            "actions": [str(a) for a in res.actions],
+            "bytes_moved": res.bytes_moved,
+            "expected_accuracy": res.new_plan.expected_accuracy,
+            "solver": dict(res.new_plan.solver),
+        }
     return out
 
 
@@ -155,22 +185,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replan-time-limit", type=float, default=10.0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    res = {"python": platform.python_version(), "machine": platform.machine(), "seed": args.seed,
-           "fast_path": fast_path(args.events, args.seed)}
+    res = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "seed": args.seed,
+        "fast_path": fast_path(args.events, args.seed),
+    }
     if args.replan:
         res["replan"] = slow_path(args.seed, args.replan_time_limit)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
     f = res["fast_path"]
-    print(f"Fast path: {f['events']:,} events on a plan using {f['servers_in_table']} servers "
-          f"({f['table_entries']:,}-entry table), seed {args.seed}")
+    print(
+        f"Fast path: {f['events']:,} events on a plan using {f['servers_in_table']} servers "
+        f"({f['table_entries']:,}-entry table), seed {args.seed}"
+    )
     print(f"  failover decision  median {f['decision_us']['median']:.2f} us   p99 {f['decision_us']['p99']:.2f} us")
     c = f["route_changing_decision_us"]
     print(f"  ... route changed  median {c['median']:.2f} us   p99 {c['p99']:.2f} us   ({c['count']:,} events)")
-    print(f"  dict lookup        median {f['dict_lookup_us']['median']:.2f} us   p99 {f['dict_lookup_us']['p99']:.2f} us")
+    print(
+        f"  dict lookup        median {f['dict_lookup_us']['median']:.2f} us   p99 {f['dict_lookup_us']['p99']:.2f} us"
+    )
     print(f"  timer overhead     median {f['timer_overhead_us']:.2f} us")
-    print(f"  ratio of medians {f['ratio_of_medians']:.1f}x  ({f['ratio_of_medians_minus_timer']:.1f}x without the timer)")
+    print(
+        f"  ratio of medians {f['ratio_of_medians']:.1f}x  ({f['ratio_of_medians_minus_timer']:.1f}x without the timer)"
+    )
     if "replan" in res:
         r = res["replan"]
         print(f"Re-plan on {r['servers']} servers ({r['family']}); initial plan {r['initial_plan_s']} s")
@@ -179,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             if "failed" in x:
                 print(f"  {name:8s} failed after {x['wall_s']} s: {x['failed']}")
             else:
-                print(f"  {name:8s} {x['wall_s']:.3f} s  {len(x['actions'])} actions, {x['bytes_moved']:,} bytes, "
-                      f"expected accuracy {x['expected_accuracy']:.4f}, solver {x['solver'].get('status')}")
+                print(
+                    f"  {name:8s} {x['wall_s']:.3f} s  {len(x['actions'])} actions, {x['bytes_moved']:,} bytes, "
+                    f"expected accuracy {x['expected_accuracy']:.4f}, solver {x['solver'].get('status')}"
+                )
     return 0
 
 

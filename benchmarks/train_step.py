@@ -15,8 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from melplan.measure import latency_ms
-from melplan.models import build_mel
+from melplan.train.measure import latency_ms
+from melplan.train.models import build_mel
 
 
 def step_time(model, x, y, repeats: int) -> float:
@@ -52,8 +52,10 @@ def main() -> None:
     g = torch.Generator().manual_seed(a.seed)
     x, y = torch.randn(a.batch, 3, 32, 32, generator=g), torch.randint(0, 10, (a.batch,), generator=g)
 
-    print(f"torch {torch.__version__}, {a.threads} thread(s), batch {a.batch}, seed {a.seed}, "
-          f"MEL blocks {blocks} ({a.combiner}) vs EfficientNet-B0\n")
+    print(
+        f"torch {torch.__version__}, {a.threads} thread(s), batch {a.batch}, seed {a.seed}, "
+        f"MEL blocks {blocks} ({a.combiner}) vs EfficientNet-B0\n"
+    )
     t_mel, t_ref = step_time(mel, x, y, a.repeats), step_time(ref, x, y, a.repeats)
     print("training step (forward of every subset, joint loss, backward, AdamW), median of", a.repeats)
     print(f"  MEL joint step   {t_mel:8.1f} ms")

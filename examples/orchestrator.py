@@ -1,7 +1,7 @@
 """Embed melplan's RuntimeSelector in a heartbeat loop over real local worker processes.
 
 Run:  python examples/orchestrator.py            (about 6 s, no network beyond 127.0.0.1)
-      python examples/orchestrator.py --replan   (also re-plans with melplan.planner once the
+      python examples/orchestrator.py --replan   (also re-plans with melplan.planner.planner once the
                                                   failure outlasts a 1 s grace period)
       python examples/orchestrator.py --plan plan.json --servers cluster.yaml [--catalog DIR]
 
@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from melplan.catalog import Combiner, Family, Upstream  # noqa: E402
-from melplan.cluster import Cluster, Link, Server, Workload  # noqa: E402
-from melplan.plan import Plan  # noqa: E402
-from melplan.reconcile import Policy  # noqa: E402
-from melplan.selector import RuntimeSelector, planner_replanner  # noqa: E402
+from melplan.core.catalog import Combiner, Family, Upstream  # noqa: E402
+from melplan.core.cluster import Cluster, Link, Server, Workload  # noqa: E402
+from melplan.core.plan import Plan  # noqa: E402
+from melplan.runtime.reconcile import Policy  # noqa: E402
+from melplan.runtime.selector import RuntimeSelector, planner_replanner  # noqa: E402
 
 HEARTBEAT_S = 0.1
 TIMEOUT_S = 0.15
@@ -40,6 +40,7 @@ DEADLINE_S = 25.0
 
 
 # -- a worker: one per server -------------------------------------------------------------------
+
 
 def worker_main(server: str, components: list[str], port_out) -> None:
     """Serve PING / RUN / START / STOP on 127.0.0.1 until killed."""
@@ -102,8 +103,9 @@ class Fleet:
 
     def start(self, server: str) -> None:
         recv, send = mp.Pipe(duplex=False)
-        p = mp.Process(target=worker_main, args=(server, self.components_on(server), send), daemon=True,
-                       name=f"worker-{server}")
+        p = mp.Process(
+            target=worker_main, args=(server, self.components_on(server), send), daemon=True, name=f"worker-{server}"
+        )
         p.start()
         send.close()
         if not recv.poll(10):
@@ -113,7 +115,7 @@ class Fleet:
 
     def kill(self, server: str) -> None:
         p = self.procs[server]
-        p.kill()                      # SIGKILL: no goodbye, only missed heartbeats tell
+        p.kill()  # SIGKILL: no goodbye, only missed heartbeats tell
         p.join(2)
 
     def stop_all(self) -> None:
@@ -124,6 +126,7 @@ class Fleet:
 
 
 # -- the orchestrator ---------------------------------------------------------------------------
+
 
 class Orchestrator:
     def __init__(self, selector: RuntimeSelector, fleet: Fleet, t0: float) -> None:
@@ -138,15 +141,19 @@ class Orchestrator:
 
     def on_route_change(self, record) -> None:
         r = record.route
-        what = "DOWN (no servable subset)" if r.down else \
-            f"{r.answer} on {', '.join(r.servers)}, accuracy {r.accuracy:.4f}{' (degraded)' if r.degraded else ''}"
+        what = (
+            "DOWN (no servable subset)"
+            if r.down
+            else f"{r.answer} on {', '.join(r.servers)}, accuracy {r.accuracy:.4f}{' (degraded)' if r.degraded else ''}"
+        )
         cause = f"{record.kind} {record.server}" if record.server else record.kind
         self.log(f"route change after '{cause}': {what}")
 
     def on_replan(self, result) -> None:
-        self.log(f"re-plan ({result.reason}): {len(result.actions)} action(s), "
-                 f"{result.bytes_moved / 2**20:.2f} MiB to load")
-        for a in result.actions:                 # act: starts first, then stops (make before break)
+        self.log(
+            f"re-plan ({result.reason}): {len(result.actions)} action(s), {result.bytes_moved / 2**20:.2f} MiB to load"
+        )
+        for a in result.actions:  # act: starts first, then stops (make before break)
             port = self.fleet.ports.get(a.server)
             reply = call(port, f"{a.verb.upper()} {a.component}") if port else None
             self.log(f"  {a}: {reply or 'server unreachable'}")
@@ -164,8 +171,10 @@ class Orchestrator:
                 if self.misses[server] == MISSES_FOR_DOWN:
                     started = time.perf_counter()
                     self.sel.mark_down(server)
-                    self.log(f"{server} missed {MISSES_FOR_DOWN} heartbeats: marked down, failover decided in "
-                             f"{(time.perf_counter() - started) * 1e6:.0f} us (callback included)")
+                    self.log(
+                        f"{server} missed {MISSES_FOR_DOWN} heartbeats: marked down, failover decided in "
+                        f"{(time.perf_counter() - started) * 1e6:.0f} us (callback included)"
+                    )
         self.sel.tick()
 
     def run_for(self, seconds: float) -> None:
@@ -187,24 +196,42 @@ class Orchestrator:
 
 # -- a small deployment: a 3-upstream MEL family on 5 servers -----------------------------------
 
+
 def demo_deployment() -> tuple[Plan, Family, Cluster]:
     mib = 1 << 20
     names = ["u1", "u2", "u3"]
-    ups = tuple(Upstream(n, params=160_000, macs=9_000_000, weight_bytes=640_000, feature_bytes=1280,
-                         activation_bytes=200_000) for n in names)
+    ups = tuple(
+        Upstream(n, params=160_000, macs=9_000_000, weight_bytes=640_000, feature_bytes=1280, activation_bytes=200_000)
+        for n in names
+    )
     subsets = [("u1", "u2"), ("u1", "u3"), ("u2", "u3"), ("u1", "u2", "u3")]
-    combs = tuple(Combiner(subset=s, params=40_000 * len(s), macs=40_000 * len(s), weight_bytes=160_000 * len(s))
-                  for s in subsets)
-    acc = {"u1": 0.874, "u2": 0.869, "u3": 0.861, "u1+u2": 0.901, "u1+u3": 0.897, "u2+u3": 0.894,
-           "u1+u2+u3": 0.915}
-    family = Family(id="demo-effb0-u3", dataset={"name": "fashion-mnist", "num_classes": 10,
-                                                 "input_shape": [3, 32, 32]},
-                    base="efficientnet_b0", training={}, upstreams=ups, combiners=combs, accuracy=acc)
-    servers = tuple(Server(f"edge-{c}", memory_mb=64.0, compute_gmacs=20.0, failure_prob=p)
-                    for c, p in zip("abcde", (0.02, 0.03, 0.02, 0.01, 0.01)))
+    combs = tuple(
+        Combiner(subset=s, params=40_000 * len(s), macs=40_000 * len(s), weight_bytes=160_000 * len(s)) for s in subsets
+    )
+    acc = {"u1": 0.874, "u2": 0.869, "u3": 0.861, "u1+u2": 0.901, "u1+u3": 0.897, "u2+u3": 0.894, "u1+u2+u3": 0.915}
+    family = Family(
+        id="demo-effb0-u3",
+        dataset={"name": "fashion-mnist", "num_classes": 10, "input_shape": [3, 32, 32]},
+        base="efficientnet_b0",
+        training={},
+        upstreams=ups,
+        combiners=combs,
+        accuracy=acc,
+    )
+    servers = tuple(
+        Server(f"edge-{c}", memory_mb=64.0, compute_gmacs=20.0, failure_prob=p)
+        for c, p in zip("abcde", (0.02, 0.03, 0.02, 0.01, 0.01))
+    )
     cluster = Cluster(servers, Workload(rate_rps=50.0, latency_slo_ms=100.0), Link(1.0, 1000.0), (), "edge-d")
-    placement = {"u1": ("edge-a",), "u2": ("edge-b",), "u3": ("edge-c",), "u1+u2": ("edge-d",),
-                 "u1+u3": ("edge-d",), "u2+u3": ("edge-e",), "u1+u2+u3": ("edge-d", "edge-e")}
+    placement = {
+        "u1": ("edge-a",),
+        "u2": ("edge-b",),
+        "u3": ("edge-c",),
+        "u1+u2": ("edge-d",),
+        "u1+u3": ("edge-d",),
+        "u2+u3": ("edge-e",),
+        "u1+u2+u3": ("edge-d", "edge-e"),
+    }
     del mib
     return Plan(family.id, placement, "expected", 0.0, 0.0, {}), family, cluster
 
@@ -214,14 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plan", help="plan.json (default: a built-in 3-upstream deployment)")
     ap.add_argument("--servers", help="cluster.yaml of the plan (needed with --plan for --replan)")
     ap.add_argument("--catalog", help="catalog directory of the plan's family")
-    ap.add_argument("--replan", action="store_true",
-                    help="policy replan-after with a 1 s grace period (calls melplan.planner)")
+    ap.add_argument(
+        "--replan",
+        action="store_true",
+        help="policy replan-after with a 1 s grace period (calls melplan.planner.planner)",
+    )
     args = ap.parse_args(argv)
 
     if args.plan:
-        from melplan.catalog import load_catalog
-        from melplan.cluster import load_cluster
-        from melplan.plan import load_plan
+        from melplan.core.catalog import load_catalog
+        from melplan.core.cluster import load_cluster
+        from melplan.core.plan import load_plan
 
         plan = load_plan(args.plan)
         family = load_catalog(args.catalog).get(plan.family)
@@ -243,8 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     orch = Orchestrator(selector, fleet, t0)
     try:
         r = selector.route()
-        orch.log(f"{len(workers)} workers up on 127.0.0.1 ports {sorted(fleet.ports.values())}; "
-                 f"policy {policy.name}")
+        orch.log(f"{len(workers)} workers up on 127.0.0.1 ports {sorted(fleet.ports.values())}; policy {policy.name}")
         orch.log(f"all up: {r.answer} on {', '.join(r.servers)}, accuracy {r.accuracy:.4f}")
         orch.run_for(0.5)
         orch.request()
@@ -264,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         orch.log(f"{len(kinds)} records: " + ", ".join(f"{k} x{kinds.count(k)}" for k in dict.fromkeys(kinds)))
         final = selector.route()
         ok = not final.down and victim not in selector.down
-        orch.log("recovered: " + ("yes" if ok else "NO") + f"; final route {final.answer}, accuracy {final.accuracy:.4f}")
+        orch.log(
+            "recovered: " + ("yes" if ok else "NO") + f"; final route {final.answer}, accuracy {final.accuracy:.4f}"
+        )
         return 0 if ok else 1
     finally:
         fleet.stop_all()

@@ -12,19 +12,19 @@ __all__ = ["RuntimeSelector", "load_catalog", "load_cluster", "load_plan", "__ve
 
 def __getattr__(name: str):
     if name == "RuntimeSelector":
-        from .selector import RuntimeSelector
+        from melplan.runtime.selector import RuntimeSelector
 
         return RuntimeSelector
     if name == "load_catalog":
-        from .catalog import load_catalog
+        from melplan.core.catalog import load_catalog
 
         return load_catalog
     if name == "load_cluster":
-        from .cluster import load_cluster
+        from melplan.core.cluster import load_cluster
 
         return load_cluster
     if name == "load_plan":
-        from .plan import load_plan
+        from melplan.core.plan import load_plan
 
         return load_plan
     raise AttributeError(f"module 'melplan' has no attribute {name!r}")

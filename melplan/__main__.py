@@ -1,3 +1,3 @@
-from .cli import run
+from melplan.cli import run
 
 run()

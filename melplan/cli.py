@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from .errors import MelplanError
+from melplan.core.errors import MelplanError
 
 # name -> (module under melplan.commands, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {

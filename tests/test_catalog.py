@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
-
 from factories import make_family
-from melplan.catalog import Family, load_catalog, load_family, save_family
+
 from melplan.cli import main
-from melplan.errors import CatalogError
-from melplan.results import headline, pairs
+from melplan.core.catalog import Family, load_catalog, load_family, save_family
+from melplan.core.catalog_checks import headline, pairs
+from melplan.core.errors import CatalogError
 
 
 def write(tmp_path, data, name="f.json"):
@@ -31,19 +31,22 @@ def test_roundtrip(tmp_path, n):
     assert load_catalog(tmp_path).get(fam.id) == fam
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda d: d.pop("accuracy"), "accuracy"),
-    (lambda d: d["accuracy"].pop("u1+u2"), "accuracy"),
-    (lambda d: d["accuracy"].__setitem__("u1", 1.5), "accuracy.u1"),
-    (lambda d: d["accuracy"].__setitem__("u9", 0.5), "accuracy"),
-    (lambda d: d["upstreams"][0].__setitem__("params", -3), "upstreams[0].params"),
-    (lambda d: d["upstreams"][0].__setitem__("macs", "many"), "upstreams[0].macs"),
-    (lambda d: d["upstreams"][1].__setitem__("name", "u1"), "upstreams"),
-    (lambda d: d["combiners"].clear(), "combiners"),
-    (lambda d: d["combiners"][0].__setitem__("subset", ["u1", "u7"]), "combiners[0].subset"),
-    (lambda d: d.__setitem__("schema", "v0"), "schema"),
-    (lambda d: d.__setitem__("id", "Bad Id"), "id"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d.pop("accuracy"), "accuracy"),
+        (lambda d: d["accuracy"].pop("u1+u2"), "accuracy"),
+        (lambda d: d["accuracy"].__setitem__("u1", 1.5), "accuracy.u1"),
+        (lambda d: d["accuracy"].__setitem__("u9", 0.5), "accuracy"),
+        (lambda d: d["upstreams"][0].__setitem__("params", -3), "upstreams[0].params"),
+        (lambda d: d["upstreams"][0].__setitem__("macs", "many"), "upstreams[0].macs"),
+        (lambda d: d["upstreams"][1].__setitem__("name", "u1"), "upstreams"),
+        (lambda d: d["combiners"].clear(), "combiners"),
+        (lambda d: d["combiners"][0].__setitem__("subset", ["u1", "u7"]), "combiners[0].subset"),
+        (lambda d: d.__setitem__("schema", "v0"), "schema"),
+        (lambda d: d.__setitem__("id", "Bad Id"), "id"),
+    ],
+)
 def test_bad_entries_name_file_and_field(tmp_path, mutate, field):
     data = make_family(2).to_dict()
     mutate(data)
@@ -72,8 +75,11 @@ def test_cli_bad_catalog_is_one_paragraph_exit_2(tmp_path):
     r = CliRunner().invoke(main, ["catalog", "list", "--catalog", str(tmp_path)])
     assert r.exit_code == 2
     assert "field 'dataset'" in r.output and "Traceback" not in r.output
-    r = subprocess.run([sys.executable, "-m", "melplan", "catalog", "show", "nope", "--catalog", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "melplan", "catalog", "show", "nope", "--catalog", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
@@ -100,15 +106,14 @@ def _with_acc(fam: Family, acc: dict, **kw) -> Family:
 
 
 def test_report_checks_can_pass_and_fail():
-    ref = replace(make_family(1, fid="ref", params_scale=1_000_000), extra={"role": "reference"},
-                  accuracy={"u1": 0.92})
+    ref = replace(make_family(1, fid="ref", params_scale=1_000_000), extra={"role": "reference"}, accuracy={"u1": 0.92})
     good = _with_acc(make_family(2, fid="good"), {"u1": 0.90, "u2": 0.89, "u1+u2": 0.915})
     weak = _with_acc(make_family(2, fid="weak"), {"u1": 0.80, "u2": 0.89, "u1+u2": 0.915})
-    from melplan.catalog import Catalog
+    from melplan.core.catalog import Catalog
 
     assert headline(Catalog((ref, good))).passed
-    assert not headline(Catalog((ref, weak))).passed       # weaker single keeps only 87%
-    assert not headline(Catalog((good,))).passed            # no reference
+    assert not headline(Catalog((ref, weak))).passed  # weaker single keeps only 87%
+    assert not headline(Catalog((good,))).passed  # no reference
     assert "CAVEAT" not in headline(Catalog((ref, good))).detail
     strong_backup = replace(make_family(1, fid="backup"), extra={"role": "backup"}, accuracy={"u1": 0.93})
     assert "CAVEAT" in headline(Catalog((ref, good, strong_backup))).detail
@@ -119,10 +124,13 @@ def test_report_checks_can_pass_and_fail():
 
 
 def test_planning_core_imports_without_torch():
-    code = ("import sys, melplan.catalog, melplan.cluster, melplan.evaluate, melplan.plan, melplan.planner, "
-            "melplan.ilp, melplan.solve, melplan.selector, melplan.results, melplan.cli; "
-            "from melplan import RuntimeSelector; "
-            "bad = [m for m in ('torch', 'torchvision', 'matplotlib', 'pandas') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, melplan.core.catalog, melplan.core.cluster, melplan.core.evaluate, melplan.core.plan, "
+        "melplan.planner.planner, melplan.planner.ilp, melplan.planner.solve, melplan.runtime.selector, "
+        "melplan.core.catalog_checks, melplan.cli; "
+        "from melplan import RuntimeSelector; "
+        "bad = [m for m in ('torch', 'torchvision', 'matplotlib', 'pandas') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -8,13 +8,13 @@ import textwrap
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from factories import make_family
-from melplan.catalog import save_family
+
 from melplan.cli import main
-from melplan.cluster import load_cluster, parse_cluster
-from melplan.clustergen import cluster_yaml, generate_cluster
-from melplan.errors import ClusterError, InputError
+from melplan.core.catalog import save_family
+from melplan.core.cluster import load_cluster, parse_cluster
+from melplan.core.clustergen import cluster_yaml, generate_cluster
+from melplan.core.errors import ClusterError, InputError
 
 GOOD = """\
 servers:
@@ -31,9 +31,24 @@ workload: {rate_rps: 50, latency_slo_ms: 50}
 # (name, YAML text, the field the message must name, a word of the message)
 MALFORMED = [
     ("unknown top-level key", GOOD + "extra: 1\n", "extra", "unknown key"),
-    ("unknown server key", GOOD.replace("failure_prob: 0.02}", "failure_prob: 0.02, gpu: yes}"), "servers[0].gpu", "unknown key"),
-    ("unknown link key", GOOD.replace("bandwidth_mbps: 1000}", "bandwidth_mbps: 1000, jitter: 2}"), "links.default.jitter", "unknown key"),
-    ("unknown workload key", GOOD.replace("latency_slo_ms: 50}", "latency_slo_ms: 50, burst: 3}"), "workload.burst", "unknown key"),
+    (
+        "unknown server key",
+        GOOD.replace("failure_prob: 0.02}", "failure_prob: 0.02, gpu: yes}"),
+        "servers[0].gpu",
+        "unknown key",
+    ),
+    (
+        "unknown link key",
+        GOOD.replace("bandwidth_mbps: 1000}", "bandwidth_mbps: 1000, jitter: 2}"),
+        "links.default.jitter",
+        "unknown key",
+    ),
+    (
+        "unknown workload key",
+        GOOD.replace("latency_slo_ms: 50}", "latency_slo_ms: 50, burst: 3}"),
+        "workload.burst",
+        "unknown key",
+    ),
     ("duplicate name", GOOD.replace("name: edge-b", "name: edge-a"), "servers[1].name", "duplicate"),
     ("negative memory", GOOD.replace("memory_mb: 512", "memory_mb: -512"), "memory_mb", "must be > 0"),
     ("zero compute", GOOD.replace("compute_gmacs: 40", "compute_gmacs: 0"), "compute_gmacs", "must be > 0"),
@@ -43,13 +58,25 @@ MALFORMED = [
     ("probability 1", GOOD.replace("failure_prob: 0.02", "failure_prob: 1.0"), "failure_prob", "< 1"),
     ("negative probability", GOOD.replace("failure_prob: 0.02", "failure_prob: -0.1"), "failure_prob", ">= 0"),
     ("probability as text", GOOD.replace("failure_prob: 0.02", "failure_prob: high"), "failure_prob", "number"),
-    ("both probability and mtbf", GOOD.replace("failure_prob: 0.02", "failure_prob: 0.02, mtbf_h: 9, mttr_h: 1"),
-     "failure_prob", "both"),
+    (
+        "both probability and mtbf",
+        GOOD.replace("failure_prob: 0.02", "failure_prob: 0.02, mtbf_h: 9, mttr_h: 1"),
+        "failure_prob",
+        "both",
+    ),
     ("negative mttr", GOOD.replace("mttr_h: 5", "mttr_h: -5"), "mttr_h", ">= 0"),
-    ("link to unknown server", GOOD.replace("between: [edge-a, edge-b]", "between: [edge-a, edge-z]"),
-     "links.overrides[0].between", "unknown server"),
-    ("link to itself", GOOD.replace("between: [edge-a, edge-b]", "between: [edge-a, edge-a]"),
-     "links.overrides[0].between", "two different"),
+    (
+        "link to unknown server",
+        GOOD.replace("between: [edge-a, edge-b]", "between: [edge-a, edge-z]"),
+        "links.overrides[0].between",
+        "unknown server",
+    ),
+    (
+        "link to itself",
+        GOOD.replace("between: [edge-a, edge-b]", "between: [edge-a, edge-a]"),
+        "links.overrides[0].between",
+        "two different",
+    ),
     ("negative link latency", GOOD.replace("latency_ms: 8.0", "latency_ms: -8.0"), "latency_ms", ">= 0"),
     ("zero bandwidth", GOOD.replace("bandwidth_mbps: 100}", "bandwidth_mbps: 0}"), "bandwidth_mbps", "> 0"),
     ("unknown ingress", GOOD.replace("ingress: edge-a", "ingress: edge-q"), "ingress", "unknown server"),
@@ -60,11 +87,22 @@ MALFORMED = [
     ("empty file", "", "servers", "empty"),
     ("malformed YAML", "servers:\n  - {name: a, memory_mb: 1\n", None, "not valid YAML"),
     ("tabs and bad indentation", "servers:\n\t- name: a\n", None, "not valid YAML"),
-    ("bad server name", GOOD.replace("name: edge-a", "name: 'Edge A'").replace("ingress: edge-a", "ingress: edge-b")
-     .replace("between: [edge-a, edge-b]", "between: [edge-b, edge-b]"), "servers[0].name", "invalid server name"),
-    ("disconnected without a default link", GOOD.replace("default: {latency_ms: 1.0, bandwidth_mbps: 1000}",
-                                                        "default: null").replace("    - {between: [edge-a, edge-b], latency_ms: 8.0, bandwidth_mbps: 100}\n",
-                                                                                 ""), "links", "cannot be reached"),
+    (
+        "bad server name",
+        GOOD.replace("name: edge-a", "name: 'Edge A'")
+        .replace("ingress: edge-a", "ingress: edge-b")
+        .replace("between: [edge-a, edge-b]", "between: [edge-b, edge-b]"),
+        "servers[0].name",
+        "invalid server name",
+    ),
+    (
+        "disconnected without a default link",
+        GOOD.replace("default: {latency_ms: 1.0, bandwidth_mbps: 1000}", "default: null").replace(
+            "    - {between: [edge-a, edge-b], latency_ms: 8.0, bandwidth_mbps: 100}\n", ""
+        ),
+        "links",
+        "cannot be reached",
+    ),
 ]
 
 
@@ -101,7 +139,7 @@ def test_malformed_cluster_gives_exit_2_naming_file_and_field(tmp_path, catalog_
         assert r.exit_code == 2, (args, r.output)
         assert str(f) in r.output and word in r.output
         assert "Traceback" not in r.output
-        assert isinstance(r.exception, SystemExit)        # a clean exit, not an uncaught error
+        assert isinstance(r.exception, SystemExit)  # a clean exit, not an uncaught error
 
 
 def test_a_missing_file(tmp_path):
@@ -110,6 +148,7 @@ def test_a_missing_file(tmp_path):
 
 
 # -- the generator ----------------------------------------------------------------------------------
+
 
 def test_generated_cluster_is_seeded_valid_and_heterogeneous(tmp_path):
     a = generate_cluster(200, seed=0)
@@ -136,7 +175,7 @@ def test_generated_zones_are_far_from_each_other():
     same = zone[:, None] == zone[None, :]
     off = ~np.eye(len(zone), dtype=bool)
     assert np.isfinite(lat).all()
-    assert lat[same & off].max() < lat[~same].min()               # every LAN hop beats every WAN path
+    assert lat[same & off].max() < lat[~same].min()  # every LAN hop beats every WAN path
     assert bw[~same].max() < bw[same & off].min()
 
 
@@ -144,7 +183,7 @@ def test_generate_command_writes_a_checkable_file(tmp_path):
     out = tmp_path / "gen.yaml"
     r = CliRunner().invoke(main, ["cluster", "generate", "--servers", "30", "--seed", "4", "--out", str(out)])
     assert r.exit_code == 0 and "30 servers" in r.output and "seed 4" in r.output
-    assert out.read_text().startswith("# generated by melplan.clustergen")
+    assert out.read_text().startswith("# generated by melplan.core.clustergen")
     assert CliRunner().invoke(main, ["cluster", "check", str(out)]).exit_code == 0
     printed = CliRunner().invoke(main, ["cluster", "generate", "--servers", "30", "--seed", "4"])
     assert printed.output == out.read_text()
@@ -152,8 +191,10 @@ def test_generate_command_writes_a_checkable_file(tmp_path):
     assert none.exit_code == 0 and "latency_slo_ms" not in none.output
 
 
-@pytest.mark.parametrize("args", [["--servers", "0"], ["--servers", "x"], ["--servers", "5", "--slo", "-3"],
-                                  ["--servers", "5", "--zones", "0"]])
+@pytest.mark.parametrize(
+    "args",
+    [["--servers", "0"], ["--servers", "x"], ["--servers", "5", "--slo", "-3"], ["--servers", "5", "--zones", "0"]],
+)
 def test_generate_rejects_bad_arguments(args):
     r = CliRunner().invoke(main, ["cluster", "generate"] + args)
     assert r.exit_code == 2

@@ -4,8 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from melplan.data import Batches, load_dataset  # noqa: E402
-from melplan.errors import DataError  # noqa: E402
+from melplan.core.errors import DataError  # noqa: E402
+from melplan.train.data import Batches, load_dataset  # noqa: E402
 
 
 def test_mnist5k_split_is_stratified_and_fixed():
@@ -15,7 +15,9 @@ def test_mnist5k_split_is_stratified_and_fixed():
     assert torch.equal(load_dataset("mnist5k").test.labels, ds.test.labels)
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").exists(), reason="dataset-fashion-mnist not installed"
+)
 def test_fashion_mnist_official_split():
     ds = load_dataset("fashion-mnist")
     assert (len(ds.train), len(ds.test)) == (60000, 10000)
@@ -51,7 +53,7 @@ def test_cifar100_binary_records_are_parsed(tmp_path):
     rng = np.random.default_rng(0)
     for name, n in (("train.bin", 6), ("test.bin", 4)):
         rec = np.zeros((n, 2 + 3072), dtype=np.uint8)
-        rec[:, 0] = rng.integers(0, 20, n)            # coarse label first, then fine, then 3x32x32 pixels
+        rec[:, 0] = rng.integers(0, 20, n)  # coarse label first, then fine, then 3x32x32 pixels
         rec[:, 1] = rng.integers(0, 100, n)
         rec[:, 2:] = rng.integers(0, 256, (n, 3072))
         rec.tofile(folder / name)

@@ -15,38 +15,56 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from factories import make_cluster, make_family
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factories import make_cluster, make_family
-from melplan.catalog import MIB, Combiner, Family, Upstream, nonempty_subsets, save_family, subset_key
 from melplan.cli import main
-from melplan.cluster import Cluster, Link, Server, Workload
-from melplan.errors import CatalogError, InputError, PlanFileError
-from melplan.evaluate import evaluate_placement
-from melplan.export import MANIFEST_SCHEMA, build_manifest, export_plan, load_inputs
-from melplan.k8s import (DNS1035_RE, LABEL_VALUE_RE, K8sOptions, dns_name, label_value, make_naming,
-                         memory_request, unique_names)
-from melplan.plan import Plan, load_plan
+from melplan.core.catalog import MIB, Combiner, Family, Upstream, nonempty_subsets, save_family, subset_key
+from melplan.core.cluster import Cluster, Link, Server, Workload
+from melplan.core.errors import CatalogError, InputError, PlanFileError
+from melplan.core.evaluate import evaluate_placement
+from melplan.core.plan import Plan, load_plan
+from melplan.deploy.export import MANIFEST_SCHEMA, build_manifest, export_plan, load_inputs
+from melplan.deploy.k8s import (
+    DNS1035_RE,
+    LABEL_VALUE_RE,
+    K8sOptions,
+    dns_name,
+    label_value,
+    make_naming,
+    memory_request,
+    unique_names,
+)
 
 kube = pytest.importorskip("kubernetes")
 
 MODELS = {"Deployment": "V1Deployment", "Service": "V1Service", "ConfigMap": "V1ConfigMap"}
-QUALIFIED_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                              r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-PLACEMENT3 = {"u1": ["s0"], "u2": ["s1"], "u3": ["s2"], "u1+u2": ["s3", "s4"], "u2+u3": ["s4"],
-              "u1+u2+u3": ["s3"]}
+QUALIFIED_KEY_RE = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+PLACEMENT3 = {"u1": ["s0"], "u2": ["s1"], "u3": ["s2"], "u1+u2": ["s3", "s4"], "u2+u3": ["s4"], "u1+u2+u3": ["s3"]}
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
+
 def make_plan(family: Family, placement: dict, cluster: Cluster) -> Plan:
     """A plan file's content for a hand-made placement, evaluated exactly."""
     ev = evaluate_placement(family, placement, cluster)
-    return Plan(family=family.id, placement={k: tuple(v) for k, v in placement.items()}, objective="expected",
-                expected_accuracy=ev.expected_accuracy, accuracy_all_up=ev.accuracy_all_up,
-                worst_case_accuracy=ev.worst_case_accuracy, fallback=tuple(ev.fallback),
-                solver={"name": "hand", "status": "given"}, servers=ev.servers, latency_ms=ev.latency_ms)
+    return Plan(
+        family=family.id,
+        placement={k: tuple(v) for k, v in placement.items()},
+        objective="expected",
+        expected_accuracy=ev.expected_accuracy,
+        accuracy_all_up=ev.accuracy_all_up,
+        worst_case_accuracy=ev.worst_case_accuracy,
+        fallback=tuple(ev.fallback),
+        solver={"name": "hand", "status": "given"},
+        servers=ev.servers,
+        latency_ms=ev.latency_ms,
+    )
 
 
 @pytest.fixture
@@ -62,8 +80,7 @@ def setup(tmp_path):
     plan_path = tmp_path / "plan.json"
     plan.save(plan_path)
     family = load_inputs(plan_path, cat)[1]
-    return {"cat": cat, "family": family, "plan": plan, "plan_path": plan_path, "cluster": cluster,
-            "tmp": tmp_path}
+    return {"cat": cat, "family": family, "plan": plan, "plan_path": plan_path, "cluster": cluster, "tmp": tmp_path}
 
 
 def api_client():
@@ -107,6 +124,7 @@ def assert_valid_k8s_object(obj: dict) -> None:
 
 # -- the deployable view -----------------------------------------------------------------------
 
+
 def test_manifest_lists_every_placed_replica_once_with_catalog_numbers(setup):
     fam, plan = setup["family"], setup["plan"]
     m = build_manifest(plan, fam, plan_source="plan.json")
@@ -128,12 +146,17 @@ def test_manifest_wiring_accuracies_fallback_and_checksum(setup):
     m = build_manifest(plan, fam)
     entries = {(e["component"], s["name"]): e for s in m["servers"] for e in s["components"]}
     # combiners name the servers of the upstreams that feed them
-    assert entries[("u1+u2", "s4")]["inputs"] == [{"upstream": "u1", "server": "s0"}, {"upstream": "u2", "server": "s1"}]
+    assert entries[("u1+u2", "s4")]["inputs"] == [
+        {"upstream": "u1", "server": "s0"},
+        {"upstream": "u2", "server": "s1"},
+    ]
     assert entries[("u1+u2", "s3")]["replicas"] == 2
     # upstreams say where their features go: every placed combiner that contains them
-    assert entries[("u2", "s1")]["feeds"] == [{"combiner": "u1+u2", "servers": ["s3", "s4"]},
-                                               {"combiner": "u2+u3", "servers": ["s4"]},
-                                               {"combiner": "u1+u2+u3", "servers": ["s3"]}]
+    assert entries[("u2", "s1")]["feeds"] == [
+        {"combiner": "u1+u2", "servers": ["s3", "s4"]},
+        {"combiner": "u2+u3", "servers": ["s4"]},
+        {"combiner": "u1+u2+u3", "servers": ["s3"]},
+    ]
     assert [f["combiner"] for f in entries[("u1", "s0")]["feeds"]] == ["u1+u2", "u1+u2+u3"]
     assert entries[("u2+u3", "s4")]["serves"] == ["u2+u3"] and entries[("u3", "s2")]["serves"] == ["u3"]
     # the plan's accuracies and fallback travel unchanged
@@ -144,8 +167,13 @@ def test_manifest_wiring_accuracies_fallback_and_checksum(setup):
     assert m["fallback"] == [dict(f) for f in plan.fallback] and len(m["fallback"]) == 5 + 10
     # the weights file is found beside the catalog JSON and checksummed
     digest = hashlib.sha256((setup["cat"] / "demo-n3.pt").read_bytes()).hexdigest()
-    assert m["weights"] == {"file": "demo-n3.pt", "path": str(setup["cat"] / "demo-n3.pt"), "found": True,
-                            "sha256": digest, "size_bytes": 256 * 40}
+    assert m["weights"] == {
+        "file": "demo-n3.pt",
+        "path": str(setup["cat"] / "demo-n3.pt"),
+        "found": True,
+        "sha256": digest,
+        "size_bytes": 256 * 40,
+    }
     assert all(e["weights"] == {"file": "demo-n3.pt", "sha256": digest} for e in entries.values())
 
 
@@ -181,6 +209,7 @@ def test_json_and_yaml_hold_the_same_data_and_are_deterministic(setup):
 
 
 # -- Kubernetes --------------------------------------------------------------------------------
+
 
 def test_k8s_objects_pass_the_api_schema_and_match_the_plan(setup):
     out = setup["tmp"] / "deploy"
@@ -232,15 +261,19 @@ def test_each_service_selects_exactly_its_components_pods(setup):
     deps = [o for o in result.objects if o["kind"] == "Deployment"]
     for svc in (o for o in result.objects if o["kind"] == "Service"):
         sel = svc["spec"]["selector"].items()
-        picked = {d["metadata"]["annotations"]["melplan/server"] for d in deps
-                  if sel <= d["spec"]["template"]["metadata"]["labels"].items()}
+        picked = {
+            d["metadata"]["annotations"]["melplan/server"]
+            for d in deps
+            if sel <= d["spec"]["template"]["metadata"]["labels"].items()
+        }
         comp = svc["metadata"]["annotations"]["melplan/component"]
         assert picked == set(PLACEMENT3[comp])
     # and no Deployment's selector matches another Deployment's pods
     for a in deps:
         sel = a["spec"]["selector"]["matchLabels"].items()
-        assert [b["metadata"]["name"] for b in deps if sel <= b["spec"]["template"]["metadata"]["labels"].items()] \
-            == [a["metadata"]["name"]]
+        assert [b["metadata"]["name"] for b in deps if sel <= b["spec"]["template"]["metadata"]["labels"].items()] == [
+            a["metadata"]["name"]
+        ]
 
 
 def test_configmap_holds_plan_fallback_family_and_endpoints(setup):
@@ -274,7 +307,7 @@ def test_configmap_holds_plan_fallback_family_and_endpoints(setup):
 def test_configmap_alone_drives_the_runtime_selector(setup):
     """What a pod finds under its mount is enough to build the selector, and it agrees with the
     plan's fallback table; each route's (component, server) pairs have a pod address."""
-    from melplan.selector import RuntimeSelector
+    from melplan.runtime.selector import RuntimeSelector
 
     result = export_plan(setup["plan_path"], "k8s", setup["tmp"] / "d", catalog_dir=setup["cat"])
     cm = next(o for o in result.objects if o["kind"] == "ConfigMap")
@@ -285,8 +318,9 @@ def test_configmap_alone_drives_the_runtime_selector(setup):
     endpoints = json.loads(cm["data"]["endpoints.json"])
     fallback = json.loads(cm["data"]["fallback.json"])
     for row in fallback:
-        sel = RuntimeSelector.from_files(str(mount / "plan.json"), catalog_dir=str(mount / "family.json"),
-                                         policy="failover-only")
+        sel = RuntimeSelector.from_files(
+            str(mount / "plan.json"), catalog_dir=str(mount / "family.json"), policy="failover-only"
+        )
         for server in row["down"]:
             route = sel.mark_down(server, now=0.0)
         assert (route.answer, route.accuracy) == (row["answer"], pytest.approx(row["accuracy"]))
@@ -309,13 +343,32 @@ def test_schema_check_catches_a_missing_required_field(setup):
 def awkward_family() -> Family:
     """Names that collide once made DNS-safe: upstream 'u1-u2' beside combiner 'u1+u2', a long id."""
     names = ["u1", "u2", "u1-u2"]
-    ups = tuple(Upstream(name=n, params=1000 * (i + 1), macs=10_000, weight_bytes=4000 * (i + 1), feature_bytes=64,
-                         activation_bytes=5 * MIB) for i, n in enumerate(names))
-    combs = tuple(Combiner(subset=s, kind="fc", params=500, macs=500, weight_bytes=2000)
-                  for s in nonempty_subsets(names) if len(s) >= 2)
+    ups = tuple(
+        Upstream(
+            name=n,
+            params=1000 * (i + 1),
+            macs=10_000,
+            weight_bytes=4000 * (i + 1),
+            feature_bytes=64,
+            activation_bytes=5 * MIB,
+        )
+        for i, n in enumerate(names)
+    )
+    combs = tuple(
+        Combiner(subset=s, kind="fc", params=500, macs=500, weight_bytes=2000)
+        for s in nonempty_subsets(names)
+        if len(s) >= 2
+    )
     acc = {subset_key(s): 0.5 + 0.1 * len(s) for s in nonempty_subsets(names)}
-    return Family(id="9.fmnist_effb0.u3-with-a-rather-long-identifier_", dataset={"name": "t", "num_classes": 10},
-                  base="efficientnet_b0", training={}, upstreams=ups, combiners=combs, accuracy=acc)
+    return Family(
+        id="9.fmnist_effb0.u3-with-a-rather-long-identifier_",
+        dataset={"name": "t", "num_classes": 10},
+        base="efficientnet_b0",
+        training={},
+        upstreams=ups,
+        combiners=combs,
+        accuracy=acc,
+    )
 
 
 def test_colliding_and_awkward_names_stay_valid_and_distinct(tmp_path):
@@ -324,8 +377,15 @@ def test_colliding_and_awkward_names_stay_valid_and_distinct(tmp_path):
     save_family(fam, cat)
     servers = ("edge-a", "edge.a", "edge_a", "node-with-a-very-long-hostname.rack-17.site-north.example")
     cluster = Cluster(tuple(Server(s, 100.0, 10.0, 0.1) for s in servers), Workload(1.0), Link(1.0, 1000.0))
-    placement = {"u1": ["edge-a"], "u2": ["edge.a"], "u1-u2": ["edge_a"], "u1+u2": [servers[3], "edge-a"],
-                 "u1+u1-u2": ["edge.a"], "u2+u1-u2": ["edge_a"], "u1+u2+u1-u2": [servers[3]]}
+    placement = {
+        "u1": ["edge-a"],
+        "u2": ["edge.a"],
+        "u1-u2": ["edge_a"],
+        "u1+u2": [servers[3], "edge-a"],
+        "u1+u1-u2": ["edge.a"],
+        "u2+u1-u2": ["edge_a"],
+        "u1+u2+u1-u2": [servers[3]],
+    }
     plan_path = tmp_path / "p.json"
     make_plan(fam, placement, cluster).save(plan_path)
     result = export_plan(plan_path, "k8s", tmp_path / "d", catalog_dir=cat)
@@ -334,15 +394,19 @@ def test_colliding_and_awkward_names_stay_valid_and_distinct(tmp_path):
         assert_valid_k8s_object(obj)
     keys = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert len(keys) == len(set(keys)) == 1 + 7 + 8
-    svc = {o["metadata"]["annotations"]["melplan/component"]: o["metadata"]["name"]
-           for o in objects if o["kind"] == "Service"}
+    svc = {
+        o["metadata"]["annotations"]["melplan/component"]: o["metadata"]["name"]
+        for o in objects
+        if o["kind"] == "Service"
+    }
     assert len(set(svc.values())) == 7 and svc["u1"].startswith("m-9-fmnist")
     assert svc["u1+u2"] != svc["u1-u2"]
     deps = [o for o in objects if o["kind"] == "Deployment"]
     assert {d["metadata"]["annotations"]["melplan/server"] for d in deps} == set(servers)
     # distinct components never share a component label (Service selectors stay disjoint)
-    labels = {o["metadata"]["annotations"]["melplan/component"]: o["metadata"]["labels"]["melplan/component"]
-              for o in deps}
+    labels = {
+        o["metadata"]["annotations"]["melplan/component"]: o["metadata"]["labels"]["melplan/component"] for o in deps
+    }
     assert len(set(labels.values())) == len(labels) == 7
     assert result.manifest["family"]["id"] == fam.id
 
@@ -350,7 +414,7 @@ def test_colliding_and_awkward_names_stay_valid_and_distinct(tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.text(alphabet="abz019-_.+", min_size=1, max_size=70), min_size=1, max_size=8, unique=True))
 def test_unique_names_are_valid_and_distinct(texts):
-    from melplan.k8s import name_part
+    from melplan.deploy.k8s import name_part
 
     names = unique_names({t: (dns_name(["fam", name_part(t)], t), t) for t in texts})
     assert len(set(names.values())) == len(texts)
@@ -390,13 +454,14 @@ def test_reexport_removes_only_stale_files_it_wrote(setup):
     plan2 = setup["tmp"] / "plan2.json"
     make_plan(setup["family"], smaller, setup["cluster"]).save(plan2)
     result = export_plan(plan2, "k8s", out, catalog_dir=setup["cat"])
-    assert len(result.removed) == 3 + 2        # 3 Deployments and 2 Services gone
+    assert len(result.removed) == 3 + 2  # 3 Deployments and 2 Services gone
     objects, kust = read_objects(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(kust["resources"] + ["kustomization.yaml", "notes.txt"])
     assert len([o for o in objects if o["kind"] == "Deployment"]) == 4
 
 
 # -- bad input ---------------------------------------------------------------------------------
+
 
 def test_bad_inputs_raise_plan_file_errors(setup):
     tmp = setup["tmp"]
@@ -428,7 +493,7 @@ def test_bad_inputs_raise_plan_file_errors(setup):
     data = setup["plan"].to_dict()
     data["placement"]["u1"] = ["edge a"]
     bad.write_text(json.dumps(data))
-    export_plan(bad, "json", tmp / "o", catalog_dir=setup["cat"])        # any name is fine in JSON
+    export_plan(bad, "json", tmp / "o", catalog_dir=setup["cat"])  # any name is fine in JSON
     with pytest.raises(PlanFileError, match="node hostname"):
         export_plan(bad, "k8s", tmp / "o", catalog_dir=setup["cat"])
 
@@ -447,31 +512,58 @@ def test_bad_inputs_raise_plan_file_errors(setup):
 
 # -- CLI ---------------------------------------------------------------------------------------
 
+
 def run_cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def test_cli_k8s_prints_the_deployments_and_writes_files(setup):
     out = setup["tmp"] / "deploy"
-    r = run_cli("export", "--plan", str(setup["plan_path"]), "--format", "k8s", "--out", str(out),
-                "--catalog", str(setup["cat"]), "--overhead-mib", "64", "--namespace", "edge")
+    r = run_cli(
+        "export",
+        "--plan",
+        str(setup["plan_path"]),
+        "--format",
+        "k8s",
+        "--out",
+        str(out),
+        "--catalog",
+        str(setup["cat"]),
+        "--overhead-mib",
+        "64",
+        "--namespace",
+        "edge",
+    )
     assert r.exit_code == 0, r.output
     assert "demo-n3-u1-u2-s4" in r.output and "+ 64 MiB runtime overhead" in r.output
     assert f"kubectl apply -k {out}" in r.output
     assert (out / "kustomization.yaml").is_file()
-    r = run_cli("export", "--plan", str(setup["plan_path"]), "--format", "yaml", "--out", str(out),
-                "--catalog", str(setup["cat"]), "--json")
+    r = run_cli(
+        "export",
+        "--plan",
+        str(setup["plan_path"]),
+        "--format",
+        "yaml",
+        "--out",
+        str(out),
+        "--catalog",
+        str(setup["cat"]),
+        "--json",
+    )
     assert r.exit_code == 0
     assert json.loads(r.output)["files"] == [str(out / "manifest.yaml")]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--format", "json", "--plan", "missing.json"], "missing.json"),
-    (["--format", "xml"], "xml"),
-    (["--format", "json", "--namespace", "x"], "only to --format k8s"),
-    (["--format", "k8s", "--namespace", "Not_Valid"], "namespace"),
-    (["--format", "k8s", "--overhead-mib", "-5"], "overhead"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--format", "json", "--plan", "missing.json"], "missing.json"),
+        (["--format", "xml"], "xml"),
+        (["--format", "json", "--namespace", "x"], "only to --format k8s"),
+        (["--format", "k8s", "--namespace", "Not_Valid"], "namespace"),
+        (["--format", "k8s", "--overhead-mib", "-5"], "overhead"),
+    ],
+)
 def test_cli_bad_input_exits_2_with_one_paragraph(setup, args, needle):
     argv = ["export", "--out", str(setup["tmp"] / "o"), "--catalog", str(setup["cat"])] + args
     if "--plan" not in args:
@@ -479,7 +571,7 @@ def test_cli_bad_input_exits_2_with_one_paragraph(setup, args, needle):
     r = CliRunner().invoke(main, argv)
     assert r.exit_code == 2, r.output
     assert needle in r.output and "Traceback" not in r.output
-    assert isinstance(r.exception, SystemExit)          # a clean exit, not an escaped exception
+    assert isinstance(r.exception, SystemExit)  # a clean exit, not an escaped exception
 
 
 def test_cli_unknown_family_exits_2(setup):
@@ -487,19 +579,49 @@ def test_cli_unknown_family_exits_2(setup):
     data["family"] = "ghost"
     bad = setup["tmp"] / "ghost.json"
     bad.write_text(json.dumps(data))
-    r = CliRunner().invoke(main, ["export", "--plan", str(bad), "--format", "json", "--out",
-                                  str(setup["tmp"] / "o"), "--catalog", str(setup["cat"])])
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--plan",
+            str(bad),
+            "--format",
+            "json",
+            "--out",
+            str(setup["tmp"] / "o"),
+            "--catalog",
+            str(setup["cat"]),
+        ],
+    )
     assert r.exit_code == 2 and "family 'ghost' is not in the catalog" in r.output and "Fix:" in r.output
 
 
 def test_real_subprocess_and_light_imports(setup):
     out = setup["tmp"] / "sp"
-    p = subprocess.run([sys.executable, "-m", "melplan", "export", "--plan", str(setup["plan_path"]), "--format",
-                        "json", "--out", str(out), "--catalog", str(setup["cat"])],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "melplan",
+            "export",
+            "--plan",
+            str(setup["plan_path"]),
+            "--format",
+            "json",
+            "--out",
+            str(out),
+            "--catalog",
+            str(setup["cat"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads((out / "manifest.json").read_text())["family"]["id"] == "demo-n3"
-    code = ("import sys, melplan.export, melplan.k8s, melplan.commands.export_cmd; "
-            "print(sorted(m for m in ('torch', 'kubernetes', 'pandas', 'matplotlib') if m in sys.modules))")
+    code = (
+        "import sys, melplan.deploy.export, melplan.deploy.k8s, melplan.commands.export_cmd; "
+        "print(sorted(m for m in ('torch', 'kubernetes', 'pandas', 'matplotlib') if m in sys.modules))"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "[]", p.stdout + p.stderr

@@ -1,4 +1,4 @@
-"""The placement ILP against a brute-force oracle built only on melplan.evaluate.
+"""The placement ILP against a brute-force oracle built only on melplan.core.evaluate.
 
 The oracle enumerates every placement (each upstream on its own server, each combiner on any
 0..R servers), keeps those that respect memory, compute and the SLO (checked here by hand and with
@@ -15,17 +15,22 @@ import re
 import numpy as np
 import pulp
 import pytest
-
 from factories import make_cluster, make_family
-from melplan.catalog import subset_key
-from melplan.evaluate import (RouteTable, best_accuracy_by_state, capacity_violations, evaluate_placement,
-                              path_latency_ms)
-from melplan.ilp import ModelSpec, build_family_model, family_data, read_placement, useful_subsets
-from melplan.planner import PlanOptions, objective_value, plan
-from melplan.solve import solve
 
+from melplan.core.catalog import subset_key
+from melplan.core.evaluate import (
+    RouteTable,
+    best_accuracy_by_state,
+    capacity_violations,
+    evaluate_placement,
+    path_latency_ms,
+)
+from melplan.planner.ilp import ModelSpec, build_family_model, family_data, read_placement, useful_subsets
+from melplan.planner.planner import PlanOptions, objective_value, plan
+from melplan.planner.solve import solve
 
 # -- the oracle -----------------------------------------------------------------------------------
+
 
 def _replica_sets(servers, r):
     return [c for k in range(r + 1) for c in itertools.combinations(servers, k)]
@@ -93,7 +98,7 @@ def brute_force(family, cluster, *, objective="expected", failures=1, replicas=1
                 continue
             v = e if objective == "expected" else w
             if objective == "worst-case":
-                v = (w, e)                       # the planner breaks worst-case ties by expected accuracy
+                v = (w, e)  # the planner breaks worst-case ties by expected accuracy
             if best_p is None or v > best_v:
                 best_v, best_p = v, placement
     return best_v, best_p
@@ -140,8 +145,8 @@ def test_ilp_alone_expected_equals_brute_force_every_scenario(case):
     want, _ = brute_force(fam, cl, replicas=reps)
     res, pl, model = _solve_alone(fam, cl, combiner_replicas=reps)
     assert model.failures_modeled == len(cl.servers) and model.modeled_mass == pytest.approx(1.0)
-    assert res.objective == pytest.approx(want, abs=1e-5)        # the model's value is the exact one ...
-    assert scores(fam, pl, cl, 1)[0] == pytest.approx(want, abs=1e-9)   # ... and so is its placement's
+    assert res.objective == pytest.approx(want, abs=1e-5)  # the model's value is the exact one ...
+    assert scores(fam, pl, cl, 1)[0] == pytest.approx(want, abs=1e-9)  # ... and so is its placement's
 
 
 @pytest.mark.parametrize("case", CASES[:6], ids=_ids)
@@ -151,7 +156,7 @@ def test_ilp_alone_worst_case_equals_brute_force(case, failures):
     fam, cl = _family(fkw), make_cluster(**ckw)
     (w_want, _), _ = brute_force(fam, cl, objective="worst-case", failures=failures, replicas=reps)
     res, pl, _ = _solve_alone(fam, cl, objective="worst-case", worst_failures=failures, combiner_replicas=reps)
-    assert res.objective == pytest.approx(w_want, abs=1e-5)     # (up to the solver's feasibility tolerance)
+    assert res.objective == pytest.approx(w_want, abs=1e-5)  # (up to the solver's feasibility tolerance)
     assert scores(fam, pl, cl, failures)[1] == pytest.approx(w_want, abs=1e-9)
 
 
@@ -185,7 +190,7 @@ def test_min_accuracy_under_failure_matches_brute_force(case):
     fkw, ckw, reps = case
     fam, cl = _family(fkw), make_cluster(**ckw)
     (w_best, _), _ = brute_force(fam, cl, objective="worst-case", failures=1, replicas=reps)
-    floor = w_best - 1e-6                # only the plans that keep the best guarantee
+    floor = w_best - 1e-6  # only the plans that keep the best guarantee
     want, _ = brute_force(fam, cl, replicas=reps, min_worst=floor)
     got = plan([fam], cl, PlanOptions(min_accuracy_under_failure=floor, combiner_replicas=reps, gap=0.0))
     assert got.plan.expected_accuracy == pytest.approx(want, abs=1e-9)
@@ -203,24 +208,26 @@ def test_without_reductions_the_same_optimum():
 @pytest.mark.parametrize("seed", range(8))
 def test_constraints_never_violated_on_random_instances(seed):
     fam = make_family(2 + seed % 2, seed=100 + seed, shared=seed % 3 == 0)
-    cl = make_cluster(6, seed=200 + seed, rate=[10.0, 300.0][seed % 2], slo=[None, 30.0][seed % 2 == 0],
-                      memory=(0.3, 3.0))
+    cl = make_cluster(
+        6, seed=200 + seed, rate=[10.0, 300.0][seed % 2], slo=[None, 30.0][seed % 2 == 0], memory=(0.3, 3.0)
+    )
     try:
         got = plan([fam], cl, PlanOptions(combiner_replicas=1 + seed % 2))
     except Exception as exc:  # an infeasible instance must say why, not fail
-        from melplan.errors import InfeasiblePlanError
+        from melplan.core.errors import InfeasiblePlanError
 
         assert isinstance(exc, InfeasiblePlanError)
         return
     pl = got.plan.placement
     assert capacity_violations(fam, pl, cl) == []
     hosts = [pl[u][0] for u in fam.upstream_names]
-    assert len(set(hosts)) == len(hosts)                     # anti-affinity
+    assert len(set(hosts)) == len(hosts)  # anti-affinity
     ev = evaluate_placement(fam, pl, cl)
     assert got.plan.expected_accuracy == ev.expected_accuracy  # numbers from the evaluator, not the ILP
 
 
 # -- the model itself -------------------------------------------------------------------------------
+
 
 def _model(fam, cl, **spec):
     return build_family_model(family_data(fam, cl), ModelSpec(**spec))
@@ -235,8 +242,12 @@ def _constraint_names(problem) -> list[str]:
 def test_no_duplicate_variables_and_names_from_indices_only():
     fam = make_family(3, seed=1, shared=True, fid="fam-with-dashes")
     cl = make_cluster(5, seed=1, slo=30.0)
-    for spec in (dict(), dict(objective="worst-case", worst_failures=2), dict(min_worst=0.5, failures=1),
-                 dict(current={"u1": ("s1",)}, move_cost=0.01, combiner_replicas=2)):
+    for spec in (
+        dict(),
+        dict(objective="worst-case", worst_failures=2),
+        dict(min_worst=0.5, failures=1),
+        dict(current={"u1": ("s1",)}, move_cost=0.01, combiner_replicas=2),
+    ):
         model = _model(fam, cl, **spec)
         model.problem.checkDuplicateVars()
         names = [v.name for v in model.problem.variables()] + _constraint_names(model.problem)
@@ -330,7 +341,7 @@ def test_combiners_that_cannot_help_are_never_placed():
 
     fam = make_family(2, seed=12)
     worse = dict(fam.accuracy, **{"u1+u2": min(fam.accuracy["u1"], fam.accuracy["u2"]) - 0.01})
-    fam = dataclasses.replace(fam, accuracy=worse)          # the pair is worse than either upstream
+    fam = dataclasses.replace(fam, accuracy=worse)  # the pair is worse than either upstream
     cl = make_cluster(4, seed=12)
     model = _model(fam, cl)
     assert model.z == {}

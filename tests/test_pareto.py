@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from factories import make_family
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factories import make_family
-from melplan import pareto as P
-from melplan.catalog import load_catalog, save_family
 from melplan.cli import main
-from melplan.cluster import Cluster, Link, Server, Workload
-from melplan.errors import InputError, MelplanError
-from melplan.evaluate import evaluate_placement
-
+from melplan.core.catalog import load_catalog, save_family
+from melplan.core.cluster import Cluster, Link, Server, Workload
+from melplan.core.errors import InputError, MelplanError
+from melplan.core.evaluate import evaluate_placement
+from melplan.pareto import front as P
 
 # -- brute force -----------------------------------------------------------------------------
+
 
 def brute_ranks(F: list[list[float]]) -> list[int]:
     """Peel fronts: rank k = not dominated by anything left after removing ranks < k."""
@@ -42,7 +42,7 @@ def brute_ranks(F: list[list[float]]) -> list[int]:
 def random_table(rng: random.Random, rows: int, cols: int, levels: int) -> list[list[float]]:
     """Few distinct levels per column, so ties and identical rows are common."""
     base = [[float(rng.randrange(levels)) for _ in range(cols)] for _ in range(rows)]
-    for _ in range(rows // 4):                     # explicit duplicates of existing rows
+    for _ in range(rows // 4):  # explicit duplicates of existing rows
         base.append(list(rng.choice(base)))
     rng.shuffle(base)
     return base
@@ -56,7 +56,7 @@ def test_sort_matches_brute_force_on_seeded_tables(seed):
     assert ranks == brute_ranks(F)
     for i, j in enumerate(first):
         assert F[i] == F[j] and j <= i
-        assert ranks[i] == ranks[j]                # duplicates share a rank
+        assert ranks[i] == ranks[j]  # duplicates share a rank
 
 
 @settings(max_examples=80, deadline=None)
@@ -76,10 +76,15 @@ def test_identical_rows_are_all_on_the_front_and_linked():
 
 # -- catalogs --------------------------------------------------------------------------------
 
+
 def reference_family(params_scale: int = 1_000_000):
     ref = make_family(1, seed=99, fid="ref-full", params_scale=params_scale)
-    return replace(ref, accuracy={"u1": 0.93}, extra={"role": "reference"},
-                   reference={"id": "ref-full", "accuracy": 0.93, "params": ref.params, "macs": ref.macs})
+    return replace(
+        ref,
+        accuracy={"u1": 0.93},
+        extra={"role": "reference"},
+        reference={"id": "ref-full", "accuracy": 0.93, "params": ref.params, "macs": ref.macs},
+    )
 
 
 def catalog_families(with_reference: bool = True, lambdas: bool = False):
@@ -122,8 +127,10 @@ def assert_front_is_exactly_non_dominated(cat, res) -> None:
         assert (fid in res.front_ids) == (not dominated), fid
 
 
-@pytest.mark.skipif(not SHIPPED.is_dir() or not any(SHIPPED.rglob("*.json")),
-                    reason="the trained catalog has not landed in catalog/fashion-mnist yet")
+@pytest.mark.skipif(
+    not SHIPPED.is_dir() or not any(SHIPPED.rglob("*.json")),
+    reason="the trained catalog has not landed in catalog/fashion-mnist yet",
+)
 @pytest.mark.parametrize("objectives", [None, "acc_all_up,expected@0.05,macs"])
 def test_shipped_catalog_front_is_exactly_the_non_dominated_ids(objectives):
     cat = load_catalog(SHIPPED)
@@ -152,8 +159,12 @@ def test_objectives_registry_and_values():
     assert P.get_objective("weight_bytes").value(f) == f.weight_bytes
     assert P.get_objective("acc_worst_pair").value(make_family(1)) is None
     assert P.get_objective("expected@0.05").name == "expected@0.05"
-    for bad, msg in [("nope", "unknown objective"), ("expected", "needs a failure probability"), ("expected@x", "probability"),
-                     ("expected@1.5", "outside")]:
+    for bad, msg in [
+        ("nope", "unknown objective"),
+        ("expected", "needs a failure probability"),
+        ("expected@x", "probability"),
+        ("expected@1.5", "outside"),
+    ]:
         with pytest.raises(P.ObjectiveError, match=msg):
             P.get_objective(bad)
     with pytest.raises(P.ObjectiveError, match="twice"):
@@ -193,6 +204,7 @@ def test_mixed_datasets_need_dataset():
 
 # -- hypervolume -----------------------------------------------------------------------------
 
+
 def test_hypervolume_two_objectives_by_hand():
     """acc 0.82 and 0.91 at 25% and 50% of the reference params, 10 classes:
     normalised points (0.2, 0.25) and (0.1, 0.5); area dominated inside the unit box."""
@@ -203,7 +215,9 @@ def test_hypervolume_two_objectives_by_hand():
     expected = (1 - 0.2) * (1 - 0.25) + (0.2 - 0.1) * (1 - 0.5)
     assert hv == pytest.approx(expected)
     # a point costlier than the reference model adds nothing; a dominated one neither
-    assert P.hypervolume([[0.82, 250.0], [0.91, 500.0], [0.99, 1500.0], [0.8, 600.0]], objs, norm) == pytest.approx(expected)
+    assert P.hypervolume([[0.82, 250.0], [0.91, 500.0], [0.99, 1500.0], [0.8, 600.0]], objs, norm) == pytest.approx(
+        expected
+    )
 
 
 def test_hypervolume_is_comparable_across_catalogs():
@@ -226,35 +240,42 @@ def test_hypervolume_without_reference_says_it_is_not_comparable():
 
 # -- pick ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,name,op,value,relative", [
-    ("params<=0.4*reference", "params", "<=", 0.4, True),
-    ("params <= reference * 0.4", "params", "<=", 0.4, True),
-    ("params<=ref", "params", "<=", 1.0, True),
-    ("acc_weakest_single>=0.85", "acc_weakest_single", ">=", 0.85, False),
-    ("acc_all_up > 90%", "acc_all_up", ">", 0.9, False),
-    ("params<1.5M", "params", "<", 1.5e6, False),
-    ("macs<=250k", "macs", "<=", 250e3, False),
-    ("weight_bytes<=2e6", "weight_bytes", "<=", 2e6, False),
-    ("expected@0.05>=0.8", "expected@0.05", ">=", 0.8, False),
-])
+
+@pytest.mark.parametrize(
+    "text,name,op,value,relative",
+    [
+        ("params<=0.4*reference", "params", "<=", 0.4, True),
+        ("params <= reference * 0.4", "params", "<=", 0.4, True),
+        ("params<=ref", "params", "<=", 1.0, True),
+        ("acc_weakest_single>=0.85", "acc_weakest_single", ">=", 0.85, False),
+        ("acc_all_up > 90%", "acc_all_up", ">", 0.9, False),
+        ("params<1.5M", "params", "<", 1.5e6, False),
+        ("macs<=250k", "macs", "<=", 250e3, False),
+        ("weight_bytes<=2e6", "weight_bytes", "<=", 2e6, False),
+        ("expected@0.05>=0.8", "expected@0.05", ">=", 0.8, False),
+    ],
+)
 def test_parse_constraint(text, name, op, value, relative):
     c = P.parse_constraint(text)
     assert (c.objective.name, c.op, c.relative) == (name, op, relative)
     assert c.value == pytest.approx(value)
 
 
-@pytest.mark.parametrize("text,msg", [
-    ("params", "not a constraint"),
-    ("params<=", "not a constraint"),
-    ("params<=0.4*", "not a constraint"),
-    ("params<=0.4*foo", "not a constraint"),
-    ("params=1", "equality"),
-    ("bogus<=1", "unknown objective"),
-    ("acc_all_up>=90", "fraction"),
-    ("acc_all_up>=2k", "not a constraint"),
-    ("__import__('os').system('true')", "cannot read"),
-    ("params<=1;rm", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("params", "not a constraint"),
+        ("params<=", "not a constraint"),
+        ("params<=0.4*", "not a constraint"),
+        ("params<=0.4*foo", "not a constraint"),
+        ("params=1", "equality"),
+        ("bogus<=1", "unknown objective"),
+        ("acc_all_up>=90", "fraction"),
+        ("acc_all_up>=2k", "not a constraint"),
+        ("__import__('os').system('true')", "cannot read"),
+        ("params<=1;rm", "cannot read"),
+    ],
+)
 def test_bad_constraints_are_clear_errors(text, msg):
     with pytest.raises(P.PickError, match=msg) as exc:
         P.parse_constraint(text)
@@ -306,14 +327,15 @@ def test_pick_errors():
 
 
 def test_labels_show_sizes_and_lambdas():
-    f = catalog_families(lambdas=True)[6]            # n=2
+    f = catalog_families(lambdas=True)[6]  # n=2
     assert P.family_label(f) == f"b{f.upstreams[0].blocks}/b{f.upstreams[1].blocks} λ2:2:1"
-    g = catalog_families(lambdas=True)[11]           # n=3
+    g = catalog_families(lambdas=True)[11]  # n=3
     assert P.family_label(g, compact=True).endswith("λ2:1:1 by size")
     assert P.family_label(reference_family()).startswith("reference")
 
 
 # -- CLI and plot ----------------------------------------------------------------------------
+
 
 def test_cli_json_lists_only_the_front(catalog_dir):
     r = CliRunner().invoke(main, ["pareto", "--catalog", str(catalog_dir), "--json"])
@@ -328,13 +350,25 @@ def test_cli_json_lists_only_the_front(catalog_dir):
 
 def test_cli_text_table_pick_and_plot(catalog_dir, tmp_path):
     png = tmp_path / "out" / "front.png"
-    r = CliRunner().invoke(main, ["pareto", "--catalog", str(catalog_dir), "--plot", str(png),
-                                  "--pick", "params<=0.4*reference", "--prefer", "acc_weakest_single"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "pareto",
+            "--catalog",
+            str(catalog_dir),
+            "--plot",
+            str(png),
+            "--pick",
+            "params<=0.4*reference",
+            "--prefer",
+            "acc_weakest_single",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "hypervolume" in r.output and "deploy " in r.output and "<- pick" in r.output
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
-    assert not [p for p in png.parent.iterdir() if p.name.startswith(".")]     # no temp file left
+    assert not [p for p in png.parent.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
 def test_cli_three_objective_plot_without_reference_family(tmp_path):
@@ -342,17 +376,31 @@ def test_cli_three_objective_plot_without_reference_family(tmp_path):
     for f in catalog_families(with_reference=False):
         save_family(f, root)
     png = tmp_path / "f.png"
-    r = CliRunner().invoke(main, ["pareto", "--catalog", str(root), "--objectives",
-                                  "acc_all_up,expected@0.1,macs", "--plot", str(png), "--label-all"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "pareto",
+            "--catalog",
+            str(root),
+            "--objectives",
+            "acc_all_up,expected@0.1,macs",
+            "--plot",
+            str(png),
+            "--label-all",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert png.stat().st_size > 20_000
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--pick", "params<<3"], "--pick"),
-    (["--objectives", "params,bogus"], "unknown objective"),
-    (["--weights", "acc_all_up=x"], "--weights"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--pick", "params<<3"], "--pick"),
+        (["--objectives", "params,bogus"], "unknown objective"),
+        (["--weights", "acc_all_up=x"], "--weights"),
+    ],
+)
 def test_cli_bad_input_exits_2_without_traceback(catalog_dir, args, needle):
     r = CliRunner().invoke(main, ["pareto", "--catalog", str(catalog_dir), *args])
     assert r.exit_code == 2, r.output
@@ -375,14 +423,22 @@ def test_cli_merges_catalogs_and_refuses_repeated_ids(catalog_dir, tmp_path):
 
 
 def test_subprocess_pareto_json(catalog_dir):
-    out = subprocess.run([sys.executable, "-m", "melplan", "pareto", "--catalog", str(catalog_dir), "--json"],
-                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-m", "melplan", "pareto", "--catalog", str(catalog_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["schema"] == "melplan.pareto/v1"
 
 
 def test_import_is_light():
-    code = "import sys, melplan.pareto; print(any(m in sys.modules for m in ('torch', 'matplotlib', 'pandas', 'pymoo')))"
+    code = (
+        "import sys, melplan.pareto.front; "
+        "print(any(m in sys.modules for m in ('torch', 'matplotlib', 'pandas', 'pymoo')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False"
 

@@ -8,26 +8,31 @@ import time
 
 import pulp
 import pytest
-
 from factories import make_cluster, make_family
-from melplan.catalog import Upstream
-from melplan.cluster import Server
-from melplan.clustergen import generate_cluster
-from melplan.errors import InfeasiblePlanError, InputError, SolverError
-from melplan.evaluate import capacity_violations, evaluate_placement
-from melplan.plan import PLAN_SCHEMA, Plan
-from melplan.planner import PlanOptions, moved_mib, objective_value, plan, role_of
-from melplan.solve import choose_solver, solve
 from test_ilp import brute_force
+
+from melplan.core.catalog import Upstream
+from melplan.core.cluster import Server
+from melplan.core.clustergen import generate_cluster
+from melplan.core.errors import InfeasiblePlanError, InputError, SolverError
+from melplan.core.evaluate import capacity_violations, evaluate_placement
+from melplan.core.plan import PLAN_SCHEMA, Plan
+from melplan.planner.planner import PlanOptions, moved_mib, objective_value, plan, role_of
+from melplan.planner.solve import choose_solver, solve
 
 
 def _catalog():
-    return [make_family(1, seed=1, fid="single-a"), make_family(1, seed=2, fid="single-b", params_scale=30_000),
-            make_family(2, seed=3, fid="mel-2"), make_family(3, seed=4, shared=True, fid="mel-3-shared"),
-            make_family(2, seed=5, fid="mel-2b")]
+    return [
+        make_family(1, seed=1, fid="single-a"),
+        make_family(1, seed=2, fid="single-b", params_scale=30_000),
+        make_family(2, seed=3, fid="mel-2"),
+        make_family(3, seed=4, shared=True, fid="mel-3-shared"),
+        make_family(2, seed=5, fid="mel-2b"),
+    ]
 
 
 # -- choosing the family --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_chosen_family_is_the_brute_force_best_and_every_row_is_sound(seed):
@@ -41,7 +46,7 @@ def test_chosen_family_is_the_brute_force_best_and_every_row_is_sound(seed):
     for row in res.considered:
         if row.status == "solved":
             assert row.value == pytest.approx(best[row.family], abs=1e-9)
-        if row.status == "pruned":                     # pruning is sound: its bound covers its optimum
+        if row.status == "pruned":  # pruning is sound: its bound covers its optimum
             assert row.bound >= best[row.family] - 1e-12
             assert row.bound <= res.chosen.value + 1e-9
         if row.bound is not None and row.family in best:
@@ -58,12 +63,23 @@ def test_plan_numbers_come_from_the_evaluator_and_follow_the_plan_contract():
     assert res.plan.worst_case_accuracy == ev.worst_case_accuracy
     assert res.plan.accuracy_all_up == ev.accuracy_all_up
     d = res.plan.to_dict()
-    for key in ("schema", "family", "placement", "objective", "expected_accuracy", "accuracy_all_up",
-                "worst_case_accuracy", "fallback", "solver", "servers", "latency_ms"):
+    for key in (
+        "schema",
+        "family",
+        "placement",
+        "objective",
+        "expected_accuracy",
+        "accuracy_all_up",
+        "worst_case_accuracy",
+        "fallback",
+        "solver",
+        "servers",
+        "latency_ms",
+    ):
         assert key in d
     assert d["schema"] == PLAN_SCHEMA
     assert set(d["solver"]) >= {"name", "status", "gap", "wall_s", "time_limit_s"}
-    assert list(d["placement"])[: fam.n] == list(fam.upstream_names)     # keyed by upstream, then subset key
+    assert list(d["placement"])[: fam.n] == list(fam.upstream_names)  # keyed by upstream, then subset key
     again = Plan.from_dict(d)
     assert again.placement == res.plan.placement and again.extra["planner"]["max_failures"] == "all"
 
@@ -97,6 +113,7 @@ def test_roles_come_from_the_catalog_extra_field():
 
 # -- failures modeled -----------------------------------------------------------------------------
 
+
 def test_max_failures_reports_the_probability_left_out_and_exact_numbers():
     fam = make_family(3, seed=6, shared=True)
     cl = make_cluster(6, seed=6)
@@ -111,7 +128,7 @@ def test_max_failures_reports_the_probability_left_out_and_exact_numbers():
 
 def test_worst_case_with_more_failures_than_a_single_model_can_survive():
     res = plan([make_family(1, seed=1)], make_cluster(4, seed=1), PlanOptions(objective="worst-case"))
-    assert res.chosen.value == 0.0            # one server down can take the only model out
+    assert res.chosen.value == 0.0  # one server down can take the only model out
 
 
 def test_all_failures_is_not_a_worst_case():
@@ -119,16 +136,19 @@ def test_all_failures_is_not_a_worst_case():
         PlanOptions(objective="worst-case", max_failures=0).validated()
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(objective="best"), "--objective"),
-    (dict(max_failures=-1), "--max-failures"),
-    (dict(max_failures=True), "--max-failures"),
-    (dict(min_accuracy_under_failure=1.5), "--min-accuracy-under-failure"),
-    (dict(combiner_replicas=0), "--combiner-replicas"),
-    (dict(time_limit_s=0), "--time-limit"),
-    (dict(gap=1.0), "--gap"),
-    (dict(migration_weight=-1.0), "migration_weight"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(objective="best"), "--objective"),
+        (dict(max_failures=-1), "--max-failures"),
+        (dict(max_failures=True), "--max-failures"),
+        (dict(min_accuracy_under_failure=1.5), "--min-accuracy-under-failure"),
+        (dict(combiner_replicas=0), "--combiner-replicas"),
+        (dict(time_limit_s=0), "--time-limit"),
+        (dict(gap=1.0), "--gap"),
+        (dict(migration_weight=-1.0), "migration_weight"),
+    ],
+)
 def test_bad_options_name_the_option(kwargs, field):
     with pytest.raises(InputError) as err:
         plan(_catalog(), make_cluster(4, seed=0), PlanOptions(**kwargs))
@@ -137,9 +157,12 @@ def test_bad_options_name_the_option(kwargs, field):
 
 # -- infeasible clusters say why ------------------------------------------------------------------
 
+
 def _shrink(cl, memory_mb=None, compute=None):
-    servers = tuple(dataclasses.replace(s, memory_mb=memory_mb or s.memory_mb, compute_gmacs=compute or s.compute_gmacs)
-                    for s in cl.servers)
+    servers = tuple(
+        dataclasses.replace(s, memory_mb=memory_mb or s.memory_mb, compute_gmacs=compute or s.compute_gmacs)
+        for s in cl.servers
+    )
     return dataclasses.replace(cl, servers=servers)
 
 
@@ -177,7 +200,8 @@ def test_upstreams_that_fit_alone_but_not_together():
     big = max(u.memory_bytes for u in fam.upstreams) / 2**20
     cl = make_cluster(3, seed=3)
     servers = (dataclasses.replace(cl.servers[0], memory_mb=big * 1.01),) + tuple(
-        dataclasses.replace(s, memory_mb=1e-3) for s in cl.servers[1:])
+        dataclasses.replace(s, memory_mb=1e-3) for s in cl.servers[1:]
+    )
     with pytest.raises(InfeasiblePlanError, match="different servers"):
         plan([fam], dataclasses.replace(cl, servers=servers))
 
@@ -201,6 +225,7 @@ def test_an_accuracy_floor_is_respected():
 
 
 # -- solver status and time limits ----------------------------------------------------------------
+
 
 def _hard_knapsack(n=220, rows=40, seed=0):
     rng = random.Random(seed)
@@ -233,11 +258,11 @@ def test_a_tiny_time_limit_on_a_big_instance_reports_not_optimal():
 
 
 def test_families_left_unsolved_by_the_time_limit_make_the_status_time_limit(monkeypatch):
-    import melplan.planner as planner
+    import melplan.planner.planner as planner
 
     real = planner._solve_family
 
-    def slow(family, *args, **kwargs):             # each family takes 0.3 s of the 0.5 s budget
+    def slow(family, *args, **kwargs):  # each family takes 0.3 s of the 0.5 s budget
         time.sleep(0.3)
         return real(family, *args, **kwargs)
 
@@ -248,7 +273,7 @@ def test_families_left_unsolved_by_the_time_limit_make_the_status_time_limit(mon
     start = time.perf_counter()
     res = plan(cat, make_cluster(5, seed=1), PlanOptions(time_limit_s=0.5))
     took = time.perf_counter() - start
-    assert took < 1.2                                  # nothing started after the limit
+    assert took < 1.2  # nothing started after the limit
     assert res.plan.solver["status"] == "time_limit" and not res.proven_optimal
     left = [o for o in res.considered if o.status == "not_solved"]
     assert left and all("time limit" in o.reason for o in left)
@@ -271,10 +296,14 @@ def test_an_unclosed_bound_is_reported_as_a_gap():
 
 # -- re-plans ---------------------------------------------------------------------------------------
 
+
 def _first_plan(n_servers=100, seed=3):
     cl = generate_cluster(n_servers, seed=seed)
-    cat = [make_family(1, seed=1, fid="single"), make_family(3, seed=4, shared=True, fid="mel-3"),
-           make_family(2, seed=5, fid="mel-2")]
+    cat = [
+        make_family(1, seed=1, fid="single"),
+        make_family(3, seed=4, shared=True, fid="mel-3"),
+        make_family(2, seed=5, fid="mel-2"),
+    ]
     return cat, cl, plan(cat, cl, PlanOptions(max_failures=2))
 
 
@@ -288,11 +317,16 @@ def test_replan_keeps_what_runs_and_moves_only_what_was_lost():
     cat, cl, first = _first_plan()
     lost = next(s for s in first.plan.used_servers if _connected_without(cl, s))
     survivors = {k: v for k, v in first.plan.placement.items() if lost not in v}
-    opts = PlanOptions(max_failures=2, current=first.plan.placement, current_family=first.plan.family,
-                       migration_weight=5.0, family=first.plan.family)
+    opts = PlanOptions(
+        max_failures=2,
+        current=first.plan.placement,
+        current_family=first.plan.family,
+        migration_weight=5.0,
+        family=first.plan.family,
+    )
     res = plan(cat, cl.without([lost]), opts)
     assert lost not in res.plan.used_servers
-    for comp, servers in survivors.items():             # what still runs stays where it runs
+    for comp, servers in survivors.items():  # what still runs stays where it runs
         assert res.plan.placement[comp] == servers
     fam = next(f for f in cat if f.id == first.plan.family)
     assert res.chosen.moved_mib == pytest.approx(moved_mib(fam, res.plan.placement, first.plan.placement))
@@ -303,11 +337,12 @@ def test_replan_keeps_what_runs_and_moves_only_what_was_lost():
 def test_replan_after_a_gateway_is_lost_avoids_the_servers_cut_off_behind_it():
     cat, cl, first = _first_plan()
     gateways = [s for s in cl.names if not _connected_without(cl, s)]
-    assert gateways                                    # the generated sites hang off their gateways
+    assert gateways  # the generated sites hang off their gateways
     lost = gateways[0]
     smaller = cl.without([lost])
-    opts = PlanOptions(max_failures=2, current=first.plan.placement, current_family=first.plan.family,
-                       migration_weight=0.05)
+    opts = PlanOptions(
+        max_failures=2, current=first.plan.placement, current_family=first.plan.family, migration_weight=0.05
+    )
     res = plan(cat, smaller, opts)
     lat = res.plan.latency_ms
     assert lat and all(v < float("inf") for v in lat.values())
@@ -315,8 +350,9 @@ def test_replan_after_a_gateway_is_lost_avoids_the_servers_cut_off_behind_it():
 
 def test_replan_with_nothing_lost_and_a_price_on_moves_changes_nothing():
     cat, cl, first = _first_plan()
-    opts = PlanOptions(max_failures=2, current=first.plan.placement, current_family=first.plan.family,
-                       migration_weight=1.0)
+    opts = PlanOptions(
+        max_failures=2, current=first.plan.placement, current_family=first.plan.family, migration_weight=1.0
+    )
     res = plan(cat, cl, opts)
     assert res.plan.family == first.plan.family
     assert res.plan.placement == first.plan.placement
@@ -326,14 +362,21 @@ def test_replan_with_nothing_lost_and_a_price_on_moves_changes_nothing():
 def test_replan_is_fast_on_a_100_server_cluster():
     cat, cl, first = _first_plan()
     lost = first.plan.used_servers[-1]
-    opts = PlanOptions(max_failures=2, current=first.plan.placement, current_family=first.plan.family,
-                       migration_weight=0.05, time_limit_s=10)
+    opts = PlanOptions(
+        max_failures=2,
+        current=first.plan.placement,
+        current_family=first.plan.family,
+        migration_weight=0.05,
+        time_limit_s=10,
+    )
     start = time.perf_counter()
     res = plan(cat, cl.without([lost]), opts)
     took = time.perf_counter() - start
     assert took < 2.5, f"re-plan took {took:.2f} s (target 1 s; generous bound for a shared CI machine)"
-    assert capacity_violations(next(f for f in cat if f.id == res.plan.family), res.plan.placement,
-                               cl.without([lost])) == []
+    assert (
+        capacity_violations(next(f for f in cat if f.id == res.plan.family), res.plan.placement, cl.without([lost]))
+        == []
+    )
 
 
 def test_replan_rejects_a_current_placement_with_unknown_components():

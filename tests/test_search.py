@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from factories import make_family
-from melplan import search as S
-from melplan.catalog import (Combiner, Family, Upstream, load_catalog, nonempty_subsets, save_family,
-                             subset_key)
+
 from melplan.cli import main
-from melplan.errors import InputError, TrainingError
+from melplan.core.catalog import Combiner, Family, Upstream, load_catalog, nonempty_subsets, save_family, subset_key
+from melplan.core.errors import InputError, TrainingError
+from melplan.pareto import search as S
 
 REF_PARAMS = 1_000_000
 BLOCK_PARAMS = {1: 900, 2: 2_400, 3: 19_000, 4: 66_000, 5: 150_000, 6: 260_000, 7: 400_000}
@@ -27,14 +26,36 @@ def synthetic_family(c: S.Candidate, settings: S.SearchSettings) -> Family:
     """A deterministic stand-in for training: bigger prefixes are more accurate, combiners add a
     little, cnn a bit more, λ_exit far from 2 costs a little."""
     names = [f"u{i + 1}" for i in range(c.n)]
-    ups = tuple(Upstream(name=n, blocks=b, params=BLOCK_PARAMS[b], macs=BLOCK_PARAMS[b] * 25,
-                         weight_bytes=4 * BLOCK_PARAMS[b], feature_bytes=256) for n, b in zip(names, c.blocks))
+    ups = tuple(
+        Upstream(
+            name=n,
+            blocks=b,
+            params=BLOCK_PARAMS[b],
+            macs=BLOCK_PARAMS[b] * 25,
+            weight_bytes=4 * BLOCK_PARAMS[b],
+            feature_bytes=256,
+        )
+        for n, b in zip(names, c.blocks)
+    )
     boost = {"fc": 0.01, "cnn": 0.02, "shared": 0.015}[c.combiner]
     cp = {"fc": 2_000, "cnn": 40_000, "shared": 20_000}[c.combiner]
     subsets = [s for s in nonempty_subsets(names) if len(s) > 1]
     if c.combiner == "shared":
-        combs = (Combiner(subset=tuple(names), serves=tuple(subsets), name="shared", kind="shared", params=cp,
-                          macs=cp, weight_bytes=4 * cp),) if subsets else ()
+        combs = (
+            (
+                Combiner(
+                    subset=tuple(names),
+                    serves=tuple(subsets),
+                    name="shared",
+                    kind="shared",
+                    params=cp,
+                    macs=cp,
+                    weight_bytes=4 * cp,
+                ),
+            )
+            if subsets
+            else ()
+        )
     else:
         combs = tuple(Combiner(subset=s, kind=c.combiner, params=cp, macs=cp, weight_bytes=4 * cp) for s in subsets)
     acc = {}
@@ -44,18 +65,25 @@ def synthetic_family(c: S.Candidate, settings: S.SearchSettings) -> Family:
         if c.lambda_subsets is not None and 1 < len(s) < c.n:
             a += 0.002 * c.lambda_subsets
         acc[subset_key(s)] = round(min(a, 0.99), 4)
-    return Family(id=settings.family_id(c), dataset={"name": settings.dataset, "num_classes": 10},
-                  base="efficientnet_b0", training={"lambdas": c.lambdas(), "epochs": settings.epochs},
-                  upstreams=ups, combiners=combs, accuracy=acc,
-                  reference={"id": "ref-full", "accuracy": 0.93, "params": REF_PARAMS, "macs": REF_PARAMS * 25},
-                  extra={"role": "mel"})
+    return Family(
+        id=settings.family_id(c),
+        dataset={"name": settings.dataset, "num_classes": 10},
+        base="efficientnet_b0",
+        training={"lambdas": c.lambdas(), "epochs": settings.epochs},
+        upstreams=ups,
+        combiners=combs,
+        accuracy=acc,
+        reference={"id": "ref-full", "accuracy": 0.93, "params": REF_PARAMS, "macs": REF_PARAMS * 25},
+        extra={"role": "mel"},
+    )
 
 
 class Recorder:
     """Counts calls; optionally interrupts (KeyboardInterrupt) or fails (TrainingError) on chosen calls."""
 
-    def __init__(self, settings: S.SearchSettings, *, interrupt_after: int | None = None,
-                 fail_keys: set[str] = frozenset()) -> None:
+    def __init__(
+        self, settings: S.SearchSettings, *, interrupt_after: int | None = None, fail_keys: set[str] = frozenset()
+    ) -> None:
         self.settings = settings
         self.calls: list[str] = []
         self.interrupt_after = interrupt_after
@@ -82,8 +110,15 @@ def hand_made(tmp_path):
     for n, seed in [(2, 1), (2, 2), (3, 3), (1, 4)]:
         save_family(make_family(n, seed=seed, fid=f"hand-n{n}-s{seed}"), root)
     ref = make_family(1, seed=9, fid="ref-full")
-    save_family(replace(ref, accuracy={"u1": 0.93}, extra={"role": "reference"},
-                        reference={"id": "ref-full", "accuracy": 0.93, "params": REF_PARAMS, "macs": ref.macs}), root)
+    save_family(
+        replace(
+            ref,
+            accuracy={"u1": 0.93},
+            extra={"role": "reference"},
+            reference={"id": "ref-full", "accuracy": 0.93, "params": REF_PARAMS, "macs": ref.macs},
+        ),
+        root,
+    )
     return root
 
 
@@ -93,10 +128,19 @@ def state_keys(out: Path) -> list[str]:
 
 # -- candidates and space --------------------------------------------------------------------
 
+
 def test_decode_canonicalises_and_drops_unused_variables():
     sp = S.SearchSpace(max_upstreams=4)
-    x = {"n_upstreams": 2, "blocks_u1": 3, "blocks_u2": 6, "blocks_u3": 5, "blocks_u4": 2, "combiner": "cnn",
-         "lambda_exit": 2.0, "lambda_subsets": 0.5}
+    x = {
+        "n_upstreams": 2,
+        "blocks_u1": 3,
+        "blocks_u2": 6,
+        "blocks_u3": 5,
+        "blocks_u4": 2,
+        "combiner": "cnn",
+        "lambda_exit": 2.0,
+        "lambda_subsets": 0.5,
+    }
     c = sp.decode(x)
     assert c == S.Candidate((6, 3), "cnn", 2.0, None)
     assert sp.decode({**x, "blocks_u1": 6, "blocks_u2": 3, "blocks_u4": 7, "lambda_subsets": 2.0}) == c
@@ -108,22 +152,43 @@ def test_decode_canonicalises_and_drops_unused_variables():
 
 
 def test_space_size_matches_enumeration():
-    sp = S.SearchSpace(max_upstreams=3, min_blocks=2, max_blocks=4, combiners=("fc", "shared"),
-                       exit_weights=(1.0, 2.0), subset_weights=(0.5, 1.0))
+    sp = S.SearchSpace(
+        max_upstreams=3,
+        min_blocks=2,
+        max_blocks=4,
+        combiners=("fc", "shared"),
+        exit_weights=(1.0, 2.0),
+        subset_weights=(0.5, 1.0),
+    )
     distinct = set()
-    for n, b1, b2, b3, comb, le, ls in itertools.product((2, 3), range(2, 5), range(2, 5), range(2, 5), sp.combiners,
-                                                         sp.exit_weights, sp.subset_weights):
-        distinct.add(sp.decode({"n_upstreams": n, "blocks_u1": b1, "blocks_u2": b2, "blocks_u3": b3,
-                                "combiner": comb, "lambda_exit": le, "lambda_subsets": ls}).key)
+    for n, b1, b2, b3, comb, le, ls in itertools.product(
+        (2, 3), range(2, 5), range(2, 5), range(2, 5), sp.combiners, sp.exit_weights, sp.subset_weights
+    ):
+        distinct.add(
+            sp.decode(
+                {
+                    "n_upstreams": n,
+                    "blocks_u1": b1,
+                    "blocks_u2": b2,
+                    "blocks_u3": b3,
+                    "combiner": comb,
+                    "lambda_exit": le,
+                    "lambda_subsets": ls,
+                }
+            ).key
+        )
     assert sp.size() == len(distinct)
 
 
-@pytest.mark.parametrize("space,field", [
-    (S.SearchSpace(max_upstreams=5), "--max-upstreams"),
-    (S.SearchSpace(min_blocks=5, max_blocks=3), "--blocks"),
-    (S.SearchSpace(combiners=("fc", "mlp")), "--combiners"),
-    (S.SearchSpace(exit_weights=(0.0, 1.0)), "exit_weights"),
-])
+@pytest.mark.parametrize(
+    "space,field",
+    [
+        (S.SearchSpace(max_upstreams=5), "--max-upstreams"),
+        (S.SearchSpace(min_blocks=5, max_blocks=3), "--blocks"),
+        (S.SearchSpace(combiners=("fc", "mlp")), "--combiners"),
+        (S.SearchSpace(exit_weights=(0.0, 1.0)), "exit_weights"),
+    ],
+)
 def test_bad_space_is_input_error(space, field, tmp_path):
     with pytest.raises(InputError) as exc:
         S.run_search(settings(space=space), budget=2, out_dir=tmp_path, evaluate=lambda c: None, plot=False)
@@ -134,21 +199,31 @@ def test_family_id_names_the_budget():
     s = settings(epochs=3, train_limit=500, seed=7)
     c = S.Candidate((5, 4), "fc", 0.5)
     assert s.family_id(c) == "srch-test-effb0-u2-b5b4-fc-x0p5-e3-t500-s7"
-    assert replace(s, batch_size=32, test_limit=100, finetune_epochs=2).family_id(c) == \
-        "srch-test-effb0-u2-b5b4-fc-x0p5-e3f2-t500-v100-bs32-s7"
+    assert (
+        replace(s, batch_size=32, test_limit=100, finetune_epochs=2).family_id(c)
+        == "srch-test-effb0-u2-b5b4-fc-x0p5-e3f2-t500-v100-bs32-s7"
+    )
 
 
 def test_missing_hand_made_catalog_is_an_error_but_other_datasets_are_not(tmp_path, hand_made):
     st = settings()
     with pytest.raises(InputError, match="does not exist"):
-        S.run_search(st, budget=1, out_dir=tmp_path / "a", catalog_dir=tmp_path / "nope", evaluate=Recorder(st),
-                     plot=False)
-    res = S.run_search(replace(st, dataset="other"), budget=1, out_dir=tmp_path / "b", catalog_dir=hand_made,
-                       evaluate=Recorder(replace(st, dataset="other")), plot=False)
+        S.run_search(
+            st, budget=1, out_dir=tmp_path / "a", catalog_dir=tmp_path / "nope", evaluate=Recorder(st), plot=False
+        )
+    res = S.run_search(
+        replace(st, dataset="other"),
+        budget=1,
+        out_dir=tmp_path / "b",
+        catalog_dir=hand_made,
+        evaluate=Recorder(replace(st, dataset="other")),
+        plot=False,
+    )
     assert res.before is None and res.hv_before == 0.0
 
 
 # -- running, budget and resume --------------------------------------------------------------
+
 
 def test_search_evaluates_budget_distinct_candidates_and_writes_entries(tmp_path, hand_made):
     st = settings()
@@ -177,13 +252,13 @@ def test_interrupted_search_resumes_without_reevaluating(tmp_path):
     first = Recorder(st, interrupt_after=5)
     with pytest.raises(KeyboardInterrupt):
         S.run_search(st, budget=12, out_dir=out, evaluate=first, plot=False)
-    assert state_keys(out) == first.calls and len(first.calls) == 5     # every finished point persisted
+    assert state_keys(out) == first.calls and len(first.calls) == 5  # every finished point persisted
 
     second = Recorder(st)
     res = S.run_search(st, budget=12, out_dir=out, evaluate=second, plot=False)
-    assert not set(second.calls) & set(first.calls)                      # nothing evaluated twice
+    assert not set(second.calls) & set(first.calls)  # nothing evaluated twice
     assert len(second.calls) == 7 and res.trained == 7 and res.reused >= 5
-    assert state_keys(out) == state_keys(straight)                       # same search as without the stop
+    assert state_keys(out) == state_keys(straight)  # same search as without the stop
 
     third = Recorder(st)
     again = S.run_search(st, budget=12, out_dir=out, evaluate=third, plot=False)
@@ -263,6 +338,7 @@ def test_plot_of_searched_against_hand_made(tmp_path, hand_made):
 
 # -- CLI -------------------------------------------------------------------------------------
 
+
 def test_cli_search_with_a_stand_in_evaluator(tmp_path, hand_made, monkeypatch):
     made = []
 
@@ -271,15 +347,29 @@ def test_cli_search_with_a_stand_in_evaluator(tmp_path, hand_made, monkeypatch):
         return Recorder(st)
 
     monkeypatch.setattr(S, "train_evaluator", fake_train_evaluator)
-    args = ["search", "--budget", "5", "--seed", "0", "--dataset", "mnist5k", "--catalog", str(hand_made),
-            "--out-dir", str(tmp_path / "o"), "--no-plot", "--pop-size", "4"]
+    args = [
+        "search",
+        "--budget",
+        "5",
+        "--seed",
+        "0",
+        "--dataset",
+        "mnist5k",
+        "--catalog",
+        str(hand_made),
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--no-plot",
+        "--pop-size",
+        "4",
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "hypervolume" in r.output and "gain" in r.output and "[5/5]" in r.output
     assert made == [tmp_path / "o" / "catalog"]
     r = CliRunner().invoke(main, args + ["--json"])
     assert r.exit_code == 0, r.output
-    data = json.loads(r.output[r.output.index("{"):])
+    data = json.loads(r.output[r.output.index("{") :])
     assert data["trained_this_run"] == 0 and len(data["evaluations"]) == 5
 
 
@@ -292,12 +382,15 @@ def test_cli_interrupt_says_how_to_resume(tmp_path, monkeypatch):
     assert len(state_keys(out)) == 2
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--blocks", "6-2"], "--blocks"),
-    (["--blocks", "two"], "--blocks"),
-    (["--combiners", "fc,mlp"], "--combiners"),
-    (["--budget", "0"], "--budget"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--blocks", "6-2"], "--blocks"),
+        (["--blocks", "two"], "--blocks"),
+        (["--combiners", "fc,mlp"], "--combiners"),
+        (["--budget", "0"], "--budget"),
+    ],
+)
 def test_cli_bad_input_exits_2(tmp_path, extra, needle):
     args = ["search", "--budget", "3", "--out-dir", str(tmp_path), "--no-plot", *extra]
     r = CliRunner().invoke(main, args)
@@ -306,19 +399,24 @@ def test_cli_bad_input_exits_2(tmp_path, extra, needle):
 
 
 def test_subprocess_refuses_bad_space_quickly(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "melplan", "search", "--budget", "2", "--blocks", "9-2",
-                          "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-m", "melplan", "search", "--budget", "2", "--blocks", "9-2", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
     assert out.returncode == 2 and "--blocks" in out.stderr and "Traceback" not in out.stderr
 
 
 # -- the real thing --------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_real_search_trains_writes_entries_and_resumes(tmp_path, monkeypatch):
-    """Tiny budget on a tiny MNIST-5k subset: trains with melplan.train, writes catalog entries,
+    """Tiny budget on a tiny MNIST-5k subset: trains with melplan.train.trainer, writes catalog entries,
     and a rerun with a larger budget trains only the new candidates."""
-    import melplan.train as T
+    import melplan.train.trainer as T
 
     calls = []
     real = T.train_family
@@ -328,9 +426,17 @@ def test_real_search_trains_writes_entries_and_resumes(tmp_path, monkeypatch):
         return real(spec, **kw)
 
     monkeypatch.setattr(T, "train_family", counting)
-    st = S.SearchSettings(dataset="mnist5k", epochs=1, finetune_epochs=1, train_limit=256, test_limit=128,
-                          batch_size=64, pop_size=2, seed=0,
-                          space=S.SearchSpace(max_upstreams=2, min_blocks=2, max_blocks=3, combiners=("fc",)))
+    st = S.SearchSettings(
+        dataset="mnist5k",
+        epochs=1,
+        finetune_epochs=1,
+        train_limit=256,
+        test_limit=128,
+        batch_size=64,
+        pop_size=2,
+        seed=0,
+        space=S.SearchSpace(max_upstreams=2, min_blocks=2, max_blocks=3, combiners=("fc",)),
+    )
     out = tmp_path / "search"
     first = S.run_search(st, budget=2, out_dir=out, device="cpu", plot=False)
     assert len(calls) == 2 and first.trained == 2

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from factories import make_family, make_single
-from melplan.catalog import save_family
+
 from melplan.cli import main
-from melplan.cluster import Cluster, Link, Server, Workload, dump_cluster_yaml
-from melplan.fileio import atomic_write_text
-from melplan.plan import Plan
+from melplan.core.catalog import save_family
+from melplan.core.cluster import Cluster, Link, Server, Workload, dump_cluster_yaml
+from melplan.core.fileio import atomic_write_text
+from melplan.core.plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,8 +29,9 @@ def files(tmp_path):
     small = make_single("small", params=100_000, accuracy=0.85, role="backup", dataset=fam.dataset)
     for f in (fam, ref, small):
         save_family(f, tmp_path / "cat")
-    servers = tuple(Server(n, 256.0, 50.0, p) for n, p in
-                    (("a", 0.05), ("b", 0.05), ("c", 0.05), ("d", 0.001), ("e", 0.002)))
+    servers = tuple(
+        Server(n, 256.0, 50.0, p) for n, p in (("a", 0.05), ("b", 0.05), ("c", 0.05), ("d", 0.001), ("e", 0.002))
+    )
     cluster = Cluster(servers, Workload(10.0, None), Link(1.0, 1000.0), (), None)
     atomic_write_text(tmp_path / "cluster.yaml", dump_cluster_yaml(cluster))
     Plan(fam.id, {"u1": ("a",), "u2": ("b",), "u1+u2": ("c",)}, "expected", 0.0, 0.0, {}).save(tmp_path / "plan.json")
@@ -81,27 +82,73 @@ def test_select_bad_files_exit_2(files):
 
 
 def test_simulate_trace_json_matches_a_hand_computation(files):
-    r = run(["simulate", "--plan", str(files / "plan.json"), "--servers", str(files / "cluster.yaml"),
-             "--catalog", str(files / "cat"), "--trace", str(files / "trace.csv"), "--policy", "failover-only",
-             "--detection", "0", "--json"], files)
+    r = run(
+        [
+            "simulate",
+            "--plan",
+            str(files / "plan.json"),
+            "--servers",
+            str(files / "cluster.yaml"),
+            "--catalog",
+            str(files / "cat"),
+            "--trace",
+            str(files / "trace.csv"),
+            "--policy",
+            "failover-only",
+            "--detection",
+            "0",
+            "--json",
+        ],
+        files,
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     plan = d["strategies"][0]
     assert plan["key"] == "plan" and d["hours"] == 4.0 and d["events"] == 3 and d["dropped_after_horizon"] == 0
-    assert plan["accuracy"] == pytest.approx((1 * .9 + 2 * .8 + 1 * .9) / 4, abs=1e-6)
+    assert plan["accuracy"] == pytest.approx((1 * 0.9 + 2 * 0.8 + 1 * 0.9) / 4, abs=1e-6)
     assert plan["availability"] == 1.0
     assert [s["key"] for s in d["strategies"]] == ["plan", "cold-restart", "backup", "cloud"]
     assert d["floor"] == pytest.approx(0.9 * 0.95) and "reference" in d["floor_source"]
 
 
 def test_simulate_generated_trace_table_plot_and_replay(files):
-    args = ["simulate", "--plan", str(files / "plan.json"), "--servers", str(files / "cluster.yaml"),
-            "--catalog", str(files / "cat"), "--policy", "failover-only"]
-    r = run(args + ["--hours", "500", "--seed", "4", "--plot", str(files / "out" / "sim.png"),
-                    "--write-trace", str(files / "gen.csv")], files)
+    args = [
+        "simulate",
+        "--plan",
+        str(files / "plan.json"),
+        "--servers",
+        str(files / "cluster.yaml"),
+        "--catalog",
+        str(files / "cat"),
+        "--policy",
+        "failover-only",
+    ]
+    r = run(
+        args
+        + [
+            "--hours",
+            "500",
+            "--seed",
+            "4",
+            "--plot",
+            str(files / "out" / "sim.png"),
+            "--write-trace",
+            str(files / "gen.csv"),
+        ],
+        files,
+    )
     assert r.exit_code == 0, r.output
-    for needle in ("strategy", "availability", "below floor (h)", "plan: ", "cold restart", "compressed backup",
-                   "cloud failover", "Assumptions:", "seed=4"):
+    for needle in (
+        "strategy",
+        "availability",
+        "below floor (h)",
+        "plan: ",
+        "cold restart",
+        "compressed backup",
+        "cloud failover",
+        "Assumptions:",
+        "seed=4",
+    ):
         assert needle in r.output, needle
     assert (files / "out" / "sim.png").read_bytes()[:4] == b"\x89PNG"
     first = json.loads(run(args + ["--hours", "500", "--seed", "4", "--json"], files).output)
@@ -111,8 +158,15 @@ def test_simulate_generated_trace_table_plot_and_replay(files):
 
 
 def test_simulate_input_errors_exit_2(files):
-    base = ["simulate", "--plan", str(files / "plan.json"), "--servers", str(files / "cluster.yaml"),
-            "--catalog", str(files / "cat")]
+    base = [
+        "simulate",
+        "--plan",
+        str(files / "plan.json"),
+        "--servers",
+        str(files / "cluster.yaml"),
+        "--catalog",
+        str(files / "cat"),
+    ]
     r = run(base, files)
     assert r.exit_code == 2 and "--trace" in r.stderr and "--hours" in r.stderr
     (files / "bad.csv").write_text("time_s,server,state\n10,a,sideways\n")
@@ -135,18 +189,68 @@ def _env():
 
 
 def test_real_subprocesses(files):
-    out = subprocess.run([sys.executable, "-m", "melplan", "select", "--plan", str(files / "plan.json"),
-                          "--catalog", str(files / "cat"), "--down", "a", "--json"],
-                         capture_output=True, text=True, env=_env(), timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "melplan",
+            "select",
+            "--plan",
+            str(files / "plan.json"),
+            "--catalog",
+            str(files / "cat"),
+            "--down",
+            "a",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["answer"] == "u2"
-    out = subprocess.run([sys.executable, "-m", "melplan", "simulate", "--plan", str(files / "plan.json"),
-                          "--servers", str(files / "cluster.yaml"), "--catalog", str(files / "cat"),
-                          "--trace", str(files / "trace.csv"), "--policy", "failover-only", "--json"],
-                         capture_output=True, text=True, env=_env(), timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "melplan",
+            "simulate",
+            "--plan",
+            str(files / "plan.json"),
+            "--servers",
+            str(files / "cluster.yaml"),
+            "--catalog",
+            str(files / "cat"),
+            "--trace",
+            str(files / "trace.csv"),
+            "--policy",
+            "failover-only",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["strategies"][0]["availability"] < 1.0        # 10 s detection at 1 h
-    out = subprocess.run([sys.executable, "-m", "melplan", "select", "--plan", str(files / "plan.json"),
-                          "--catalog", str(files / "cat"), "--down", "nope"],
-                         capture_output=True, text=True, env=_env(), timeout=60)
+    assert json.loads(out.stdout)["strategies"][0]["availability"] < 1.0  # 10 s detection at 1 h
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "melplan",
+            "select",
+            "--plan",
+            str(files / "plan.json"),
+            "--catalog",
+            str(files / "cat"),
+            "--down",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
     assert out.returncode == 2 and out.stderr.startswith("Error: ") and "Traceback" not in out.stderr

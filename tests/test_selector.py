@@ -9,17 +9,17 @@ import threading
 from dataclasses import replace
 
 import pytest
+from factories import make_cluster, make_family
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factories import make_cluster, make_family
-from melplan.catalog import Catalog, subset_key
-from melplan.cluster import Server
-from melplan.errors import InfeasiblePlanError, MelplanError, PlanFileError
-from melplan.evaluate import RouteTable
-from melplan.plan import Plan
-from melplan.reconcile import (Event, Health, PlanView, Policy, ReplanState, decide, placement_actions)
-from melplan.selector import RouteLookup, RuntimeSelector, SelectorError
+from melplan.core.catalog import Catalog, subset_key
+from melplan.core.cluster import Server
+from melplan.core.errors import InfeasiblePlanError, MelplanError, PlanFileError
+from melplan.core.evaluate import RouteTable
+from melplan.core.plan import Plan
+from melplan.runtime.reconcile import Event, Health, PlanView, Policy, ReplanState, decide, placement_actions
+from melplan.runtime.selector import RouteLookup, RuntimeSelector, SelectorError
 
 
 def random_plan(n: int, m: int, seed: int, *, shared: bool = False, max_replicas: int = 2):
@@ -91,8 +91,12 @@ def test_route_is_servable_and_best_after_any_events(spec, events):
     for s in cluster.names:
         sel.mark_up(s, now=1e6)
     assert sel.route() == sel.lookup.all_up == sel.route_for([])
-    assert_matches_oracle(sel.route(), oracle.route(cluster.names), set(cluster.names),
-                          brute_force_best(family, plan.placement, set(cluster.names)))
+    assert_matches_oracle(
+        sel.route(),
+        oracle.route(cluster.names),
+        set(cluster.names),
+        brute_force_best(family, plan.placement, set(cluster.names)),
+    )
     assert len(sel.history) == len(events) + len(cluster.names)
 
 
@@ -112,17 +116,28 @@ def test_table_equals_oracle_on_every_mask_and_memo_path(spec):
         want = oracle.route(up)
         for lk in (eager, lazy):
             got = lk.route_mask(mask)
-            assert (got.answer, got.accuracy, got.servers, got.latency_ms) == \
-                (want.answer, want.accuracy, want.servers, want.latency_ms)
-        got = bare.route_mask(mask)        # no cluster: same answer, replicas in placement order
+            assert (got.answer, got.accuracy, got.servers, got.latency_ms) == (
+                want.answer,
+                want.accuracy,
+                want.servers,
+                want.latency_ms,
+            )
+        got = bare.route_mask(mask)  # no cluster: same answer, replicas in placement order
         assert (got.answer, got.accuracy, got.latency_ms) == (want.answer, want.accuracy, None)
         assert set(got.servers) <= up
 
 
 def test_route_fields_components_and_flags():
     family, cluster, plan = random_plan(3, 3, 7)
-    placement = {"u1": ("s0",), "u2": ("s1",), "u3": ("s2",), "u1+u2": ("s3",), "u1+u3": ("s4",),
-                 "u2+u3": ("s5",), "u1+u2+u3": ("s4", "s5")}
+    placement = {
+        "u1": ("s0",),
+        "u2": ("s1",),
+        "u3": ("s2",),
+        "u1+u2": ("s3",),
+        "u1+u3": ("s4",),
+        "u2+u3": ("s5",),
+        "u1+u2+u3": ("s4", "s5"),
+    }
     cluster = make_cluster(6, seed=3)
     plan = Plan(family.id, placement, "expected", 0, 0, {})
     sel = RuntimeSelector(plan, family, cluster, policy="failover-only")
@@ -151,7 +166,7 @@ def test_unknown_server_raises_and_outside_servers_do_not_move_the_route():
     assert isinstance(e.value, MelplanError) and e.value.exit_code == 2
     with pytest.raises(SelectorError):
         sel.route_for(["nope"])
-    bare = RuntimeSelector(plan, family)      # no cluster: only the plan's servers are known
+    bare = RuntimeSelector(plan, family)  # no cluster: only the plan's servers are known
     assert bare.policy.name == "failover-only"
     with pytest.raises(SelectorError):
         bare.mark_down(outside)
@@ -177,7 +192,7 @@ def test_callbacks_fire_on_changes_in_order():
     sel = RuntimeSelector(plan, family, cluster, policy="failover-only", on_route_change=seen.append)
     used = sel.lookup.used
     sel.mark_down(used[0], now=1)
-    sel.mark_down(used[0], now=2)          # repeated: no change, no callback
+    sel.mark_down(used[0], now=2)  # repeated: no change, no callback
     sel.mark_up(used[0], now=3)
     changed = [r for r in sel.history if r.changed]
     assert seen == changed
@@ -217,7 +232,7 @@ def test_threads_serialise_events_like_a_sequential_replay():
     oracle = RouteTable(family, plan.placement, cluster)
     up = set(servers)
     prev = oracle.route(up)
-    for rec in history:            # each record is what a sequential replay of the records gives
+    for rec in history:  # each record is what a sequential replay of the records gives
         (up.discard if rec.kind == "down" else up.add)(rec.server)
         want = oracle.route(up)
         assert (rec.route.answer, rec.route.servers) == (want.answer, want.servers)
@@ -228,6 +243,7 @@ def test_threads_serialise_events_like_a_sequential_replay():
 
 
 # -- the pure decision ------------------------------------------------------------------------
+
 
 def _view(used=("a", "b"), basis=("a", "b", "c"), known=("a", "b", "c")):
     return PlanView(frozenset(used), frozenset(basis), frozenset(known))
@@ -251,7 +267,7 @@ def test_decide_waits_for_the_grace_period_then_replans_without_down_servers():
 
 def test_decide_hold_down_resets_on_flaps_and_counts_joins():
     pol = Policy.named("replan-after", grace_s=300, hold_down_s=600)
-    view = _view(basis=("a", "b"))                     # c was left out of the current plan
+    view = _view(basis=("a", "b"))  # c was left out of the current plan
     h = Health({"c": 0.0}).observe(Event(1000.0, "up", "c"))
     d = decide(h, view, ReplanState(), pol, 1500.0)
     assert not d.replan and d.due_at == 1600.0
@@ -300,13 +316,19 @@ def test_placement_actions_start_before_stop_with_bytes():
     old = {"u1": ("a",), "u2": ("b",), "u1+u2": ("b",)}
     new = {"u1": ("a",), "u2": ("d",), "u1+u2": ("c", "d")}
     acts = placement_actions(family, old, family, new)
-    assert [str(a) for a in acts] == ["start u1+u2 on c", "start u1+u2 on d", "start u2 on d",
-                                      "stop u1+u2 on b", "stop u2 on b"]
+    assert [str(a) for a in acts] == [
+        "start u1+u2 on c",
+        "start u1+u2 on d",
+        "start u2 on d",
+        "stop u1+u2 on b",
+        "stop u2 on b",
+    ]
     assert sum(a.bytes for a in acts) == 2 * family.combiner("u1+u2").weight_bytes + family.upstream("u2").weight_bytes
     assert placement_actions(family, old, family, old) == ()
 
 
 # -- re-plans through the selector -------------------------------------------------------------
+
 
 def greedy_replanner(calls):
     """Move every component off the excluded servers onto the least-loaded available server that
@@ -340,8 +362,15 @@ def test_replan_after_grace_moves_components_and_records_everything():
     cluster = make_cluster(5, seed=8)
     plan = Plan(family.id, {"u1": ("s0",), "u2": ("s1",), "u1+u2": ("s2",)}, "expected", 0, 0, {})
     calls, replans = [], []
-    sel = RuntimeSelector(plan, family, cluster, policy=Policy.named("replan-after", grace_s=300),
-                          replanner=greedy_replanner(calls), on_replan=replans.append, clock=lambda: 0.0)
+    sel = RuntimeSelector(
+        plan,
+        family,
+        cluster,
+        policy=Policy.named("replan-after", grace_s=300),
+        replanner=greedy_replanner(calls),
+        on_replan=replans.append,
+        clock=lambda: 0.0,
+    )
     r = sel.mark_down("s1", now=10.0)
     assert r.answer == "u1" and r.degraded
     assert sel.tick(now=200.0) is None and sel.next_due(now=200.0) == 310.0
@@ -355,7 +384,7 @@ def test_replan_after_grace_moves_components_and_records_everything():
     assert "s1" not in sel.route().servers
     assert [r.kind for r in sel.history] == ["down", "wait", "replan"] and sel.history[-1].changed
     assert "next check at t=310" in sel.history[1].detail and not sel.history[1].changed
-    assert sel.tick(now=400.0) is None                     # nothing left to do
+    assert sel.tick(now=400.0) is None  # nothing left to do
     # s1 comes back: counted as recovered only after the hold-down, then re-planned with it
     sel.mark_up("s1", now=1000.0)
     assert sel.next_due(now=1000.0) == 1600.0
@@ -368,15 +397,20 @@ def test_replan_failure_is_recorded_and_backed_off():
     family, _, _ = random_plan(2, 2, 21)
     cluster = make_cluster(2, seed=8)
     plan = Plan(family.id, {"u1": ("s0",), "u2": ("s1",), "u1+u2": ("s0",)}, "expected", 0, 0, {})
-    sel = RuntimeSelector(plan, family, cluster, policy=Policy.named("replan-after", grace_s=0, backoff_s=60),
-                          replanner=greedy_replanner([]))
+    sel = RuntimeSelector(
+        plan,
+        family,
+        cluster,
+        policy=Policy.named("replan-after", grace_s=0, backoff_s=60),
+        replanner=greedy_replanner([]),
+    )
     sel.mark_down("s1", now=0.0)
     assert sel.tick(now=0.0) is None
     assert sel.history[-1].kind == "replan-failed" and "fewer servers" in sel.history[-1].detail
     assert sel.replan_failures == 1 and sel.next_due(now=1.0) == 60.0
     assert sel.tick(now=30.0) is None and sel.replans == 1
     sel.tick(now=60.0)
-    assert sel.replans == 2 and sel.next_due(now=61.0) == 180.0      # doubled back-off
+    assert sel.replans == 2 and sel.next_due(now=61.0) == 180.0  # doubled back-off
 
 
 def test_flapping_server_never_replans_under_replan_after_and_is_bounded_under_eager():
@@ -385,7 +419,7 @@ def test_flapping_server_never_replans_under_replan_after_and_is_bounded_under_e
     plan = Plan(family.id, {"u1": ("s0",), "u2": ("s1",), "u1+u2": ("s2",)}, "expected", 0, 0, {})
     greedy = greedy_replanner([])
 
-    def back_home(req):          # the original placement whenever its servers are available
+    def back_home(req):  # the original placement whenever its servers are available
         if set(plan.used_servers) <= set(req.cluster.names):
             return plan
         return greedy(req)
@@ -404,7 +438,7 @@ def test_flapping_server_never_replans_under_replan_after_and_is_bounded_under_e
             assert sel.replans >= 5
             times = [r.time for r in sel.history if r.kind.startswith("replan")]
             gaps = [b - a for a, b in zip(times, times[1:])]
-            assert all(g2 >= g1 for g1, g2 in zip(gaps, gaps[1:]))       # backed off, never faster
+            assert all(g2 >= g1 for g1, g2 in zip(gaps, gaps[1:]))  # backed off, never faster
 
 
 def test_join_counts_after_hold_down():
@@ -412,15 +446,16 @@ def test_join_counts_after_hold_down():
     cluster = make_cluster(3, seed=8)
     plan = Plan(family.id, {"u1": ("s0",), "u2": ("s1",), "u1+u2": ("s2",)}, "expected", 0, 0, {})
     calls = []
-    sel = RuntimeSelector(plan, family, cluster, policy=Policy.named("replan-after", hold_down_s=100),
-                          replanner=greedy_replanner(calls))
+    sel = RuntimeSelector(
+        plan, family, cluster, policy=Policy.named("replan-after", hold_down_s=100), replanner=greedy_replanner(calls)
+    )
     sel.add_server(Server("s9", 64.0, 10.0, 0.01), now=0.0)
     assert sel.history[-1].kind == "join"
     with pytest.raises(SelectorError):
         sel.add_server(Server("s9", 64.0, 10.0, 0.01), now=1.0)
     assert sel.tick(now=50.0) is None
     assert sel.tick(now=100.0) is not None and "s9" in calls[0].cluster.names
-    sel.mark_down("s9", now=200.0)           # joined servers can be marked like any other
+    sel.mark_down("s9", now=200.0)  # joined servers can be marked like any other
 
 
 def test_default_catalog_is_the_plan_family_and_other_families_need_a_catalog():
@@ -433,11 +468,12 @@ def test_default_catalog_is_the_plan_family_and_other_families_need_a_catalog():
 
 # -- replanners: local repair and the real ILP planner ------------------------------------------
 
+
 @settings(max_examples=15, deadline=None)
 @given(st.integers(2, 3), st.integers(0, 10_000))
 def test_repair_moves_only_what_failed_and_picks_the_best_server_for_one_upstream(n, seed):
-    from melplan.evaluate import capacity_violations, evaluate_placement, validate_placement
-    from melplan.repair import expected_accuracy, repair_placement
+    from melplan.core.evaluate import capacity_violations, evaluate_placement, validate_placement
+    from melplan.runtime.repair import expected_accuracy, repair_placement
 
     family = make_family(n, seed=seed)
     cluster = make_cluster(n + 4, seed=seed, memory=(8.0, 16.0))
@@ -456,7 +492,7 @@ def test_repair_moves_only_what_failed_and_picks_the_best_server_for_one_upstrea
     for comp, servers in placement.items():
         kept = tuple(s for s in servers if s != lost)
         if kept:
-            assert new[comp][:len(kept)] == kept                       # nothing that runs is moved
+            assert new[comp][: len(kept)] == kept  # nothing that runs is moved
     acts = placement_actions(family, placement, family, new)
     displaced = {c for c, servers in placement.items() if lost in servers}
     assert {a.component for a in acts if a.verb == "start"} <= displaced
@@ -477,13 +513,14 @@ def test_repair_moves_only_what_failed_and_picks_the_best_server_for_one_upstrea
 
 
 def test_repair_replanner_through_the_selector_and_infeasible_repair():
-    from melplan.repair import repair_replanner
+    from melplan.runtime.repair import repair_replanner
 
     family, _, _ = random_plan(2, 2, 21)
     cluster = make_cluster(4, seed=8, memory=(8.0, 16.0))
     plan = Plan(family.id, {"u1": ("s0",), "u2": ("s1",), "u1+u2": ("s2",)}, "expected", 0, 0, {})
-    sel = RuntimeSelector(plan, family, cluster, policy=Policy.named("replan-after", grace_s=0),
-                          replanner=repair_replanner())
+    sel = RuntimeSelector(
+        plan, family, cluster, policy=Policy.named("replan-after", grace_s=0), replanner=repair_replanner()
+    )
     sel.mark_down("s1", now=0.0)
     res = sel.tick(now=0.0)
     assert res is not None and res.new_plan.solver["name"] == "repair"
@@ -496,14 +533,16 @@ def test_repair_replanner_through_the_selector_and_infeasible_repair():
 
 def test_real_planner_replan_avoids_down_servers_and_prefers_what_runs():
     pytest.importorskip("highspy")
-    from melplan.planner import PlanOptions, plan as make_plan
+    from melplan.planner.planner import PlanOptions
+    from melplan.planner.planner import plan as make_plan
 
     family = make_family(2, seed=4)
     cluster = make_cluster(5, seed=6, memory=(8.0, 16.0))
     first = make_plan(Catalog((family,)), cluster, PlanOptions(time_limit_s=20)).plan
     replans = []
-    sel = RuntimeSelector(first, family, cluster, policy=Policy.named("replan-after", grace_s=60),
-                          on_replan=replans.append)
+    sel = RuntimeSelector(
+        first, family, cluster, policy=Policy.named("replan-after", grace_s=60), on_replan=replans.append
+    )
     victim = sel.route().servers[0]
     sel.mark_down(victim, now=0.0)
     res = sel.tick(now=60.0)
@@ -516,8 +555,9 @@ def test_real_planner_replan_avoids_down_servers_and_prefers_what_runs():
     assert {(a.component, a.server) for a in res.actions if a.verb == "stop"} == before - after
     assert res.bytes_moved == sum(family.component(c).weight_bytes for c, _ in after - before)
     # a very high migration weight keeps every component that still has a live server where it is
-    sel2 = RuntimeSelector(first, family, cluster, policy=Policy.named("replan-after", grace_s=0),
-                           migration_weight=1000.0)
+    sel2 = RuntimeSelector(
+        first, family, cluster, policy=Policy.named("replan-after", grace_s=0), migration_weight=1000.0
+    )
     sel2.mark_down(victim, now=0.0)
     res2 = sel2.tick(now=0.0)
     assert res2 is not None
@@ -533,8 +573,13 @@ def test_orchestrator_example_runs_kills_and_recovers():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, str(root / "examples" / "orchestrator.py")], capture_output=True,
-                         text=True, timeout=60, cwd=root)
+    out = subprocess.run(
+        [sys.executable, str(root / "examples" / "orchestrator.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     assert "killing the worker of edge-a" in text and "route change after 'down edge-a': u2+u3" in text
@@ -556,18 +601,19 @@ def test_failover_does_not_wait_for_a_running_replan():
         _time.sleep(0.5)
         return greedy(req)
 
-    sel = RuntimeSelector(plan, family, cluster, policy=Policy.named("replan-after", grace_s=0), replanner=slow,
-                          history_limit=3)
+    sel = RuntimeSelector(
+        plan, family, cluster, policy=Policy.named("replan-after", grace_s=0), replanner=slow, history_limit=3
+    )
     sel.mark_down("s1", now=0.0)
     th = threading.Thread(target=sel.tick, kwargs={"now": 0.0})
     th.start()
     assert inside.wait(5)
     started = _time.perf_counter()
-    r = sel.mark_down("s0", now=0.1)           # during the solve
+    r = sel.mark_down("s0", now=0.1)  # during the solve
     assert _time.perf_counter() - started < 0.1 and r.down
-    assert sel.tick(now=0.2) is None           # one re-plan at a time
+    assert sel.tick(now=0.2) is None  # one re-plan at a time
     th.join()
-    assert sel.history[-1].kind == "replan" and len(sel.history) == 3      # history_limit keeps the last 3
+    assert sel.history[-1].kind == "replan" and len(sel.history) == 3  # history_limit keeps the last 3
     assert "s0" in sel.down and sel.route() == sel.route_for(sel.down)
     with pytest.raises(SelectorError):
         RuntimeSelector(plan, family, cluster, history_limit=0)
@@ -578,14 +624,19 @@ def test_only_servers_a_plan_lost_or_never_counted_trigger_recovery_replans():
     cluster = make_cluster(6, seed=8)
     plan = Plan(family.id, {"u1": ("s0",), "u2": ("s1",), "u1+u2": ("s2",)}, "expected", 0, 0, {})
     calls = []
-    sel = RuntimeSelector(plan, family, cluster, replanner=greedy_replanner(calls),
-                          policy=Policy.named("replan-after", grace_s=100, hold_down_s=100, backoff_s=1))
-    sel.mark_down("s5", now=0.0)               # unused, down by coincidence during the re-plan
-    sel.mark_down("s1", now=0.0)               # used: lost after the grace period
+    sel = RuntimeSelector(
+        plan,
+        family,
+        cluster,
+        replanner=greedy_replanner(calls),
+        policy=Policy.named("replan-after", grace_s=100, hold_down_s=100, backoff_s=1),
+    )
+    sel.mark_down("s5", now=0.0)  # unused, down by coincidence during the re-plan
+    sel.mark_down("s1", now=0.0)  # used: lost after the grace period
     assert sel.tick(now=100.0) is not None
     assert set(calls[-1].excluded) == {"s1", "s5"}
     sel.mark_up("s5", now=200.0)
-    assert sel.tick(now=400.0) is None and sel.next_due(now=400.0) is None      # nothing to gain from s5
+    assert sel.tick(now=400.0) is None and sel.next_due(now=400.0) is None  # nothing to gain from s5
     sel.mark_up("s1", now=500.0)
     assert sel.next_due(now=500.0) == 600.0
     assert sel.tick(now=600.0) is not None and "s1" in calls[-1].cluster.names

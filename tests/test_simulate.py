@@ -8,19 +8,27 @@ import random
 from dataclasses import replace
 
 import pytest
+from factories import make_cluster, make_family, make_single
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factories import make_cluster, make_family, make_single
-from melplan.catalog import Catalog
-from melplan.cluster import Cluster, Link, Server, Workload
-from melplan.errors import InfeasiblePlanError, PlanFileError, TraceError
-from melplan.plan import Plan
-from melplan.reconcile import Policy
-from melplan.simulate import (SimOptions, baseline_families, binned_series, fitting_servers, plot_report,
-                              simulate)
-from melplan.traces import (Trace, TraceEvent, generate_trace, load_trace, observed_events, parse_trace,
-                            server_rates, trace_to_csv, write_trace)
+from melplan.core.catalog import Catalog
+from melplan.core.cluster import Cluster, Link, Server, Workload
+from melplan.core.errors import InfeasiblePlanError, PlanFileError, TraceError
+from melplan.core.plan import Plan
+from melplan.runtime.reconcile import Policy
+from melplan.sim.simulate import SimOptions, baseline_families, binned_series, fitting_servers, plot_report, simulate
+from melplan.sim.traces import (
+    Trace,
+    TraceEvent,
+    generate_trace,
+    load_trace,
+    observed_events,
+    parse_trace,
+    server_rates,
+    trace_to_csv,
+    write_trace,
+)
 
 H = 3600.0
 
@@ -29,8 +37,9 @@ def hand_setup(slo: float | None = None):
     """u1 on a, u2 on b, combiner u1+u2 on c; d and e are the most reliable servers (baselines)."""
     fam = make_family(2, seed=3)
     fam = replace(fam, accuracy={"u1": 0.80, "u2": 0.70, "u1+u2": 0.90})
-    servers = tuple(Server(n, 256.0, 50.0, p) for n, p in
-                    (("a", 0.05), ("b", 0.05), ("c", 0.05), ("d", 0.001), ("e", 0.002)))
+    servers = tuple(
+        Server(n, 256.0, 50.0, p) for n, p in (("a", 0.05), ("b", 0.05), ("c", 0.05), ("d", 0.001), ("e", 0.002))
+    )
     cluster = Cluster(servers, Workload(10.0, slo), Link(1.0, 1000.0), (), None)
     ref = make_single("full", params=1_000_000, accuracy=0.95, role="reference", dataset=fam.dataset)
     small = make_single("small", params=100_000, accuracy=0.85, role="backup", dataset=fam.dataset)
@@ -44,22 +53,37 @@ def trace_of(rows, hours):
 
 def test_time_weighted_accuracy_equals_hand_computation_for_the_plan_and_baselines():
     fam, cluster, plan, catalog, ref = hand_setup()
-    rows = [(1, "b", "down"), (2, "d", "down"), (3, "b", "up"), (4, "d", "up"), (5, "a", "down"), (6, "a", "up"),
-            (7, "c", "down"), (8, "a", "down"), (8.5, "a", "up"), (9, "c", "up"), (9, "a", "down"),
-            (9, "b", "down"), (9.5, "a", "up"), (9.5, "b", "up")]
+    rows = [
+        (1, "b", "down"),
+        (2, "d", "down"),
+        (3, "b", "up"),
+        (4, "d", "up"),
+        (5, "a", "down"),
+        (6, "a", "up"),
+        (7, "c", "down"),
+        (8, "a", "down"),
+        (8.5, "a", "up"),
+        (9, "c", "up"),
+        (9, "a", "down"),
+        (9, "b", "down"),
+        (9.5, "a", "up"),
+        (9.5, "b", "up"),
+    ]
     trace = trace_of(rows, 10)
     opts = SimOptions(policy=Policy.named("failover-only"), detection_s=0, load_s=600, floor=0.75)
     rep = simulate(plan, fam, cluster, trace, catalog=catalog, options=opts)
     # plan, hour by hour: who answers
     #   [0,1) u1+u2 .9 | [1,3) b down: u1 .8 | [3,5) .9 | [5,6) a down: u2 .7 | [6,7) .9
     #   [7,8) c down: u1 .8 | [8,8.5) c,a down: u2 .7 | [8.5,9) u1 .8 | [9,9.5) a,b down: none | [9.5,10) .9
-    hand = (1 * .9 + 2 * .8 + 2 * .9 + 1 * .7 + 1 * .9 + 1 * .8 + .5 * .7 + .5 * .8 + .5 * 0 + .5 * .9) / 10
+    hand = (
+        1 * 0.9 + 2 * 0.8 + 2 * 0.9 + 1 * 0.7 + 1 * 0.9 + 1 * 0.8 + 0.5 * 0.7 + 0.5 * 0.8 + 0.5 * 0 + 0.5 * 0.9
+    ) / 10
     p = rep.strategy("plan")
     assert p.accuracy == pytest.approx(hand, abs=1e-12)
     assert p.availability == pytest.approx(9.5 / 10)
-    assert p.below_floor_s == pytest.approx((1 + .5 + .5) * H)          # the .7 hours and the outage
+    assert p.below_floor_s == pytest.approx((1 + 0.5 + 0.5) * H)  # the .7 hours and the outage
     assert p.replans == 0 and p.bytes_moved == 0
-    assert p.series[:3] == ((0.0, .9), (1 * H, .8), (3 * H, .9))
+    assert p.series[:3] == ((0.0, 0.9), (1 * H, 0.8), (3 * H, 0.9))
     # cold restart: the full model on d (most reliable); d fails at 2 h, restarts on e, answers 600 s later
     cold = rep.strategy("cold-restart")
     assert cold.servers == ("d",)
@@ -70,7 +94,7 @@ def test_time_weighted_accuracy_equals_hand_computation_for_the_plan_and_baselin
     # compressed backup on e answers (0.85) while d is down for 2 h
     bk = rep.strategy("backup")
     assert bk.servers == ("d", "e")
-    assert bk.accuracy == pytest.approx((8 * .95 + 2 * .85) / 10, abs=1e-12)
+    assert bk.accuracy == pytest.approx((8 * 0.95 + 2 * 0.85) / 10, abs=1e-12)
     assert bk.availability == pytest.approx(1.0)
     # cloud failover, no SLO: full accuracy all the time
     assert rep.strategy("cloud").accuracy == pytest.approx(0.95)
@@ -92,10 +116,16 @@ def test_detection_delay_and_flaps_shorter_than_detection_are_lost_requests():
     fam, cluster, plan, catalog, _ = hand_setup()
     # b fails for 2 h; a flaps for 30 s, shorter than the 60 s detection, while u1 alone answers
     rows = [(1, "b", "down"), (2, "a", "down"), (2 + 30 / H, "a", "up"), (3, "b", "up")]
-    rep = simulate(plan, fam, cluster, trace_of(rows, 4), catalog=catalog,
-                   options=SimOptions(policy=Policy.named("failover-only"), detection_s=60, baselines=False))
+    rep = simulate(
+        plan,
+        fam,
+        cluster,
+        trace_of(rows, 4),
+        catalog=catalog,
+        options=SimOptions(policy=Policy.named("failover-only"), detection_s=60, baselines=False),
+    )
     # [0,1h) .9 | 60 s lost (route still on b) | u1 .8 until b is seen up at 3h+60 s, minus a's 30 s flap | .9
-    hand = (H * .9 + 60 * 0 + (2 * H - 30) * .8 + 30 * 0 + (H - 60) * .9) / (4 * H)
+    hand = (H * 0.9 + 60 * 0 + (2 * H - 30) * 0.8 + 30 * 0 + (H - 60) * 0.9) / (4 * H)
     p = rep.strategy("plan")
     assert p.accuracy == pytest.approx(hand, abs=1e-12)
     assert p.availability == pytest.approx((4 * H - 90) / (4 * H))
@@ -123,12 +153,13 @@ def greedy_replanner(req):
 def test_replan_counts_bytes_and_old_route_serves_while_new_components_load():
     fam, cluster, plan, catalog, _ = hand_setup()
     trace = trace_of([(1, "b", "down"), (5, "b", "up")], 6)
-    opts = SimOptions(policy=Policy.named("replan-after", grace_s=300, hold_down_s=600), detection_s=0,
-                      load_s=600, baselines=False)
+    opts = SimOptions(
+        policy=Policy.named("replan-after", grace_s=300, hold_down_s=600), detection_s=0, load_s=600, baselines=False
+    )
     p = simulate(plan, fam, cluster, trace, catalog=catalog, options=opts, replanner=greedy_replanner).strategy("plan")
     # [0,1h) .9 | grace 300 s: u1 .8 | re-plan starts u2 on c, loading 600 s: still u1 .8 | .9 to the end;
     # b back at 5 h, counted after the 600 s hold-down: a second re-plan that moves nothing
-    hand = (H * .9 + 900 * .8 + (5 * H - 900) * .9) / (6 * H)
+    hand = (H * 0.9 + 900 * 0.8 + (5 * H - 900) * 0.9) / (6 * H)
     assert p.accuracy == pytest.approx(hand, abs=1e-12)
     assert p.replans == 2 and p.bytes_moved == fam.upstream("u2").weight_bytes
     assert p.note == "1 re-plan(s) moved components, 1 changed nothing"
@@ -142,21 +173,40 @@ def test_failed_replans_are_noted_not_raised():
     def fails(req):
         raise InfeasiblePlanError("nothing fits", fix="add servers")
 
-    p = simulate(plan, fam, cluster, trace_of([(1, "b", "down")], 3), catalog=catalog, replanner=fails,
-                 options=SimOptions(baselines=False, detection_s=0)).strategy("plan")
+    p = simulate(
+        plan,
+        fam,
+        cluster,
+        trace_of([(1, "b", "down")], 3),
+        catalog=catalog,
+        replanner=fails,
+        options=SimOptions(baselines=False, detection_s=0),
+    ).strategy("plan")
     assert p.replans == 0 and "failed" in p.note
 
 
 def test_long_run_matches_the_exact_expected_accuracy():
     fam = make_family(3, seed=1)
     cluster = make_cluster(6, seed=2, memory=(4, 16))
-    placement = {"u1": ("s0",), "u2": ("s1",), "u3": ("s2",), "u1+u2": ("s3",), "u1+u3": ("s3", "s4"),
-                 "u2+u3": ("s5",), "u1+u2+u3": ("s4", "s5")}
+    placement = {
+        "u1": ("s0",),
+        "u2": ("s1",),
+        "u3": ("s2",),
+        "u1+u2": ("s3",),
+        "u1+u3": ("s3", "s4"),
+        "u2+u3": ("s5",),
+        "u1+u2+u3": ("s4", "s5"),
+    }
     plan = Plan(fam.id, placement, "expected", 0, 0, {})
     trace = generate_trace(cluster, 20_000, seed=3)
-    rep = simulate(plan, fam, cluster, trace, options=SimOptions(policy=Policy.named("failover-only"),
-                                                                 detection_s=0, baselines=False))
-    from melplan.evaluate import evaluate_placement
+    rep = simulate(
+        plan,
+        fam,
+        cluster,
+        trace,
+        options=SimOptions(policy=Policy.named("failover-only"), detection_s=0, baselines=False),
+    )
+    from melplan.core.evaluate import evaluate_placement
 
     ev = evaluate_placement(fam, placement, cluster)
     assert rep.strategy("plan").accuracy == pytest.approx(ev.expected_accuracy, abs=0.003)
@@ -165,6 +215,7 @@ def test_long_run_matches_the_exact_expected_accuracy():
 
 
 # -- traces -------------------------------------------------------------------------------------
+
 
 def test_parse_trace_sorts_and_validates(tmp_path):
     text = "# outages\ntime_s,server,state\n7200,b,UP\n3600, b ,down\n\n"
@@ -218,8 +269,14 @@ def test_generated_traces_are_seeded_stable_per_server_and_match_the_failure_pro
 
 
 def test_observed_events_are_delayed_and_debounced():
-    ev = [TraceEvent(0, "a", "down"), TraceEvent(5, "a", "up"), TraceEvent(100, "a", "down"),
-          TraceEvent(100, "a", "down"), TraceEvent(200, "a", "up"), TraceEvent(50, "b", "up")]
+    ev = [
+        TraceEvent(0, "a", "down"),
+        TraceEvent(5, "a", "up"),
+        TraceEvent(100, "a", "down"),
+        TraceEvent(100, "a", "down"),
+        TraceEvent(200, "a", "up"),
+        TraceEvent(50, "b", "up"),
+    ]
     ev.sort(key=lambda e: e.time_s)
     got = [(e.time_s, e.server, e.state) for e in observed_events(ev, 10)]
     assert got == [(110, "a", "down"), (210, "a", "up")]
@@ -227,6 +284,7 @@ def test_observed_events_are_delayed_and_debounced():
 
 
 # -- baselines, plot ----------------------------------------------------------------------------
+
 
 def test_baseline_families_by_role_by_size_and_from_the_reference_block():
     fam, cluster, plan, catalog, ref = hand_setup()
@@ -246,24 +304,40 @@ def test_baseline_families_by_role_by_size_and_from_the_reference_block():
     assert r is None and b.id == "small"
     r, b, how = baseline_families(Catalog((fam, catalog.get("full"))), fam)
     assert r.id == "full" and b is None and "no backup" in how
-    rep = simulate(plan, no_ref, cluster, trace_of([(1, "a", "down")], 2), catalog=only_backup,
-                   options=SimOptions(policy=Policy.named("failover-only")))
+    rep = simulate(
+        plan,
+        no_ref,
+        cluster,
+        trace_of([(1, "a", "down")], 2),
+        catalog=only_backup,
+        options=SimOptions(policy=Policy.named("failover-only")),
+    )
     assert [s.deployable for s in rep.strategies] == [True, False, False, False]
     assert "no reference model" in rep.strategy("cold-restart").note
 
 
 def test_baselines_that_fit_nowhere_are_reported_not_deployable():
     fam, cluster, plan, catalog, ref = hand_setup()
-    huge = replace(ref, upstreams=(replace(ref.upstreams[0], weight_bytes=10 ** 12),))
+    huge = replace(ref, upstreams=(replace(ref.upstreams[0], weight_bytes=10**12),))
     cat = Catalog(tuple(huge if f.id == "full" else f for f in catalog))
     ok, why = fitting_servers(huge, cluster)
     assert ok == [] and "MiB" in why["d"]
-    rep = simulate(plan, fam, cluster, trace_of([(1, "a", "down")], 2), catalog=cat,
-                   options=SimOptions(policy=Policy.named("failover-only")))
+    rep = simulate(
+        plan,
+        fam,
+        cluster,
+        trace_of([(1, "a", "down")], 2),
+        catalog=cat,
+        options=SimOptions(policy=Policy.named("failover-only")),
+    )
     assert [s.deployable for s in rep.strategies] == [True, False, False, False]
     assert "no server can run full" in rep.strategy("cloud").note
-    assert rep.to_dict()["strategies"][1] == {"key": "cold-restart", "label": rep.strategies[1].label,
-                                              "deployable": False, "note": rep.strategies[1].note}
+    assert rep.to_dict()["strategies"][1] == {
+        "key": "cold-restart",
+        "label": rep.strategies[1].label,
+        "deployable": False,
+        "note": rep.strategies[1].note,
+    }
 
 
 def test_unknown_trace_server_and_bad_plan_are_input_errors():
@@ -280,15 +354,21 @@ def test_unknown_trace_server_and_bad_plan_are_input_errors():
 def test_binned_series_and_plot(tmp_path):
     starts, mean, low, gap = binned_series([(0.0, 0.9), (30.0, 0.0), (40.0, 0.5)], 100.0, 4)
     assert starts == [0, 25, 50, 75]
-    assert mean == pytest.approx([0.9, (5 * .9 + 10 * 0 + 10 * .5) / 25, .5, .5])
+    assert mean == pytest.approx([0.9, (5 * 0.9 + 10 * 0 + 10 * 0.5) / 25, 0.5, 0.5])
     assert low == [0.9, 0.0, 0.5, 0.5] and gap == [0, 10, 0, 0]
     fam, cluster, plan, catalog, _ = hand_setup()
-    rep = simulate(plan, fam, cluster, trace_of([(1, "b", "down"), (3, "b", "up"), (2, "d", "down")], 10),
-                   catalog=catalog, options=SimOptions(policy=Policy.named("failover-only")))
+    rep = simulate(
+        plan,
+        fam,
+        cluster,
+        trace_of([(1, "b", "down"), (3, "b", "up"), (2, "d", "down")], 10),
+        catalog=catalog,
+        options=SimOptions(policy=Policy.named("failover-only")),
+    )
     out = plot_report(rep, str(tmp_path / "plots" / "sim.png"))
     data = (tmp_path / "plots" / "sim.png").read_bytes()
     assert out.endswith("sim.png") and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["sim.png"]      # no temp file left
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["sim.png"]  # no temp file left
     d = rep.to_dict(series=True)
     assert d["strategies"][0]["series"][0] == [0.0, 0.9] and math.isclose(d["hours"], 10)
     assert trace_to_csv(trace_of([(1, "b", "down")], 2)).splitlines()[1] == "time_s,server,state"
@@ -305,17 +385,27 @@ def test_replans_keep_the_plan_family_unless_any_family():
     trace = trace_of([(1, "b", "down")], 2)
     for any_family, want in ((False, (fam.id,)), (True, tuple(catalog.ids()))):
         seen.clear()
-        rep = simulate(plan, fam, cluster, trace, catalog=catalog, replanner=spy,
-                       options=SimOptions(detection_s=0, baselines=False, any_family=any_family))
+        rep = simulate(
+            plan,
+            fam,
+            cluster,
+            trace,
+            catalog=catalog,
+            replanner=spy,
+            options=SimOptions(detection_s=0, baselines=False, any_family=any_family),
+        )
         assert seen and all(ids == want for ids in seen)
         assert rep.to_dict()["assumptions"]["any_family"] is any_family
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(1, 3), st.integers(0, 5000),
-       st.lists(st.tuples(st.floats(0, 100), st.integers(0, 5), st.booleans()), max_size=30))
+@given(
+    st.integers(1, 3),
+    st.integers(0, 5000),
+    st.lists(st.tuples(st.floats(0, 100), st.integers(0, 5), st.booleans()), max_size=30),
+)
 def test_failover_only_equals_integrating_the_oracle_over_the_trace(n, seed, rows):
-    from melplan.evaluate import RouteTable
+    from melplan.core.evaluate import RouteTable
 
     fam = make_family(n, seed=seed)
     cluster = make_cluster(n + 3, seed=seed)
@@ -324,11 +414,18 @@ def test_failover_only_equals_integrating_the_oracle_over_the_trace(n, seed, row
     for c in fam.combiners:
         placement[c.name] = tuple(rng.sample(cluster.names, rng.randint(1, 2)))
     plan = Plan(fam.id, placement, "expected", 0.0, 0.0, {})
-    events = sorted(((round(t, 3), cluster.names[i % len(cluster.names)], "down" if d else "up")
-                     for t, i, d in rows), key=lambda e: e[0])
+    events = sorted(
+        ((round(t, 3), cluster.names[i % len(cluster.names)], "down" if d else "up") for t, i, d in rows),
+        key=lambda e: e[0],
+    )
     trace = Trace(tuple(TraceEvent(*e) for e in events), 100.0, "random")
-    rep = simulate(plan, fam, cluster, trace, options=SimOptions(policy=Policy.named("failover-only"),
-                                                                 detection_s=0, baselines=False))
+    rep = simulate(
+        plan,
+        fam,
+        cluster,
+        trace,
+        options=SimOptions(policy=Policy.named("failover-only"), detection_s=0, baselines=False),
+    )
     table = RouteTable(fam, placement, cluster)
     up, t, total, answered = set(cluster.names), 0.0, 0.0, 0.0
     for time_s, server, state in events + [(100.0, None, None)]:

@@ -8,13 +8,22 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from melplan.catalog import load_catalog, load_family  # noqa: E402
-from melplan.errors import InputError, TrainingError  # noqa: E402
-from melplan.models import build_mel  # noqa: E402
-from melplan.train import FamilySpec, load_weights, parse_lambdas, train_family  # noqa: E402
+from melplan.core.catalog import load_catalog, load_family  # noqa: E402
+from melplan.core.errors import InputError, TrainingError  # noqa: E402
+from melplan.train.models import build_mel  # noqa: E402
+from melplan.train.trainer import FamilySpec, load_weights, parse_lambdas, train_family  # noqa: E402
 
-TINY = dict(base="resnet18", blocks=(1, 2), epochs=1, dataset="mnist5k", train_limit=480, test_limit=300,
-            batch_size=16, finetune_epochs=1, seed=0)
+TINY = dict(
+    base="resnet18",
+    blocks=(1, 2),
+    epochs=1,
+    dataset="mnist5k",
+    train_limit=480,
+    test_limit=300,
+    batch_size=16,
+    finetune_epochs=1,
+    seed=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +90,24 @@ def test_asymmetric_upstreams_have_different_shapes_and_combine():
 
 
 def test_shared_combiner_grows_linearly_and_serves_every_subset():
-    per = [sum(p.numel() for p in build_mel(base="efficientnet_b0", blocks=(3,) * n, combiner="cnn",
-                                            num_classes=10).combiners.parameters()) for n in (2, 3, 4)]
-    shared = [sum(p.numel() for p in build_mel(base="efficientnet_b0", blocks=(3,) * n, combiner="shared",
-                                               num_classes=10).combiners.parameters()) for n in (2, 3, 4)]
+    per = [
+        sum(
+            p.numel()
+            for p in build_mel(
+                base="efficientnet_b0", blocks=(3,) * n, combiner="cnn", num_classes=10
+            ).combiners.parameters()
+        )
+        for n in (2, 3, 4)
+    ]
+    shared = [
+        sum(
+            p.numel()
+            for p in build_mel(
+                base="efficientnet_b0", blocks=(3,) * n, combiner="shared", num_classes=10
+            ).combiners.parameters()
+        )
+        for n in (2, 3, 4)
+    ]
     assert per[2] / per[1] > shared[2] / shared[1]  # 2^n - n - 1 combiners against one
     assert shared[2] < per[2]
 
@@ -103,8 +126,9 @@ def test_checkpoint_resume_gives_the_same_family(tmp_path):
     with pytest.raises(Stop):
         train_family(spec, catalog_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ck", log=interrupt, latency=False)
     lines = []
-    resumed = train_family(spec, catalog_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ck", log=lines.append,
-                           latency=False)
+    resumed = train_family(
+        spec, catalog_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ck", log=lines.append, latency=False
+    )
     assert any("resuming after epoch 1" in m for m in lines)
     assert resumed.accuracy == straight.accuracy
 
@@ -112,8 +136,9 @@ def test_checkpoint_resume_gives_the_same_family(tmp_path):
 def test_checkpoint_of_another_spec_is_refused(tmp_path):
     spec = FamilySpec(**{**TINY, "train_limit": 64, "test_limit": 50, "finetune_epochs": 0, "family_id": "same-id"})
     train_family(spec, catalog_dir=tmp_path, checkpoint_dir=tmp_path / "ck", latency=False)
-    other = FamilySpec(**{**TINY, "train_limit": 64, "test_limit": 50, "finetune_epochs": 0, "family_id": "same-id",
-                          "lr": 0.01})
+    other = FamilySpec(
+        **{**TINY, "train_limit": 64, "test_limit": 50, "finetune_epochs": 0, "family_id": "same-id", "lr": 0.01}
+    )
     with pytest.raises(TrainingError, match="different spec"):
         train_family(other, catalog_dir=tmp_path, checkpoint_dir=tmp_path / "ck", latency=False)
 
@@ -140,18 +165,24 @@ def test_train_cli_bad_input_is_one_paragraph(tmp_path):
 
 @pytest.mark.slow
 def test_efficientnet_family_learns_on_mnist5k(tmp_path):
-    fam = train_family(FamilySpec(blocks=(3, 4), epochs=2, dataset="mnist5k", train_limit=2000, test_limit=500,
-                                  batch_size=64), catalog_dir=tmp_path, latency=False)
+    fam = train_family(
+        FamilySpec(blocks=(3, 4), epochs=2, dataset="mnist5k", train_limit=2000, test_limit=500, batch_size=64),
+        catalog_dir=tmp_path,
+        latency=False,
+    )
     assert fam.accuracy_all_up > 0.3, fam.accuracy
     assert json.loads((tmp_path / f"{fam.id}.json").read_text())["base"] == "efficientnet_b0"
 
 
 def test_hierarchical_labels_report_coarse_accuracy(tmp_path):
-    fam = train_family(FamilySpec(**{**TINY, "train_limit": 160, "test_limit": 100, "finetune_epochs": 0,
-                                     "hierarchical": True}), catalog_dir=tmp_path, latency=False)
+    fam = train_family(
+        FamilySpec(**{**TINY, "train_limit": 160, "test_limit": 100, "finetune_epochs": 0, "hierarchical": True}),
+        catalog_dir=tmp_path,
+        latency=False,
+    )
     coarse = fam.extra["accuracy_coarse"]
-    assert {"u1:head", "u2:head"} <= set(coarse)          # each exit's coarse head
-    assert {"u1", "u2", "u1+u2"} <= set(coarse)           # every subset's fine answer mapped to coarse
+    assert {"u1:head", "u2:head"} <= set(coarse)  # each exit's coarse head
+    assert {"u1", "u2", "u1+u2"} <= set(coarse)  # every subset's fine answer mapped to coarse
     assert all(0.0 <= v <= 1.0 for v in coarse.values())
     assert fam.training["hierarchical"] is True
 
@@ -159,7 +190,7 @@ def test_hierarchical_labels_report_coarse_accuracy(tmp_path):
 def test_weights_from_a_finished_checkpoint(tmp_path):
     from dataclasses import replace
 
-    from melplan.train import weights_from_checkpoint
+    from melplan.train.trainer import weights_from_checkpoint
 
     spec = FamilySpec(**{**TINY, "train_limit": 64, "test_limit": 50, "finetune_epochs": 0})
     fam = train_family(spec, catalog_dir=tmp_path, checkpoint_dir=tmp_path / "ck", latency=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import catalog_option, echo_json, json_option, table
+from melplan.commands.common import catalog_option, echo_json, json_option, table
 
 
 @click.group()
@@ -18,7 +18,7 @@ def catalog() -> None:
 @json_option
 def list_(catalog_dir, dataset, as_json):
     """One line per family: shape, size against the reference, accuracy all-up and of the weakest single."""
-    from ..catalog import family_row, load_catalog
+    from melplan.core.catalog import family_row, load_catalog
 
     cat = load_catalog(catalog_dir, dataset=dataset)
     rows = [family_row(f) for f in cat]
@@ -26,12 +26,27 @@ def list_(catalog_dir, dataset, as_json):
         echo_json(rows)
         return
     click.echo(f"{len(rows)} families in {cat.root}\n")
-    click.echo(table(
-        [[r["id"], f.extra.get("role", "-"), r["n_upstreams"], r["blocks"], r["combiner"], r["lambdas"],
-          f"{r['params'] / 1e6:.3f}M", "-" if r["params_vs_ref"] != r["params_vs_ref"] else f"{r['params_vs_ref']:.0%}",
-          f"{r['acc_all_up']:.4f}", f"{r['acc_weakest_single']:.4f}"] for r, f in zip(rows, cat)],
-        ["id", "role", "n", "blocks", "combiner", "lambdas", "params", "vs ref", "acc all-up", "weakest single"],
-        align="lllrlllrrr"))
+    click.echo(
+        table(
+            [
+                [
+                    r["id"],
+                    f.extra.get("role", "-"),
+                    r["n_upstreams"],
+                    r["blocks"],
+                    r["combiner"],
+                    r["lambdas"],
+                    f"{r['params'] / 1e6:.3f}M",
+                    "-" if r["params_vs_ref"] != r["params_vs_ref"] else f"{r['params_vs_ref']:.0%}",
+                    f"{r['acc_all_up']:.4f}",
+                    f"{r['acc_weakest_single']:.4f}",
+                ]
+                for r, f in zip(rows, cat)
+            ],
+            ["id", "role", "n", "blocks", "combiner", "lambdas", "params", "vs ref", "acc all-up", "weakest single"],
+            align="lllrlllrrr",
+        )
+    )
 
 
 @catalog.command("show")
@@ -40,7 +55,7 @@ def list_(catalog_dir, dataset, as_json):
 @json_option
 def show(family_id, catalog_dir, as_json):
     """Every measured number of one family: components and the accuracy of every subset."""
-    from ..catalog import load_catalog
+    from melplan.core.catalog import load_catalog
 
     fam = load_catalog(catalog_dir).get(family_id)
     if as_json:
@@ -49,17 +64,48 @@ def show(family_id, catalog_dir, as_json):
     ref = fam.reference or {}
     click.echo(f"{fam.id}  ({fam.extra.get('role', 'mel')}, base {fam.base}, dataset {fam.dataset.get('name')})")
     lam = fam.training.get("lambdas")
-    click.echo(f"training: {fam.training.get('epochs')} epochs + {fam.training.get('finetune_epochs', 0)} fine-tune, "
-               f"seed {fam.training.get('seed')}, lambdas {lam}")
-    click.echo(f"total: {fam.params:,} params"
-               + (f" ({fam.params / ref['params']:.1%} of reference {ref.get('id')})" if ref.get("params") else "")
-               + f", {fam.macs:,} MACs all-up, {fam.weight_bytes / 2**20:.2f} MiB weights\n")
-    comps = [[u.name, "upstream", u.blocks, u.params, u.macs, f"{u.memory_bytes / 2**20:.2f}", u.feature_bytes,
-              u.latency_ms.get("cpu", "")] for u in fam.upstreams]
-    comps += [[c.name, f"combiner ({c.kind or '-'})", "", c.params, c.macs, f"{c.memory_bytes / 2**20:.2f}", "",
-               c.latency_ms.get("cpu", "")] for c in fam.combiners]
-    click.echo(table(comps, ["component", "kind", "blocks", "params", "MACs", "memory MiB", "feature B", "cpu ms"],
-                     align="llrrrrrr"))
+    click.echo(
+        f"training: {fam.training.get('epochs')} epochs + {fam.training.get('finetune_epochs', 0)} fine-tune, "
+        f"seed {fam.training.get('seed')}, lambdas {lam}"
+    )
+    click.echo(
+        f"total: {fam.params:,} params"
+        + (f" ({fam.params / ref['params']:.1%} of reference {ref.get('id')})" if ref.get("params") else "")
+        + f", {fam.macs:,} MACs all-up, {fam.weight_bytes / 2**20:.2f} MiB weights\n"
+    )
+    comps = [
+        [
+            u.name,
+            "upstream",
+            u.blocks,
+            u.params,
+            u.macs,
+            f"{u.memory_bytes / 2**20:.2f}",
+            u.feature_bytes,
+            u.latency_ms.get("cpu", ""),
+        ]
+        for u in fam.upstreams
+    ]
+    comps += [
+        [
+            c.name,
+            f"combiner ({c.kind or '-'})",
+            "",
+            c.params,
+            c.macs,
+            f"{c.memory_bytes / 2**20:.2f}",
+            "",
+            c.latency_ms.get("cpu", ""),
+        ]
+        for c in fam.combiners
+    ]
+    click.echo(
+        table(
+            comps,
+            ["component", "kind", "blocks", "params", "MACs", "memory MiB", "feature B", "cpu ms"],
+            align="llrrrrrr",
+        )
+    )
     click.echo("")
     acc = [[k, f"{v:.4f}", f"{v / fam.accuracy_all_up:.1%}"] for k, v in fam.accuracy.items()]
     click.echo(table(acc, ["answering subset", "accuracy", "of all-up"], align="lrr"))
@@ -74,7 +120,7 @@ def show(family_id, catalog_dir, as_json):
 @catalog_option
 def check(catalog_dir):
     """Validate every file of a catalog; exit 2 with the first problem found."""
-    from ..catalog import load_catalog
+    from melplan.core.catalog import load_catalog
 
     cat = load_catalog(catalog_dir)
     click.echo(f"ok: {len(cat)} families in {cat.root}")
@@ -83,13 +129,17 @@ def check(catalog_dir):
 @catalog.command("report")
 @catalog_option
 @click.option("--dataset", default=None, help="Only families trained on this dataset.")
-@click.option("--reference", "reference_id", default=None,
-              help="Family to use as the reference (default: the one with role 'reference').")
+@click.option(
+    "--reference",
+    "reference_id",
+    default=None,
+    help="Family to use as the reference (default: the one with role 'reference').",
+)
 def report(catalog_dir, dataset, reference_id):
     """Check a catalog against the MEL paper's headline claims (40% params, 1 point, 95.6%; pairs 98%)
     and compare shared with per-subset combiners."""
-    from ..catalog import load_catalog
-    from ..results import headline, pairs, shared_vs_per_subset
+    from melplan.core.catalog import load_catalog
+    from melplan.core.catalog_checks import headline, pairs, shared_vs_per_subset
 
     cat = load_catalog(catalog_dir, dataset=dataset)
     click.echo(f"{len(cat)} families in {cat.root}\n")

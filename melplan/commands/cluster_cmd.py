@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import echo_json, json_option, seed_option
+from melplan.commands.common import echo_json, json_option, seed_option
 
 
 class SloType(click.ParamType):
@@ -34,18 +34,28 @@ def cluster() -> None:
 @cluster.command("generate")
 @click.option("--servers", "n_servers", type=click.IntRange(1, 5000), required=True, help="Number of servers.")
 @seed_option
-@click.option("--zones", type=click.IntRange(min=1), default=None,
-              help="Number of sites (default: about one per 25 servers, at most 12).")
-@click.option("--rate", "rate_rps", type=click.FloatRange(min=0.0, min_open=True), default=50.0, show_default=True,
-              help="Workload in requests per second.")
-@click.option("--slo", "slo_ms", type=SloType(), default="80", show_default=True,
-              help="Latency SLO in ms, or 'none'.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
-              help="Write the YAML here (default: print it).")
+@click.option(
+    "--zones",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Number of sites (default: about one per 25 servers, at most 12).",
+)
+@click.option(
+    "--rate",
+    "rate_rps",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="Workload in requests per second.",
+)
+@click.option("--slo", "slo_ms", type=SloType(), default="80", show_default=True, help="Latency SLO in ms, or 'none'.")
+@click.option(
+    "--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the YAML here (default: print it)."
+)
 def generate(n_servers, seed, zones, rate_rps, slo_ms, out_file):
     """A seeded heterogeneous cluster: hardware classes, sites with fast LANs and slow WAN links."""
-    from ..clustergen import cluster_yaml, generate_cluster
-    from ..fileio import atomic_write_text
+    from melplan.core.clustergen import cluster_yaml, generate_cluster
+    from melplan.core.fileio import atomic_write_text
 
     c = generate_cluster(n_servers, seed=seed, zones=zones, rate_rps=rate_rps, latency_slo_ms=slo_ms)
     text = cluster_yaml(c, servers=n_servers, seed=seed)
@@ -62,7 +72,7 @@ def generate(n_servers, seed, zones, rate_rps, slo_ms, out_file):
 @json_option
 def check(file, as_json):
     """Validate a cluster file and summarise it (exit 2 with the file, field and fix when it is wrong)."""
-    from ..cluster import load_cluster
+    from melplan.core.cluster import load_cluster
 
     c = load_cluster(file)
     summary = summarize(c)
@@ -70,20 +80,33 @@ def check(file, as_json):
         echo_json({"file": file, "valid": True, **summary})
         return
     click.echo(f"{file}: valid")
-    click.echo(f"  servers: {summary['servers']}"
-               + (f" in {len(summary['zones'])} zones ({', '.join(summary['zones'])})" if summary["zones"] else ""))
-    for key, label, unit in (("memory_mb", "memory", " MiB"), ("compute_gmacs", "compute", " GMAC/s"),
-                             ("failure_prob", "p(down)", "")):
+    click.echo(
+        f"  servers: {summary['servers']}"
+        + (f" in {len(summary['zones'])} zones ({', '.join(summary['zones'])})" if summary["zones"] else "")
+    )
+    for key, label, unit in (
+        ("memory_mb", "memory", " MiB"),
+        ("compute_gmacs", "compute", " GMAC/s"),
+        ("failure_prob", "p(down)", ""),
+    ):
         lo, hi = summary[key]
         click.echo(f"  {label}: {lo:g} to {hi:g}{unit}")
     link = summary["default_link"]
-    click.echo("  links: " + ("default none (only listed links; multi-hop paths)" if link is None
-                              else f"default {link['latency_ms']:g} ms, {link['bandwidth_mbps']:g} Mbit/s")
-               + f", {summary['overrides']} override(s); worst path {summary['max_path_latency_ms']:.2f} ms")
+    click.echo(
+        "  links: "
+        + (
+            "default none (only listed links; multi-hop paths)"
+            if link is None
+            else f"default {link['latency_ms']:g} ms, {link['bandwidth_mbps']:g} Mbit/s"
+        )
+        + f", {summary['overrides']} override(s); worst path {summary['max_path_latency_ms']:.2f} ms"
+    )
     click.echo(f"  ingress: {summary['ingress'] or '(none: network time not counted)'}")
     w = summary["workload"]
-    click.echo(f"  workload: {w['rate_rps']:g} requests/s"
-               + (f", SLO {w['latency_slo_ms']:g} ms" if w.get("latency_slo_ms") is not None else ", no SLO"))
+    click.echo(
+        f"  workload: {w['rate_rps']:g} requests/s"
+        + (f", SLO {w['latency_slo_ms']:g} ms" if w.get("latency_slo_ms") is not None else ", no SLO")
+    )
 
 
 def summarize(c) -> dict:
@@ -101,8 +124,9 @@ def summarize(c) -> dict:
         "memory_mb": [min(s.memory_mb for s in c.servers), max(s.memory_mb for s in c.servers)],
         "compute_gmacs": [min(s.compute_gmacs for s in c.servers), max(s.compute_gmacs for s in c.servers)],
         "failure_prob": [min(s.failure_prob for s in c.servers), max(s.failure_prob for s in c.servers)],
-        "default_link": None if c.default_link is None else {"latency_ms": c.default_link.latency_ms,
-                                                              "bandwidth_mbps": c.default_link.bandwidth_mbps},
+        "default_link": None
+        if c.default_link is None
+        else {"latency_ms": c.default_link.latency_ms, "bandwidth_mbps": c.default_link.bandwidth_mbps},
         "overrides": len(c.overrides),
         "max_path_latency_ms": float(np.max(lat)) if len(c.servers) else 0.0,
         "ingress": c.ingress,

@@ -8,8 +8,12 @@ from typing import Any, Iterable, Sequence
 import click
 
 catalog_option = click.option(
-    "--catalog", "catalog_dir", type=click.Path(file_okay=True, dir_okay=True), default=None,
-    help="Catalog directory of family JSON files (default: $MELPLAN_CATALOG, ./catalog, or the shipped one).")
+    "--catalog",
+    "catalog_dir",
+    type=click.Path(file_okay=True, dir_okay=True),
+    default=None,
+    help="Catalog directory of family JSON files (default: $MELPLAN_CATALOG, ./catalog, or the shipped one).",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random source.")
 

@@ -4,27 +4,51 @@ from __future__ import annotations
 
 import click
 
-from .common import catalog_option, echo_json, json_option, table
+from melplan.commands.common import catalog_option, echo_json, json_option, table
 
 
 @click.command("export")
-@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False),
-              help="Plan file written by `melplan plan --out`.")
-@click.option("--format", "fmt", required=True, type=click.Choice(["json", "yaml", "k8s"]),
-              help="json/yaml: the deployable view (manifest.json / manifest.yaml); k8s: Deployments, "
-                   "Services, a ConfigMap and a kustomization.yaml.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output directory (created when missing).")
+@click.option(
+    "--plan",
+    "plan_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Plan file written by `melplan plan --out`.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["json", "yaml", "k8s"]),
+    help="json/yaml: the deployable view (manifest.json / manifest.yaml); k8s: Deployments, "
+    "Services, a ConfigMap and a kustomization.yaml.",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory (created when missing)."
+)
 @catalog_option
-@click.option("--image", default=None, help="k8s: container image of the serving runtime "
-              "[default: melplan-runtime:latest].")
+@click.option(
+    "--image", default=None, help="k8s: container image of the serving runtime [default: melplan-runtime:latest]."
+)
 @click.option("--namespace", default=None, help="k8s: namespace set on every object and in the kustomization.")
-@click.option("--overhead-mib", type=float, default=None,
-              help="k8s: MiB added to each component's catalog memory (weights + activations) for its "
-                   "memory request: the serving process itself [default: 0].")
+@click.option(
+    "--overhead-mib",
+    type=float,
+    default=None,
+    help="k8s: MiB added to each component's catalog memory (weights + activations) for its "
+    "memory request: the serving process itself [default: 0].",
+)
 @json_option
-def export(plan_path: str, fmt: str, out_dir: str, catalog_dir: str | None, image: str | None,
-           namespace: str | None, overhead_mib: float | None, as_json: bool) -> None:
+def export(
+    plan_path: str,
+    fmt: str,
+    out_dir: str,
+    catalog_dir: str | None,
+    image: str | None,
+    namespace: str | None,
+    overhead_mib: float | None,
+    as_json: bool,
+) -> None:
     """Write what to run on each server for PLAN: a JSON or YAML manifest, or Kubernetes objects.
 
     \b
@@ -33,27 +57,39 @@ def export(plan_path: str, fmt: str, out_dir: str, catalog_dir: str | None, imag
       melplan export --plan plan.json --format k8s --out deploy/ --namespace mel --overhead-mib 300
       kubectl apply -k deploy/
     """
-    from ..export import export_plan
-    from ..k8s import DEFAULT_IMAGE, K8sOptions
+    from melplan.deploy.export import export_plan
+    from melplan.deploy.k8s import DEFAULT_IMAGE, K8sOptions
 
     options = None
     if image is not None or namespace is not None or overhead_mib is not None:
         if fmt != "k8s":
             raise click.UsageError("--image, --namespace and --overhead-mib apply only to --format k8s.")
-        options = K8sOptions(image=image if image is not None else DEFAULT_IMAGE, namespace=namespace,
-                             overhead_mib=0.0 if overhead_mib is None else overhead_mib)
+        options = K8sOptions(
+            image=image if image is not None else DEFAULT_IMAGE,
+            namespace=namespace,
+            overhead_mib=0.0 if overhead_mib is None else overhead_mib,
+        )
     result = export_plan(plan_path, fmt, out_dir, catalog_dir=catalog_dir, k8s=options)
     for w in result.warnings:
         click.echo(f"Warning: {w}", err=True)
     if as_json:
-        echo_json({"format": result.format, "out": str(result.out_dir), "files": [str(p) for p in result.files],
-                   "removed": [str(p) for p in result.removed], "warnings": list(result.warnings),
-                   "objects": [{"kind": o["kind"], "name": o["metadata"]["name"]} for o in result.objects]})
+        echo_json(
+            {
+                "format": result.format,
+                "out": str(result.out_dir),
+                "files": [str(p) for p in result.files],
+                "removed": [str(p) for p in result.removed],
+                "warnings": list(result.warnings),
+                "objects": [{"kind": o["kind"], "name": o["metadata"]["name"]} for o in result.objects],
+            }
+        )
         return
     m = result.manifest
     acc = m["accuracy"]
-    click.echo(f"Family {m['family']['id']}: expected accuracy {acc['expected']:.4f}, "
-               f"all up {acc['all_up']:.4f} ({m['plan']['objective']} objective).")
+    click.echo(
+        f"Family {m['family']['id']}: expected accuracy {acc['expected']:.4f}, "
+        f"all up {acc['all_up']:.4f} ({m['plan']['objective']} objective)."
+    )
     if fmt == "k8s":
         rows = []
         for o in result.objects:
@@ -61,21 +97,33 @@ def export(plan_path: str, fmt: str, out_dir: str, catalog_dir: str | None, imag
                 continue
             ann = o["metadata"]["annotations"]
             req = o["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
-            rows.append([o["metadata"]["name"], ann["melplan/component"], o["metadata"]["labels"]["melplan/kind"],
-                         ann["melplan/server"], req])
+            rows.append(
+                [
+                    o["metadata"]["name"],
+                    ann["melplan/component"],
+                    o["metadata"]["labels"]["melplan/kind"],
+                    ann["melplan/server"],
+                    req,
+                ]
+            )
         click.echo(table(rows, ["deployment", "component", "kind", "server", "memory request"]))
         overhead = (options or K8sOptions()).overhead_mib
         click.echo(f"Memory requests: catalog memory + {overhead:g} MiB runtime overhead (--overhead-mib).")
     else:
-        rows = [[s["name"], ", ".join(c["component"] for c in s["components"]), s["memory_mib"], s["macs"]]
-                for s in m["servers"]]
+        rows = [
+            [s["name"], ", ".join(c["component"] for c in s["components"]), s["memory_mib"], s["macs"]]
+            for s in m["servers"]
+        ]
         click.echo(table(rows, ["server", "components", "memory MiB", "MACs/sample"], align="llrr"))
     w = m["weights"]
     if w is None:
         click.echo("Weights: the catalog entry names no weights file.")
     elif w["found"]:
         click.echo(f"Weights: {w['file']} sha256 {w['sha256']}")
-    click.echo(f"Wrote {len(result.files)} file(s) to {result.out_dir}"
-               + (f", removed {len(result.removed)} stale file(s)" if result.removed else "") + ".")
+    click.echo(
+        f"Wrote {len(result.files)} file(s) to {result.out_dir}"
+        + (f", removed {len(result.removed)} stale file(s)" if result.removed else "")
+        + "."
+    )
     if fmt == "k8s":
         click.echo(f"Apply with: kubectl apply -k {result.out_dir}")

@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import click
 
-from .common import catalog_option, echo_json, json_option
+from melplan.commands.common import catalog_option, echo_json, json_option
 
 
 @click.command("select")
-@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False),
-              help="Plan file written by `melplan plan --out`.")
-@click.option("--down", "down", default="", show_default=False, metavar="SERVERS",
-              help="Comma-separated servers that are down, e.g. edge-a,edge-c (default: none).")
-@click.option("--servers", "cluster_path", default=None, type=click.Path(dir_okay=False),
-              help="Cluster file: adds path latencies and lets --down name servers the plan does not use.")
+@click.option(
+    "--plan",
+    "plan_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Plan file written by `melplan plan --out`.",
+)
+@click.option(
+    "--down",
+    "down",
+    default="",
+    show_default=False,
+    metavar="SERVERS",
+    help="Comma-separated servers that are down, e.g. edge-a,edge-c (default: none).",
+)
+@click.option(
+    "--servers",
+    "cluster_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Cluster file: adds path latencies and lets --down name servers the plan does not use.",
+)
 @catalog_option
 @json_option
 def select(plan_path: str, down: str, cluster_path: str | None, catalog_dir: str | None, as_json: bool) -> None:
@@ -25,7 +41,7 @@ def select(plan_path: str, down: str, cluster_path: str | None, catalog_dir: str
       melplan select --plan plan.json --down edge-a
       melplan select --plan plan.json --down edge-a,edge-c --json
     """
-    from ..selector import select_route
+    from melplan.runtime.selector import select_route
 
     names = [s.strip() for s in down.split(",") if s.strip()]
     sel = select_route(plan_path, names, catalog_dir=catalog_dir, cluster_path=cluster_path)
@@ -38,9 +54,14 @@ def select(plan_path: str, down: str, cluster_path: str | None, catalog_dir: str
         click.echo(f"Family {sel.family} {what}: no subset is servable, the service is DOWN.")
     else:
         state = "degraded" if r.degraded else "full accuracy"
-        click.echo(f"Family {sel.family} {what}: {r.answer} answers with accuracy {r.accuracy:.4f} "
-                   f"({state}; all up {r.accuracy_all_up:.4f}).")
-        click.echo("Path: " + ", ".join(f"{c} on {s}" for c, s in r.components)
-                   + ("" if r.latency_ms is None else f"  ({r.latency_ms:.2f} ms)"))
+        click.echo(
+            f"Family {sel.family} {what}: {r.answer} answers with accuracy {r.accuracy:.4f} "
+            f"({state}; all up {r.accuracy_all_up:.4f})."
+        )
+        click.echo(
+            "Path: "
+            + ", ".join(f"{c} on {s}" for c, s in r.components)
+            + ("" if r.latency_ms is None else f"  ({r.latency_ms:.2f} ms)")
+        )
     if sel.ignored:
         click.echo(f"Not used by the plan (no effect on the route): {', '.join(sel.ignored)}.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import catalog_option, echo_json, json_option, table
+from melplan.commands.common import catalog_option, echo_json, json_option, table
 
 
 def _bytes(n: float) -> str:
@@ -16,50 +16,141 @@ def _bytes(n: float) -> str:
 
 
 @click.command("simulate")
-@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False),
-              help="Plan file written by `melplan plan --out`.")
-@click.option("--servers", "cluster_path", required=True, type=click.Path(dir_okay=False),
-              help="Cluster file the plan was made for (docs/cluster.md); MTBF/MTTR or failure_prob per server.")
+@click.option(
+    "--plan",
+    "plan_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Plan file written by `melplan plan --out`.",
+)
+@click.option(
+    "--servers",
+    "cluster_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Cluster file the plan was made for (docs/cluster.md); MTBF/MTTR or failure_prob per server.",
+)
 @catalog_option
-@click.option("--trace", "trace_path", default=None, type=click.Path(dir_okay=False),
-              help="Failure trace CSV with columns time_s,server,state (down/up).")
-@click.option("--hours", type=float, default=None,
-              help="Horizon in hours: generate failures (with --seed), or cut a --trace.")
+@click.option(
+    "--trace",
+    "trace_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Failure trace CSV with columns time_s,server,state (down/up).",
+)
+@click.option(
+    "--hours", type=float, default=None, help="Horizon in hours: generate failures (with --seed), or cut a --trace."
+)
 @click.option("--seed", type=int, default=None, help="Seed of the generated trace [default: 0].")
-@click.option("--default-mttr", "default_mttr_h", type=float, default=None,
-              help="Mean repair time (h) for servers given only failure_prob [default: 1].")
-@click.option("--floor", type=float, default=None,
-              help="Accuracy floor for 'time below floor' [default: 0.9 x the reference model's accuracy].")
-@click.option("--policy", type=click.Choice(["failover-only", "replan-after", "eager"]), default="replan-after",
-              show_default=True, help="Re-plan policy of the runtime selector.")
-@click.option("--grace", "grace_s", type=float, default=None,
-              help="replan-after: seconds a failure must last before re-planning [default: 300].")
-@click.option("--hold-down", "hold_down_s", type=float, default=None,
-              help="Seconds a server must stay up before it counts as recovered [default: 600; eager: 0].")
-@click.option("--replanner", type=click.Choice(["planner", "repair"]), default="planner", show_default=True,
-              help="planner: the placement ILP with a migration cost; repair: re-place only what failed (fast).")
-@click.option("--replan-time-limit", "replan_time_limit_s", type=float, default=None,
-              help="Time limit of each ILP re-plan in seconds [default: 10].")
-@click.option("--any-family", is_flag=True,
-              help="Let re-plans switch to another family of the catalog (default: keep the plan's family).")
-@click.option("--detection", "detection_s", type=float, default=None,
-              help="Heartbeat detection delay in seconds, for every strategy [default: 10].")
-@click.option("--load", "load_s", type=float, default=None,
-              help="Seconds to start a component (cold restart, re-plan) [default: 60].")
-@click.option("--wan-ms", "wan_rtt_ms", type=float, default=None,
-              help="Cloud failover: WAN round trip in ms [default: 80].")
+@click.option(
+    "--default-mttr",
+    "default_mttr_h",
+    type=float,
+    default=None,
+    help="Mean repair time (h) for servers given only failure_prob [default: 1].",
+)
+@click.option(
+    "--floor",
+    type=float,
+    default=None,
+    help="Accuracy floor for 'time below floor' [default: 0.9 x the reference model's accuracy].",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["failover-only", "replan-after", "eager"]),
+    default="replan-after",
+    show_default=True,
+    help="Re-plan policy of the runtime selector.",
+)
+@click.option(
+    "--grace",
+    "grace_s",
+    type=float,
+    default=None,
+    help="replan-after: seconds a failure must last before re-planning [default: 300].",
+)
+@click.option(
+    "--hold-down",
+    "hold_down_s",
+    type=float,
+    default=None,
+    help="Seconds a server must stay up before it counts as recovered [default: 600; eager: 0].",
+)
+@click.option(
+    "--replanner",
+    type=click.Choice(["planner", "repair"]),
+    default="planner",
+    show_default=True,
+    help="planner: the placement ILP with a migration cost; repair: re-place only what failed (fast).",
+)
+@click.option(
+    "--replan-time-limit",
+    "replan_time_limit_s",
+    type=float,
+    default=None,
+    help="Time limit of each ILP re-plan in seconds [default: 10].",
+)
+@click.option(
+    "--any-family",
+    is_flag=True,
+    help="Let re-plans switch to another family of the catalog (default: keep the plan's family).",
+)
+@click.option(
+    "--detection",
+    "detection_s",
+    type=float,
+    default=None,
+    help="Heartbeat detection delay in seconds, for every strategy [default: 10].",
+)
+@click.option(
+    "--load",
+    "load_s",
+    type=float,
+    default=None,
+    help="Seconds to start a component (cold restart, re-plan) [default: 60].",
+)
+@click.option(
+    "--wan-ms", "wan_rtt_ms", type=float, default=None, help="Cloud failover: WAN round trip in ms [default: 80]."
+)
 @click.option("--wan-mbps", type=float, default=None, help="Cloud failover: upload bandwidth [default: 50].")
-@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
-              help="Write a PNG of accuracy over time for the plan and the baselines.")
-@click.option("--write-trace", "write_trace_path", default=None, type=click.Path(dir_okay=False),
-              help="Write the trace used (generated or read) as CSV, to replay it later.")
+@click.option(
+    "--plot",
+    "plot_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write a PNG of accuracy over time for the plan and the baselines.",
+)
+@click.option(
+    "--write-trace",
+    "write_trace_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the trace used (generated or read) as CSV, to replay it later.",
+)
 @json_option
-def simulate(plan_path: str, cluster_path: str, catalog_dir: str | None, trace_path: str | None,
-             hours: float | None, seed: int | None, default_mttr_h: float | None, floor: float | None,
-             policy: str, grace_s: float | None, hold_down_s: float | None, replanner: str,
-             replan_time_limit_s: float | None, any_family: bool, detection_s: float | None,
-             load_s: float | None, wan_rtt_ms: float | None, wan_mbps: float | None, plot_path: str | None,
-             write_trace_path: str | None, as_json: bool) -> None:
+def simulate(
+    plan_path: str,
+    cluster_path: str,
+    catalog_dir: str | None,
+    trace_path: str | None,
+    hours: float | None,
+    seed: int | None,
+    default_mttr_h: float | None,
+    floor: float | None,
+    policy: str,
+    grace_s: float | None,
+    hold_down_s: float | None,
+    replanner: str,
+    replan_time_limit_s: float | None,
+    any_family: bool,
+    detection_s: float | None,
+    load_s: float | None,
+    wan_rtt_ms: float | None,
+    wan_mbps: float | None,
+    plot_path: str | None,
+    write_trace_path: str | None,
+    as_json: bool,
+) -> None:
     """Replay server failures against PLAN and against the usual alternatives (full model with cold
     restart, full model with a compressed backup, cloud failover) on the same trace, and report
     time-weighted accuracy, availability, time below the floor, re-plans and bytes moved.
@@ -69,9 +160,15 @@ def simulate(plan_path: str, cluster_path: str, catalog_dir: str | None, trace_p
       melplan simulate --plan plan.json --servers cluster.yaml --hours 720 --seed 1 --plot sim.png
       melplan simulate --plan plan.json --servers cluster.yaml --trace outages.csv --policy eager --json
     """
-    from ..reconcile import Policy
-    from ..simulate import (DEFAULT_DETECTION_S, DEFAULT_LOAD_S, DEFAULT_WAN_MBPS, DEFAULT_WAN_RTT_MS, SimOptions,
-                            simulate_files)
+    from melplan.runtime.reconcile import Policy
+    from melplan.sim.simulate import (
+        DEFAULT_DETECTION_S,
+        DEFAULT_LOAD_S,
+        DEFAULT_WAN_MBPS,
+        DEFAULT_WAN_RTT_MS,
+        SimOptions,
+        simulate_files,
+    )
 
     options = SimOptions(
         policy=Policy.named(policy, grace_s=grace_s, hold_down_s=hold_down_s),
@@ -79,11 +176,23 @@ def simulate(plan_path: str, cluster_path: str, catalog_dir: str | None, trace_p
         load_s=DEFAULT_LOAD_S if load_s is None else load_s,
         wan_rtt_ms=DEFAULT_WAN_RTT_MS if wan_rtt_ms is None else wan_rtt_ms,
         wan_mbps=DEFAULT_WAN_MBPS if wan_mbps is None else wan_mbps,
-        floor=floor, any_family=any_family)
-    run = simulate_files(plan_path, cluster_path, catalog_dir=catalog_dir, trace_path=trace_path, hours=hours,
-                         seed=seed, default_mttr_h=default_mttr_h, options=options, plot_path=plot_path,
-                         write_trace_path=write_trace_path, replanner=replanner,
-                         replan_time_limit_s=replan_time_limit_s)
+        floor=floor,
+        any_family=any_family,
+    )
+    run = simulate_files(
+        plan_path,
+        cluster_path,
+        catalog_dir=catalog_dir,
+        trace_path=trace_path,
+        hours=hours,
+        seed=seed,
+        default_mttr_h=default_mttr_h,
+        options=options,
+        plot_path=plot_path,
+        write_trace_path=write_trace_path,
+        replanner=replanner,
+        replan_time_limit_s=replan_time_limit_s,
+    )
     rep = run.report
     if as_json:
         d = rep.to_dict()
@@ -93,22 +202,40 @@ def simulate(plan_path: str, cluster_path: str, catalog_dir: str | None, trace_p
         return
     dropped = f"; {rep.dropped_after_horizon} row(s) after the horizon ignored" if rep.dropped_after_horizon else ""
     click.echo(f"Simulated {rep.hours:g} h, {rep.events} failure/recovery events ({rep.trace_source}{dropped}).")
-    click.echo(f"Plan {rep.plan_family}: exact expected accuracy under independent failures "
-               f"{rep.expected_accuracy:.4f}; floor {rep.floor:.4f} ({rep.floor_source}).")
+    click.echo(
+        f"Plan {rep.plan_family}: exact expected accuracy under independent failures "
+        f"{rep.expected_accuracy:.4f}; floor {rep.floor:.4f} ({rep.floor_source})."
+    )
     rows = []
     for s in rep.strategies:
         if s.deployable:
-            rows.append([s.label, f"{s.accuracy:.4f}", f"{s.availability:.4%}", f"{s.below_floor_s / 3600:.2f}",
-                         s.replans, _bytes(s.bytes_moved), s.note])
+            rows.append(
+                [
+                    s.label,
+                    f"{s.accuracy:.4f}",
+                    f"{s.availability:.4%}",
+                    f"{s.below_floor_s / 3600:.2f}",
+                    s.replans,
+                    _bytes(s.bytes_moved),
+                    s.note,
+                ]
+            )
         else:
             rows.append([s.label, "-", "-", "-", "-", "-", f"not deployable: {s.note}"])
-    click.echo(table(rows, ["strategy", "accuracy", "availability", "below floor (h)", "re-plans", "moved", "note"],
-                     align="lrrrrrl"))
+    click.echo(
+        table(
+            rows,
+            ["strategy", "accuracy", "availability", "below floor (h)", "re-plans", "moved", "note"],
+            align="lrrrrrl",
+        )
+    )
     o = rep.options
-    click.echo(f"Assumptions: policy {o.policy.name} (grace {o.policy.grace_s:g} s, hold-down {o.policy.hold_down_s:g} s, "
-               f"replanner {replanner}), "
-               f"detection {o.detection_s:g} s, load {o.load_s:g} s, WAN {o.wan_rtt_ms:g} ms / {o.wan_mbps:g} Mbit/s. "
-               "Re-plans column: re-plans for the plan, restarts for cold restart.")
+    click.echo(
+        f"Assumptions: policy {o.policy.name} (grace {o.policy.grace_s:g} s, hold-down {o.policy.hold_down_s:g} s, "
+        f"replanner {replanner}), "
+        f"detection {o.detection_s:g} s, load {o.load_s:g} s, WAN {o.wan_rtt_ms:g} ms / {o.wan_mbps:g} Mbit/s. "
+        "Re-plans column: re-plans for the plan, restarts for cold restart."
+    )
     if run.plot:
         click.echo(f"Wrote {run.plot}.")
     if run.trace_out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import seed_option
+from melplan.commands.common import seed_option
 
 
 def _set_threads(threads: int | None) -> None:
@@ -15,62 +15,152 @@ def _set_threads(threads: int | None) -> None:
 
 
 @click.command()
-@click.option("--base", default="efficientnet_b0", show_default=True,
-              help="Base network: efficientnet_b0, mobilenet_v3_small or resnet18.")
-@click.option("--blocks", default="5,5", show_default=True,
-              help="Blocks per upstream, comma-separated (one number = a single model; all blocks = the reference).")
+@click.option(
+    "--base",
+    default="efficientnet_b0",
+    show_default=True,
+    help="Base network: efficientnet_b0, mobilenet_v3_small or resnet18.",
+)
+@click.option(
+    "--blocks",
+    default="5,5",
+    show_default=True,
+    help="Blocks per upstream, comma-separated (one number = a single model; all blocks = the reference).",
+)
 @click.option("--combiner", type=click.Choice(["fc", "cnn", "shared"]), default="fc", show_default=True)
-@click.option("--lambdas", default=None,
-              help="Loss weights per subset: numbers in subset order (u1,u2,u1+u2 for two upstreams) or u1=2,u1+u2=1. Default all 1.")
+@click.option(
+    "--lambdas",
+    default=None,
+    help="Loss weights per subset: numbers in subset order (u1,u2,u1+u2 for two upstreams) "
+    "or u1=2,u1+u2=1. Default all 1.",
+)
 @click.option("--epochs", type=int, default=2, show_default=True, help="Joint training epochs.")
-@click.option("--finetune-epochs", type=int, default=1, show_default=True, help="Combiner fine-tuning epochs (upstreams frozen).")
-@click.option("--dataset", type=click.Choice(["fashion-mnist", "mnist5k", "cifar100"]), default="fashion-mnist", show_default=True)
-@click.option("--data-root", type=click.Path(), default=None, help="Dataset folder (Fashion-MNIST IDX files, or CIFAR-100 binary).")
+@click.option(
+    "--finetune-epochs", type=int, default=1, show_default=True, help="Combiner fine-tuning epochs (upstreams frozen)."
+)
+@click.option(
+    "--dataset", type=click.Choice(["fashion-mnist", "mnist5k", "cifar100"]), default="fashion-mnist", show_default=True
+)
+@click.option(
+    "--data-root",
+    type=click.Path(),
+    default=None,
+    help="Dataset folder (Fashion-MNIST IDX files, or CIFAR-100 binary).",
+)
 @click.option("--download", is_flag=True, help="Download CIFAR-100 (binary release) into --data-root if missing.")
 @click.option("--train-limit", type=int, default=None, help="Use only the first N training samples.")
 @click.option("--test-limit", type=int, default=None, help="Use only the first N test samples.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate (AdamW, one-cycle schedule).")
+@click.option(
+    "--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate (AdamW, one-cycle schedule)."
+)
 @click.option("--hierarchical", is_flag=True, help="Add coarse-class heads to the exits and report coarse accuracy.")
 @seed_option
 @click.option("--id", "family_id", default=None, help="Family id (default: derived from the options).")
-@click.option("--catalog", "catalog_dir", type=click.Path(), default="catalog/fashion-mnist", show_default=True,
-              help="Catalog directory to write the entry into.")
+@click.option(
+    "--catalog",
+    "catalog_dir",
+    type=click.Path(),
+    default="catalog/fashion-mnist",
+    show_default=True,
+    help="Catalog directory to write the entry into.",
+)
 @click.option("--save-weights", is_flag=True, help="Also write weights/<id>.pt beside the entry.")
-@click.option("--checkpoint-dir", type=click.Path(), default="runs/checkpoints", show_default=True,
-              help="Per-epoch checkpoints; a rerun with the same options resumes from them.")
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(),
+    default="runs/checkpoints",
+    show_default=True,
+    help="Per-epoch checkpoints; a rerun with the same options resumes from them.",
+)
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(base, blocks, combiner, lambdas, epochs, finetune_epochs, dataset, data_root, download, train_limit,
-          test_limit, batch_size, lr, hierarchical, seed, family_id, catalog_dir, save_weights, checkpoint_dir,
-          device, threads, quiet):
+def train(
+    base,
+    blocks,
+    combiner,
+    lambdas,
+    epochs,
+    finetune_epochs,
+    dataset,
+    data_root,
+    download,
+    train_limit,
+    test_limit,
+    batch_size,
+    lr,
+    hierarchical,
+    seed,
+    family_id,
+    catalog_dir,
+    save_weights,
+    checkpoint_dir,
+    device,
+    threads,
+    quiet,
+):
     """Train a MEL family (or a single model) jointly, fine-tune its combiners, measure every
     component and write its catalog entry."""
-    from ..train import FamilySpec, parse_lambdas, train_family
+    from melplan.train.trainer import FamilySpec, parse_lambdas, train_family
 
     try:
         block_list = tuple(int(b) for b in blocks.split(","))
     except ValueError:
         raise click.BadParameter(f"{blocks!r} is not a comma-separated list of whole numbers", param_hint="--blocks")
     _set_threads(threads)
-    spec = FamilySpec(base=base, blocks=block_list, combiner=combiner, lambdas=parse_lambdas(lambdas, len(block_list)),
-                      epochs=epochs, finetune_epochs=finetune_epochs, dataset=dataset, train_limit=train_limit,
-                      test_limit=test_limit, batch_size=batch_size, lr=lr, hierarchical=hierarchical, seed=seed,
-                      family_id=family_id)
-    fam = train_family(spec, catalog_dir=catalog_dir, data_root=data_root, download=download, device=device,
-                       progress=not quiet, save_weights=save_weights, checkpoint_dir=checkpoint_dir,
-                       log=lambda m: click.echo(m, err=True))
+    spec = FamilySpec(
+        base=base,
+        blocks=block_list,
+        combiner=combiner,
+        lambdas=parse_lambdas(lambdas, len(block_list)),
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        dataset=dataset,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        batch_size=batch_size,
+        lr=lr,
+        hierarchical=hierarchical,
+        seed=seed,
+        family_id=family_id,
+    )
+    fam = train_family(
+        spec,
+        catalog_dir=catalog_dir,
+        data_root=data_root,
+        download=download,
+        device=device,
+        progress=not quiet,
+        save_weights=save_weights,
+        checkpoint_dir=checkpoint_dir,
+        log=lambda m: click.echo(m, err=True),
+    )
     _summary(fam)
 
 
 @click.command()
 @click.argument("sweep_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--catalog", "catalog_dir", type=click.Path(), default=None,
-              help="Catalog directory (default: the sweep file's 'catalog:' key).")
-@click.option("--shard", default="0/1", show_default=True, help="Train only entries i with i %% N == K (K/N), to run workers in parallel.")
+@click.option(
+    "--catalog",
+    "catalog_dir",
+    type=click.Path(),
+    default=None,
+    help="Catalog directory (default: the sweep file's 'catalog:' key).",
+)
+@click.option(
+    "--shard",
+    default="0/1",
+    show_default=True,
+    help="Train only entries i with i %% N == K (K/N), to run workers in parallel.",
+)
 @click.option("--only", multiple=True, help="Train only the families with these ids (repeatable).")
-@click.option("--skip-existing/--retrain", default=True, show_default=True, help="Skip families whose entry already exists with the same spec.")
+@click.option(
+    "--skip-existing/--retrain",
+    default=True,
+    show_default=True,
+    help="Skip families whose entry already exists with the same spec.",
+)
 @click.option("--data-root", type=click.Path(), default=None)
 @click.option("--checkpoint-dir", type=click.Path(), default="runs/checkpoints", show_default=True)
 @click.option("--device", default=None)
@@ -79,7 +169,7 @@ def train(base, blocks, combiner, lambdas, epochs, finetune_epochs, dataset, dat
 def sweep(sweep_file, catalog_dir, shard, only, skip_existing, data_root, checkpoint_dir, device, threads, quiet):
     """Train every family listed in SWEEP_FILE (see sweeps/fashion-mnist.yaml): reproduces a catalog
     with one command. Interrupted runs resume from checkpoints."""
-    from ..train import run_sweep
+    from melplan.train.trainer import run_sweep
 
     try:
         k, n = (int(x) for x in shard.split("/"))
@@ -87,14 +177,25 @@ def sweep(sweep_file, catalog_dir, shard, only, skip_existing, data_root, checkp
     except (ValueError, AssertionError):
         raise click.BadParameter(f"{shard!r}: expected K/N with 0 <= K < N", param_hint="--shard")
     _set_threads(threads)
-    for fam in run_sweep(sweep_file, catalog_dir=catalog_dir, shard=(k, n), only=only, skip_existing=skip_existing,
-                         data_root=data_root, checkpoint_dir=checkpoint_dir, device=device, progress=not quiet,
-                         log=lambda m: click.echo(m, err=True)):
+    for fam in run_sweep(
+        sweep_file,
+        catalog_dir=catalog_dir,
+        shard=(k, n),
+        only=only,
+        skip_existing=skip_existing,
+        data_root=data_root,
+        checkpoint_dir=checkpoint_dir,
+        device=device,
+        progress=not quiet,
+        log=lambda m: click.echo(m, err=True),
+    ):
         _summary(fam)
 
 
 def _summary(fam) -> None:
     ref = fam.reference or {}
-    click.echo(f"{fam.id}: {fam.n} upstream(s), {fam.params:,} params"
-               + (f" ({fam.params / ref['params']:.0%} of reference)" if ref.get("params") else "")
-               + f", all-up accuracy {fam.accuracy_all_up:.4f}, weakest single {fam.weakest_single:.4f}")
+    click.echo(
+        f"{fam.id}: {fam.n} upstream(s), {fam.params:,} params"
+        + (f" ({fam.params / ref['params']:.0%} of reference)" if ref.get("params") else "")
+        + f", all-up accuracy {fam.accuracy_all_up:.4f}, weakest single {fam.weakest_single:.4f}"
+    )

@@ -1,0 +1,116 @@
+"""Acceptance checks of a catalog against the MEL paper's claims (no torch).
+
+``melplan catalog report`` prints these; docs/results.md quotes its output.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from melplan.core.catalog import Catalog, Family, subset_key
+
+HEADLINE_PARAMS = 0.40  # ensemble at most 40% of the reference's parameters ...
+HEADLINE_GAP = 0.010  # ... within 1.0 point of the reference's accuracy ...
+HEADLINE_KEEP = 0.956  # ... and its weaker single upstream keeps 95.6% of ensemble accuracy
+PAIR_KEEP = 0.98  # 3 upstreams: every pair keeps 98% of all-up accuracy
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    family: str | None
+    detail: str
+
+
+def _reference(cat: Catalog, reference_id: str | None = None) -> Family | None:
+    if reference_id is not None:
+        return cat.get(reference_id)
+    refs = [f for f in cat if f.extra.get("role") == "reference"]
+    return refs[0] if refs else None
+
+
+def headline(cat: Catalog, reference_id: str | None = None) -> Check:
+    """The best 2-upstream family against the paper's headline; ``reference_id`` picks the reference
+    (default: the family with role 'reference')."""
+    ref = _reference(cat, reference_id)
+    if ref is None:
+        return Check("headline", False, None, "no reference family (role: reference) in the catalog")
+    best = None
+    for f in cat:
+        if f.n != 2:
+            continue
+        ratio = f.params / ref.params
+        gap = ref.accuracy_all_up - f.accuracy_all_up
+        keep = f.weakest_single / f.accuracy_all_up
+        ok = ratio <= HEADLINE_PARAMS and gap <= HEADLINE_GAP and keep >= HEADLINE_KEEP
+        row = (ok, -gap, f, ratio, gap, keep)
+        if best is None or row[:2] > best[:2]:
+            best = row
+    if best is None:
+        return Check("headline", False, None, "no 2-upstream family")
+    ok, _, f, ratio, gap, keep = best
+    singles = [g for g in cat if g.n == 1 and g.id != ref.id and g.params < ref.params]
+    stronger = max(singles, key=lambda g: g.accuracy_all_up, default=None)
+    caveat = ""
+    if stronger is not None and stronger.accuracy_all_up > ref.accuracy_all_up:
+        caveat = (
+            f"; CAVEAT: the reference ({ref.accuracy_all_up:.4f}) is less accurate than the smaller single "
+            f"model {stronger.id} ({stronger.accuracy_all_up:.4f}), so it is under-trained and this check is "
+            f"no evidence for the paper's claim"
+        )
+    return Check(
+        "headline",
+        ok,
+        f.id,
+        f"reference {ref.id}; params {f.params:,} = {ratio:.1%} of reference "
+        f"({ref.params:,}; needs <= {HEADLINE_PARAMS:.0%}); "
+        f"ensemble {f.accuracy_all_up:.4f} vs reference {ref.accuracy_all_up:.4f} "
+        f"(gap {gap * 100:+.2f} points; needs <= {HEADLINE_GAP * 100:.1f}); weaker single "
+        f"{f.weakest_single:.4f} = {keep:.1%} of ensemble (needs >= {HEADLINE_KEEP:.1%}){caveat}",
+    )
+
+
+def pairs(cat: Catalog) -> Check:
+    best = None
+    for f in cat:
+        if f.n != 3:
+            continue
+        worst = min(f.accuracy[subset_key(p)] for p in itertools.combinations(f.upstream_names, 2))
+        keep = worst / f.accuracy_all_up
+        if best is None or keep > best[0]:
+            best = (keep, f, worst)
+    if best is None:
+        return Check("pairs", False, None, "no 3-upstream family")
+    keep, f, worst = best
+    return Check(
+        "pairs",
+        keep >= PAIR_KEEP,
+        f.id,
+        f"worst pair {worst:.4f} = {keep:.1%} of all-up {f.accuracy_all_up:.4f} (needs >= {PAIR_KEEP:.0%})",
+    )
+
+
+def shared_vs_per_subset(cat: Catalog) -> list[str]:
+    """Rows comparing each shared-combiner family with per-subset families of the same upstreams."""
+    rows = []
+    for s in (f for f in cat if f.combiner_kind == "shared"):
+        shape = tuple(u.blocks for u in s.upstreams)
+        for p in cat:
+            if (
+                p.combiner_kind in ("fc", "cnn")
+                and tuple(u.blocks for u in p.upstreams) == shape
+                and p.dataset.get("name") == s.dataset.get("name")
+            ):
+                cb_s = sum(c.weight_bytes for c in s.combiners)
+                cb_p = sum(c.weight_bytes for c in p.combiners)
+                multi = [k for k in s.accuracy if "+" in k]
+                mean_s = sum(s.accuracy[k] for k in multi) / len(multi)
+                mean_p = sum(p.accuracy[k] for k in multi) / len(multi)
+                rows.append(
+                    f"{s.id} vs {p.id}: combiner bytes {cb_s:,} vs {cb_p:,} ({cb_s / cb_p:.2f}x); "
+                    f"all-up accuracy {s.accuracy_all_up:.4f} vs {p.accuracy_all_up:.4f}; mean over the "
+                    f"{len(multi)} multi-upstream subsets {mean_s:.4f} vs {mean_p:.4f}"
+                )
+    return rows

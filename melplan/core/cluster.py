@@ -1,0 +1,385 @@
+"""Edge clusters: servers, links and workload, validated from YAML (no torch).
+
+See docs/cluster.md for the file reference.  Links form a graph: with a ``default`` link every pair
+of servers is connected directly (overrides change single pairs); with ``default: null`` only the
+listed links exist and traffic takes multi-hop paths.  Path latency is the sum along the path of
+least latency; path bandwidth is the narrowest link on that path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from melplan.core.errors import ClusterError
+
+SERVER_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+DEFAULT_LINK = {"latency_ms": 1.0, "bandwidth_mbps": 1000.0}
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    memory_mb: float  # MiB available for model weights and activations
+    compute_gmacs: float  # sustained 10^9 multiply-adds per second
+    failure_prob: float  # probability of being down at a random instant
+    mtbf_h: float | None = None
+    mttr_h: float | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_mb * (1 << 20)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "memory_mb": self.memory_mb, "compute_gmacs": self.compute_gmacs}
+        if self.mtbf_h is not None:
+            d.update(mtbf_h=self.mtbf_h, mttr_h=self.mttr_h)
+        else:
+            d["failure_prob"] = self.failure_prob
+        if self.labels:
+            d["labels"] = dict(self.labels)
+        return d
+
+
+@dataclass(frozen=True)
+class Link:
+    latency_ms: float
+    bandwidth_mbps: float
+
+    def transfer_ms(self, nbytes: float) -> float:
+        """Latency plus serialisation time of ``nbytes`` over this link (0 on the same server;
+        infinite between servers that no path connects, e.g. after ``Cluster.without``)."""
+        if nbytes <= 0 or math.isinf(self.bandwidth_mbps):
+            return self.latency_ms
+        if self.bandwidth_mbps <= 0:
+            return math.inf
+        return self.latency_ms + nbytes * 8 / (self.bandwidth_mbps * 1e3)
+
+
+@dataclass(frozen=True)
+class Workload:
+    rate_rps: float
+    latency_slo_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    servers: tuple[Server, ...]
+    workload: Workload
+    default_link: Link | None = Link(**DEFAULT_LINK)
+    overrides: tuple[tuple[str, str, Link], ...] = ()
+    ingress: str | None = None
+    source: str | None = field(default=None, compare=False)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {s.name: i for i, s in enumerate(self.servers)}
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.servers]
+
+    def server(self, name: str) -> Server:
+        try:
+            return self.servers[self.index[name]]
+        except KeyError:
+            raise ClusterError(
+                f"unknown server '{name}'",
+                file=self.source,
+                field="servers",
+                fix=f"use one of: {', '.join(self.names[:10])}",
+            ) from None
+
+    def without(self, names: Iterable[str]) -> "Cluster":
+        """The same cluster with some servers removed (links and ingress kept where possible)."""
+        gone = set(names)
+        keep = tuple(s for s in self.servers if s.name not in gone)
+        ov = tuple(o for o in self.overrides if o[0] not in gone and o[1] not in gone)
+        ingress = self.ingress if self.ingress not in gone else None
+        return replace(self, servers=keep, overrides=ov, ingress=ingress)
+
+    def with_servers(self, servers: Iterable[Server]) -> "Cluster":
+        return replace(self, servers=tuple(self.servers) + tuple(servers))
+
+    def graph(self):
+        """The link graph as a networkx Graph (edge attributes latency_ms, bandwidth_mbps)."""
+        import networkx as nx
+
+        g = nx.Graph()
+        g.add_nodes_from(self.names)
+        if self.default_link is not None:
+            for i, a in enumerate(self.names):
+                for b in self.names[i + 1 :]:
+                    g.add_edge(
+                        a, b, latency_ms=self.default_link.latency_ms, bandwidth_mbps=self.default_link.bandwidth_mbps
+                    )
+        for a, b, link in self.overrides:
+            g.add_edge(a, b, latency_ms=link.latency_ms, bandwidth_mbps=link.bandwidth_mbps)
+        return g
+
+    @cached_property
+    def _paths(self):
+        """All-pairs least-latency paths (Floyd-Warshall in numpy) and their bottleneck bandwidth."""
+        import numpy as np
+
+        n = len(self.servers)
+        lat = np.full((n, n), np.inf)
+        bw = np.zeros((n, n))
+        if self.default_link is not None:
+            lat[:] = self.default_link.latency_ms
+            bw[:] = self.default_link.bandwidth_mbps
+        for a, b, link in self.overrides:
+            i, j = self.index[a], self.index[b]
+            lat[i, j] = lat[j, i] = link.latency_ms
+            bw[i, j] = bw[j, i] = link.bandwidth_mbps
+        np.fill_diagonal(lat, 0.0)
+        np.fill_diagonal(bw, np.inf)
+        for k in range(n):
+            via = lat[:, k : k + 1] + lat[k : k + 1, :]
+            better = via < lat - 1e-12
+            if better.any():
+                lat = np.where(better, via, lat)
+                bw = np.where(better, np.minimum(bw[:, k : k + 1], bw[k : k + 1, :]), bw)
+        return lat, bw
+
+    def path(self, a: str, b: str) -> Link:
+        """The best path between two servers (latency 0 and unlimited bandwidth when a == b)."""
+        lat, bw = self._paths
+        i, j = self.index[a], self.index[b]
+        return Link(float(lat[i, j]), float(bw[i, j]))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"servers": [s.to_dict() for s in self.servers]}
+        links: dict[str, Any] = {
+            "default": None
+            if self.default_link is None
+            else {"latency_ms": self.default_link.latency_ms, "bandwidth_mbps": self.default_link.bandwidth_mbps}
+        }
+        if self.overrides:
+            links["overrides"] = [
+                {"between": [a, b], "latency_ms": ln.latency_ms, "bandwidth_mbps": ln.bandwidth_mbps}
+                for a, b, ln in self.overrides
+            ]
+        d["links"] = links
+        if self.ingress:
+            d["ingress"] = self.ingress
+        w: dict[str, Any] = {"rate_rps": self.workload.rate_rps}
+        if self.workload.latency_slo_ms is not None:
+            w["latency_slo_ms"] = self.workload.latency_slo_ms
+        d["workload"] = w
+        return d
+
+
+# -- loading and validation ------------------------------------------------------------------
+
+
+def load_cluster(path: str | os.PathLike) -> Cluster:
+    """Read and validate a cluster YAML file; raises ClusterError naming file, field and fix."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot read the file ({exc.strerror})", file=str(path), fix="check the path given to --servers"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ClusterError(
+            f"not valid YAML{where} ({problem})",
+            file=str(path),
+            fix="repair the YAML syntax (indentation, colons, brackets)",
+        ) from None
+    return parse_cluster(data, source=str(path))
+
+
+def parse_cluster(data: Any, *, source: str | None = None) -> Cluster:
+    def fail(fld: str, message: str, fix: str) -> None:
+        raise ClusterError(message, file=source, field=fld, fix=fix)
+
+    def mapping(value: Any, fld: str, allowed: set[str]) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            fail(fld, f"expected a mapping, got {type(value).__name__}", "write it as 'key: value' lines")
+        unknown = sorted(str(k) for k in value if k not in allowed)
+        if unknown:
+            fail(
+                f"{fld}.{unknown[0]}" if fld else unknown[0],
+                f"unknown key(s) {unknown}",
+                f"remove them or use one of: {', '.join(sorted(allowed))}",
+            )
+        return value
+
+    def number(
+        obj: Mapping[str, Any],
+        key: str,
+        fld: str,
+        *,
+        low: float,
+        low_open: bool = False,
+        high: float | None = None,
+        high_open: bool = False,
+        required: bool = True,
+    ):
+        if key not in obj or obj[key] is None:
+            if required:
+                fail(f"{fld}.{key}", "missing", f"add '{key}'")
+            return None
+        v = obj[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            fail(f"{fld}.{key}", f"expected a number, got {v!r}", f"set '{key}' to a number")
+        bad_low = v <= low if low_open else v < low
+        bad_high = high is not None and (v >= high if high_open else v > high)
+        if bad_low or bad_high:
+            lo = f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
+            fail(f"{fld}.{key}", f"must be {lo}{hi}, got {v!r}", f"set '{key}' to a value {lo}{hi}")
+        return float(v)
+
+    if data is None:
+        fail("servers", "the file is empty", "list at least one server under 'servers:'")
+    top = mapping(data, "", {"servers", "links", "ingress", "workload"})
+    raw = top.get("servers")
+    if not isinstance(raw, list) or not raw:
+        fail(
+            "servers", "expected a non-empty list of servers", "add 'servers:' with one '- name: ...' entry per server"
+        )
+    servers: list[Server] = []
+    seen: set[str] = set()
+    for i, s in enumerate(raw):
+        fld = f"servers[{i}]"
+        s = mapping(s, fld, {"name", "memory_mb", "compute_gmacs", "failure_prob", "mtbf_h", "mttr_h", "labels"})
+        name = s.get("name")
+        if not isinstance(name, str) or not SERVER_NAME_RE.match(name):
+            fail(
+                f"{fld}.name",
+                f"invalid server name {name!r}",
+                "use 1-63 lower-case letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
+            )
+        if name in seen:
+            fail(f"{fld}.name", f"duplicate server name '{name}'", "give every server a unique name")
+        seen.add(name)
+        fld = f"servers[{i}] ({name})"
+        memory = number(s, "memory_mb", fld, low=0, low_open=True)
+        compute = number(s, "compute_gmacs", fld, low=0, low_open=True)
+        has_p = s.get("failure_prob") is not None
+        has_m = s.get("mtbf_h") is not None or s.get("mttr_h") is not None
+        if has_p and has_m:
+            fail(
+                f"{fld}.failure_prob",
+                "both failure_prob and mtbf_h/mttr_h are given",
+                "give either failure_prob or mtbf_h with mttr_h, not both",
+            )
+        mtbf = mttr = None
+        if has_m:
+            mtbf = number(s, "mtbf_h", fld, low=0, low_open=True)
+            mttr = number(s, "mttr_h", fld, low=0)
+            prob = mttr / (mtbf + mttr)
+        elif has_p:
+            prob = number(s, "failure_prob", fld, low=0, high=1, high_open=True)
+        else:
+            fail(
+                f"{fld}.failure_prob",
+                "missing",
+                "add 'failure_prob' (a probability in [0, 1)) or 'mtbf_h' and 'mttr_h'",
+            )
+        labels = s.get("labels") or {}
+        if not isinstance(labels, Mapping):
+            fail(f"{fld}.labels", "expected a mapping", "write labels as 'key: value' pairs, e.g. {zone: north}")
+        servers.append(Server(name, memory, compute, prob, mtbf, mttr, {str(k): str(v) for k, v in labels.items()}))
+
+    default: Link | None = Link(**DEFAULT_LINK)
+    overrides: list[tuple[str, str, Link]] = []
+    if "links" in top and top["links"] is not None:
+        links = mapping(top["links"], "links", {"default", "overrides"})
+        if "default" in links:
+            if links["default"] is None:
+                default = None
+            else:
+                d = mapping(links["default"], "links.default", {"latency_ms", "bandwidth_mbps"})
+                default = Link(
+                    number(d, "latency_ms", "links.default", low=0),
+                    number(d, "bandwidth_mbps", "links.default", low=0, low_open=True),
+                )
+        ov = links.get("overrides") or []
+        if not isinstance(ov, list):
+            fail(
+                "links.overrides",
+                "expected a list",
+                "write '- {between: [a, b], latency_ms: 2, bandwidth_mbps: 100}' items",
+            )
+        pairs: set[frozenset[str]] = set()
+        for i, o in enumerate(ov):
+            fld = f"links.overrides[{i}]"
+            o = mapping(o, fld, {"between", "latency_ms", "bandwidth_mbps"})
+            between = o.get("between")
+            if not isinstance(between, list) or len(between) != 2 or between[0] == between[1]:
+                fail(
+                    f"{fld}.between",
+                    f"expected two different server names, got {between!r}",
+                    "write 'between: [edge-a, edge-b]'",
+                )
+            for b in between:
+                if b not in seen:
+                    fail(
+                        f"{fld}.between",
+                        f"link to unknown server {b!r}",
+                        f"use server names from 'servers' ({', '.join(sorted(seen)[:8])})",
+                    )
+            pair = frozenset(between)
+            if pair in pairs:
+                fail(f"{fld}.between", f"link {between[0]}-{between[1]} is listed twice", "keep one entry per pair")
+            pairs.add(pair)
+            base = default or Link(**DEFAULT_LINK)
+            lat = number(o, "latency_ms", fld, low=0, required=default is None)
+            bw = number(o, "bandwidth_mbps", fld, low=0, low_open=True, required=default is None)
+            overrides.append(
+                (
+                    between[0],
+                    between[1],
+                    Link(base.latency_ms if lat is None else lat, base.bandwidth_mbps if bw is None else bw),
+                )
+            )
+
+    ingress = top.get("ingress")
+    if ingress is not None and ingress not in seen:
+        fail("ingress", f"unknown server {ingress!r}", "name one of the servers, or drop 'ingress'")
+
+    if "workload" not in top or top["workload"] is None:
+        fail("workload", "missing", "add 'workload: {rate_rps: 50}' (requests per second; latency_slo_ms optional)")
+    w = mapping(top["workload"], "workload", {"rate_rps", "latency_slo_ms"})
+    workload = Workload(
+        number(w, "rate_rps", "workload", low=0, low_open=True),
+        number(w, "latency_slo_ms", "workload", low=0, low_open=True, required=False),
+    )
+
+    cluster = Cluster(tuple(servers), workload, default, tuple(overrides), ingress, source)
+    if default is None and len(servers) > 1:
+        import numpy as np
+
+        lat, _ = cluster._paths
+        cut = [cluster.names[j] for j in range(len(servers)) if math.isinf(lat[0, j])]
+        if cut:
+            fail(
+                "links",
+                f"servers {cut[:5]} cannot be reached from {servers[0].name} (default is null)",
+                "add overrides that connect every server, or set a default link",
+            )
+        del np
+    return cluster
+
+
+def dump_cluster_yaml(cluster: Cluster) -> str:
+    import yaml
+
+    return yaml.safe_dump(cluster.to_dict(), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,156 @@
+"""Local repair: re-place only what a failure displaced, keeping everything else where it runs.
+
+A fast alternative to the ILP for the selector's re-plans (``RuntimeSelector(...,
+replanner=repair_replanner())``, ``melplan simulate --replanner repair``).  Given the running
+placement and the cluster without the excluded servers:
+
+* every component with a replica on an available server stays there;
+* each upstream whose server is gone, and each lost combiner replica, is placed in turn (upstreams
+  first, then combiners by the accuracy of the best subset they serve) on the available server
+  that maximises the plan's exact expected accuracy (:mod:`melplan.core.evaluate`), among servers with
+  the memory and compute left (compute at the workload rate), no other upstream for an upstream,
+  and every answering path within the SLO; ties go to the more reliable, then faster server;
+* a combiner replica that fits nowhere is dropped (its subsets may still be served elsewhere); an
+  upstream that fits nowhere raises :class:`InfeasiblePlanError`.
+
+It moves the minimum (only displaced components start), is greedy rather than optimal, and never
+moves anything back after a recovery: use the ILP replanner for that.  Cost: one exact evaluation
+per (displaced component, candidate server), milliseconds each for plans on a few servers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping, Sequence
+
+from melplan.core.catalog import Family, subset_key
+from melplan.core.cluster import Cluster
+from melplan.core.errors import InfeasiblePlanError
+from melplan.core.evaluate import RouteTable, best_accuracy_by_state, evaluate_placement
+from melplan.core.plan import Plan
+
+
+def expected_accuracy(family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster) -> tuple[float, float]:
+    """(exact expected accuracy, worst latency in ms over the paths of subsets with accuracy > 0)
+    of a placement, with independent failures."""
+    import numpy as np
+
+    table = RouteTable(family, placement, cluster)
+    best = best_accuracy_by_state(table)
+    m = len(table.used)
+    states = np.arange(1 << m, dtype=np.int64)
+    prob = np.ones(1 << m)
+    for i, s in enumerate(table.used):
+        p = cluster.server(s).failure_prob
+        prob *= np.where((states >> i) & 1 == 1, 1.0 - p, p)
+    worst = max((lat for _, acc, _, reps in table.options if acc > 0 for lat, _, _ in reps), default=0.0)
+    return float(np.dot(prob, best)), worst
+
+
+def repair_placement(
+    family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster
+) -> dict[str, tuple[str, ...]]:
+    """The repaired placement on ``cluster`` (the available servers).  Raises InfeasiblePlanError."""
+    avail = set(cluster.names)
+    new: dict[str, list[str]] = {c: [s for s in servers if s in avail] for c, servers in placement.items()}
+    rate = cluster.workload.rate_rps
+    slo = cluster.workload.latency_slo_ms
+    mem: dict[str, float] = {s: 0.0 for s in cluster.names}
+    gmacs: dict[str, float] = {s: 0.0 for s in cluster.names}
+    for comp, servers in new.items():
+        c = family.component(comp)
+        for s in servers:
+            mem[s] += c.memory_bytes
+            gmacs[s] += c.macs * rate / 1e9
+    slots: list[str] = [u for u in family.upstream_names if not new.get(u)]
+    slots.sort(key=lambda u: -family.accuracy[u])
+    comb_slots = []
+    for c in family.combiners:
+        lost = len(placement.get(c.name, ())) - len(new.get(c.name, ()))
+        best_served = max(family.accuracy[subset_key(s)] for s in c.serves)
+        comb_slots += [(-best_served, c.name)] * lost
+    slots += [name for _, name in sorted(comb_slots)]
+    order = sorted(cluster.servers, key=lambda s: (s.failure_prob, -s.compute_gmacs, s.name))
+    for comp in slots:
+        c = family.component(comp)
+        is_up = comp in family.upstream_names
+        hosts = {new[u][0] for u in family.upstream_names if new.get(u)}
+        best: tuple[float, str] | None = None
+        for srv in order:
+            s = srv.name
+            if mem[s] + c.memory_bytes > srv.memory_bytes or gmacs[s] + c.macs * rate / 1e9 > srv.compute_gmacs:
+                continue
+            if (is_up and s in hosts) or s in new.get(comp, ()):
+                continue
+            trial = {k: tuple(v) for k, v in new.items() if v}
+            trial[comp] = tuple(new.get(comp, ())) + (s,)
+            score, worst = _score(family, trial, cluster)
+            if slo is not None and worst > slo + 1e-9:
+                continue
+            if best is None or score > best[0] + 1e-12:
+                best = (score, s)
+        if best is None:
+            if is_up:
+                raise InfeasiblePlanError(
+                    f"no available server can take upstream {comp} of {family.id} "
+                    "(memory, compute, anti-affinity or SLO)",
+                    field="servers",
+                    fix="bring servers back or add capacity; the ILP replanner may find a placement that moves more",
+                )
+            continue
+        s = best[1]
+        new.setdefault(comp, []).append(s)
+        mem[s] += c.memory_bytes
+        gmacs[s] += c.macs * rate / 1e9
+    order_names = list(family.upstream_names) + [c.name for c in family.combiners]
+    return {k: tuple(new[k]) for k in order_names if new.get(k)}
+
+
+def _score(family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster) -> tuple[float, float]:
+    """Expected accuracy with upstreams not yet placed treated as never up."""
+    missing = [u for u in family.upstream_names if not placement.get(u)]
+    if not missing:
+        return expected_accuracy(family, placement, cluster)
+    # subsets that need a missing upstream score 0 (so their paths are not checked against the SLO);
+    # the missing upstreams sit on any server, which changes nothing else
+    from dataclasses import replace
+
+    acc = {k: (0.0 if any(u in k.split("+") for u in missing) else v) for k, v in family.accuracy.items()}
+    ghost = cluster.servers[0].name
+    filled = dict(placement)
+    for u in missing:
+        filled[u] = (ghost,)
+    return expected_accuracy(replace(family, accuracy=acc), filled, cluster)
+
+
+def repair_replanner():
+    """A :data:`melplan.runtime.selector.Replanner` that repairs the running placement (see the module)."""
+    from melplan.runtime.selector import ReplanRequest
+
+    def replan(request: ReplanRequest) -> Plan:
+        started = time.perf_counter()
+        family = request.current_family
+        placement = repair_placement(family, request.current.placement, request.cluster)
+        ev = evaluate_placement(family, placement, request.cluster)
+        extra = dict(request.current.extra)
+        extra["repair"] = {"from_generation_of": request.current.family, "excluded": list(request.excluded)}
+        return Plan(
+            family=family.id,
+            placement=placement,
+            objective=request.current.objective,
+            expected_accuracy=round(ev.expected_accuracy, 10),
+            accuracy_all_up=ev.accuracy_all_up,
+            worst_case_accuracy={k: round(v, 10) for k, v in ev.worst_case_accuracy.items()},
+            fallback=tuple(ev.fallback),
+            solver={
+                "name": "repair",
+                "status": "feasible",
+                "gap": None,
+                "wall_s": round(time.perf_counter() - started, 4),
+            },
+            servers=ev.servers,
+            latency_ms=ev.latency_ms,
+            extra=extra,
+        )
+
+    return replan

