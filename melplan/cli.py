@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "select": ("select_cmd", "select", "Show the route that answers when some servers are down."),
     "simulate": ("simulate_cmd", "simulate", "Replay failures against a plan and the usual baselines."),
     "export": ("export_cmd", "export", "Write deployable manifests (JSON, YAML, Kubernetes) for a plan."),
+    "serve": ("serve_cmd", "serve", "Serve a plan: component processes and an Open Inference Protocol gateway."),
 }
 
 

@@ -79,7 +79,16 @@ class Dataset:
             "train_samples": len(self.train),
             "input_shape": [3, 32, 32],
             "source": self.source,
+            "preprocessing": self.preprocessing,
         }
+
+    @property
+    def preprocessing(self) -> dict:
+        """What :func:`to_input` does, as the catalog's ``dataset.preprocessing`` record (serving applies it)."""
+        from melplan.core.preprocessing import image_record
+
+        c, h, w = (int(d) for d in self.test.images.shape[1:])
+        return image_record(raw_channels=c, raw_size=(h, w), mean=self.mean, std=self.std, size=(32, 32), channels=3)
 
 
 DATASETS = ("fashion-mnist", "mnist5k", "cifar100")

@@ -1,0 +1,627 @@
+"""The gateway: one Open Inference Protocol model (the plan's family id) in front of the component
+servers, with the :class:`~melplan.runtime.selector.RuntimeSelector` inside (no torch).
+
+A request's ``input`` is raw pixels (``UINT8 [N, H, W]`` or ``[N, C, H, W]``, preprocessed here as
+the catalog entry's ``dataset.preprocessing`` says) or ``FP32`` already in the model's input shape.
+The gateway sends it to the upstreams of the current route in parallel, the upstreams' features to
+the route's combiner, and answers ``label`` (``INT64 [N]``) and ``probabilities`` (``FP32 [N,
+classes]``) with the response parameters ``subset``, ``servers`` (comma-separated), ``degraded``
+and ``accuracy`` (the catalog's accuracy of the answering subset).
+
+Failures, in band (Envoy's outlier detection): a call that fails or misses its deadline marks its
+server down in the selector at once, and the same request continues on the new route, reusing what
+already replied (an upstream's exit answers alone; the features it sent are kept for the next
+combiner), until the deadline; at the deadline the best subset that did reply answers.  Out of band:
+a heartbeat checks every component's ``/v2/health/ready`` (default every 50 ms) so idle failures are
+seen too.  A server comes back only when all its components report ready and its ejection time (it
+doubles with each failure within a minute, from 0.25 s up to 8 s) has passed; components that never
+reported ready (starting, or started by a re-plan) count as down for routing without being failures.
+
+Data path: the gateway is a hub.  Features travel upstream -> gateway -> combiner, while the
+planner's latency model (:func:`melplan.core.evaluate.path_latency_ms`) assumes they go from each
+upstream straight to the combiner (ingress -> upstreams -> combiner -> ingress).  With the gateway
+at the ingress, the hub adds one hop per upstream (upstream -> ingress -> combiner instead of
+upstream -> combiner); on one machine every link is loopback.  :meth:`Gateway.latency_report`
+prints both side by side (see docs/serve.md).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from melplan.core.catalog import Family
+from melplan.core.cluster import Cluster
+from melplan.core.plan import Plan
+from melplan.core.preprocessing import ImagePreprocessing, from_record
+from melplan.runtime.selector import ReplanResult, Route, RuntimeSelector
+from melplan.serve.client import CallFailed, ComponentClient
+from melplan.serve.protocol import ProtocolError, TensorSpec, decode_request, encode_response
+
+DEFAULT_TIMEOUT_MS = 1000.0
+DEFAULT_HEARTBEAT_MS = 50.0
+DEFAULT_MAX_BATCH = 256
+EJECT_BASE_S = 0.25
+EJECT_MAX_S = 8.0
+EJECT_WINDOW_S = 60.0
+LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    component: str
+    server: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    probabilities: np.ndarray
+    subset: str
+    servers: tuple[str, ...]
+    accuracy: float
+    degraded: bool
+    path_s: float
+    attempts: int
+
+
+class _Metrics:
+    """Prometheus metrics of one gateway (its own registry, so several gateways can share a process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "melplan_requests", "Answered requests by answering subset", ["subset", "degraded"], registry=r
+        )
+        self.errors = Counter("melplan_request_errors", "Requests answered with an error", ["status"], registry=r)
+        self.latency = Histogram(
+            "melplan_request_latency_seconds",
+            "Gateway latency from request body read to response ready",
+            ["degraded"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.path = Histogram(
+            "melplan_path_latency_seconds",
+            "Component path latency (first upstream call to the answer) by answering subset",
+            ["subset"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.route_changes = Counter("melplan_route_changes", "Route changes of the runtime selector", registry=r)
+        self.fallbacks = Counter(
+            "melplan_in_request_fallbacks", "Requests answered after a component call failed", registry=r
+        )
+        self.call_failures = Counter(
+            "melplan_component_call_failures", "Failed component calls", ["component", "server"], registry=r
+        )
+        self.component_up = Gauge(
+            "melplan_component_up",
+            "1 when the component reported ready and its server is up",
+            ["component", "server"],
+            registry=r,
+        )
+        self.replans = Counter("melplan_replans", "Re-plans applied", registry=r)
+
+
+class Gateway:
+    """The gateway's model side (an :class:`~melplan.serve.httpserver.OIPApp`).
+
+    ``endpoints``: the component servers, one per placed (component, server) replica.  ``cluster``
+    enables latencies and re-planning (policy ``replan-after``); without it the selector only fails
+    over.  ``on_replan`` receives each applied :class:`ReplanResult` (the launcher starts and stops
+    processes from its actions and calls :meth:`set_endpoint` / :meth:`remove_endpoint`).
+
+    Raises the selector's :class:`~melplan.core.errors.PlanFileError` when plan and family disagree.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        family: Family,
+        endpoints: Iterable[Endpoint],
+        *,
+        cluster: Cluster | None = None,
+        policy: str | None = None,
+        timeout_ms: float = DEFAULT_TIMEOUT_MS,
+        heartbeat_ms: float = DEFAULT_HEARTBEAT_MS,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        workers: int = 32,
+        on_replan: Callable[[ReplanResult], Any] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.family = family
+        self.model = family.id
+        self.timeout_s = timeout_ms / 1e3
+        self.heartbeat_s = heartbeat_ms / 1e3
+        self.max_batch = max_batch
+        self.metrics = _Metrics()
+        self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._lock = threading.RLock()
+        self._endpoints: dict[tuple[str, str], Endpoint] = {}
+        self._ever_ready: set[tuple[str, str]] = set()
+        self._ready_now: set[tuple[str, str]] = set()
+        self._eject_until: dict[str, float] = {}
+        self._ejections: dict[str, deque[float]] = {}
+        self._pending: frozenset[str] = frozenset()
+        self._on_replan = on_replan
+        self.selector = RuntimeSelector(
+            plan,
+            family,
+            cluster,
+            policy=policy,
+            on_route_change=lambda rec: self.metrics.route_changes.inc(),
+            on_replan=self._replanned,
+        )
+        self._upstreams = set(family.upstream_names)
+        try:
+            self.preprocessing: ImagePreprocessing | None = from_record(
+                family.dataset.get("preprocessing"), source=family.source
+            )
+        except Exception:
+            self.preprocessing = None  # raw input refused with a 400 naming the missing record
+        self.input_shape = tuple(int(x) for x in family.dataset.get("input_shape", [3, 32, 32]))
+        self.num_classes = int(family.dataset.get("num_classes", 10))
+        self._client = ComponentClient()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="melplan-call")
+        self._hb_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="melplan-heartbeat")
+        self._paths: dict[str, deque[float]] = {}
+        self._totals: dict[str, deque[float]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        for e in endpoints:
+            self._endpoints[(e.component, e.server)] = e
+        self._refresh_pending()
+        self._spec = TensorSpec("input", ("UINT8", "FP32"), None)
+
+    # -- endpoints and health ---------------------------------------------------------------------
+    def set_endpoint(self, endpoint: Endpoint) -> None:
+        """Add or move a component replica; it routes only once it reports ready."""
+        key = (endpoint.component, endpoint.server)
+        with self._lock:
+            self._endpoints[key] = endpoint
+            self._ever_ready.discard(key)
+            self._ready_now.discard(key)
+            self._refresh_pending()
+
+    def remove_endpoint(self, component: str, server: str) -> None:
+        with self._lock:
+            key = (component, server)
+            self._endpoints.pop(key, None)
+            self._ever_ready.discard(key)
+            self._ready_now.discard(key)
+            try:
+                self.metrics.component_up.remove(component, server)
+            except KeyError:
+                pass
+            self._refresh_pending()
+
+    def endpoints(self) -> list[Endpoint]:
+        with self._lock:
+            return list(self._endpoints.values())
+
+    def _placed(self) -> list[tuple[str, str]]:
+        return [(c, s) for c, servers in self.selector.plan.placement.items() for s in servers]
+
+    def _refresh_pending(self) -> None:
+        """Servers with a placed component that has not reported ready since it (re)started."""
+        with self._lock:
+            self._pending = frozenset(
+                s for c, s in self._placed() if (c, s) not in self._endpoints or (c, s) not in self._ever_ready
+            )
+
+    def route(self) -> Route:
+        pending = self._pending
+        if not pending:
+            return self.selector.route()
+        return self.selector.route_for(self.selector.down | pending)
+
+    def _failed(self, server: str, component: str, exc: CallFailed) -> None:
+        self.metrics.call_failures.labels(component, server).inc()
+        if not exc.server_fault:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._ready_now.discard((component, server))
+            hist = self._ejections.setdefault(server, deque())
+            while hist and hist[0] < now - EJECT_WINDOW_S:
+                hist.popleft()
+            if server in self.selector.down:
+                return
+            hist.append(now)
+            self._eject_until[server] = now + min(EJECT_MAX_S, EJECT_BASE_S * 2 ** (len(hist) - 1))
+            self.selector.mark_down(server)
+            for c, s in self._placed():
+                if s == server:
+                    self.metrics.component_up.labels(c, s).set(0)
+        self._log(f"melplan gateway: {component}@{server} failed ({exc.reason}); {server} marked down")
+
+    def heartbeat_once(self) -> None:
+        """Check every placed component's readiness once and update the selector."""
+        with self._lock:
+            eps = [self._endpoints[k] for k in self._placed() if k in self._endpoints]
+        timeout = max(0.05, min(0.5, 4 * self.heartbeat_s))
+        futures = [(e, self._hb_pool.submit(self._client.ready, e.url, timeout=timeout)) for e in eps]
+        results = {(e.component, e.server): f.result() for e, f in futures}
+        now = time.monotonic()
+        by_server: dict[str, list[bool]] = {}
+        changed = False
+        with self._lock:
+            for key, ok in results.items():
+                if key not in self._endpoints:
+                    continue
+                if ok:
+                    if key not in self._ever_ready:
+                        self._ever_ready.add(key)
+                        changed = True
+                    self._ready_now.add(key)
+                else:
+                    self._ready_now.discard(key)
+                by_server.setdefault(key[1], []).append(ok)
+            if changed:
+                self._refresh_pending()
+            down = self.selector.down
+            for server, oks in by_server.items():
+                if not all(oks) and server not in down and server not in self._pending:
+                    self._failed(server, "heartbeat", CallFailed(server, "heartbeat: not ready"))
+                elif all(oks) and server in down and now >= self._eject_until.get(server, 0.0):
+                    self.selector.mark_up(server)
+                    self._log(f"melplan gateway: {server} ready again; back in the route")
+            down = self.selector.down
+            for c, s in self._placed():
+                up = (c, s) in self._ready_now and s not in down
+                self.metrics.component_up.labels(c, s).set(1 if up else 0)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                self.heartbeat_once()
+            except Exception as exc:  # keep heartbeating whatever happens
+                self._log(f"melplan gateway: heartbeat error {exc!r}")
+            self._stop.wait(max(0.0, self.heartbeat_s - (time.monotonic() - t)))
+
+    def _control_loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.selector.tick()
+            except Exception as exc:
+                self._log(f"melplan gateway: re-plan error {exc!r}")
+
+    def _replanned(self, result: ReplanResult) -> None:
+        self.metrics.replans.inc()
+        self._refresh_pending()
+        self._log(
+            "melplan gateway: re-plan applied ("
+            + result.reason
+            + "): "
+            + (", ".join(str(a) for a in result.actions) or "no actions")
+        )
+        if self._on_replan is not None:
+            self._on_replan(result)
+
+    def start(self) -> None:
+        for target in (self._heartbeat_loop, self._control_loop):
+            t = threading.Thread(target=target, daemon=True, name=f"melplan-{target.__name__}")
+            t.start()
+            self._threads.append(t)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._hb_pool.shutdown(wait=False, cancel_futures=True)
+
+    def wait_ready(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.ready():
+                return True
+            time.sleep(0.05)
+        return self.ready()
+
+    # -- the request path -------------------------------------------------------------------------
+    def _call(self, ep: Endpoint, inputs: Mapping[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
+        outs, _ = self._client.infer(ep.url, ep.component, inputs, timeout=deadline - time.monotonic())
+        return outs
+
+    def _call_many(
+        self, eps: Sequence[Endpoint], inputs: Mapping[str, np.ndarray], deadline: float
+    ) -> list[dict[str, np.ndarray] | CallFailed]:
+        def one(ep: Endpoint) -> dict[str, np.ndarray] | CallFailed:
+            try:
+                return self._call(ep, inputs, deadline)
+            except CallFailed as exc:
+                return exc
+
+        futures = [self._pool.submit(one, ep) for ep in eps[1:]]
+        results = [one(eps[0])]
+        for f in futures:
+            try:
+                results.append(f.result(timeout=max(0.0, deadline - time.monotonic()) + 0.05))
+            except Exception:
+                results.append(CallFailed("", "no answer before the deadline"))
+        return results
+
+    def answer(self, x: np.ndarray, deadline: float) -> Answer:
+        """Answer a preprocessed batch through the best route, failing over inside the request.
+        Raises ProtocolError(503) when no subset can answer."""
+        t0 = time.monotonic()
+        have: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+        failed: set[str] = set()
+        attempts = 0
+        while time.monotonic() < deadline and attempts < 2 * len(self._placed()) + 2:
+            attempts += 1
+            route = self.route()
+            if failed & set(route.servers):
+                route = self.selector.route_for(self.selector.down | self._pending | failed)
+            if route.down:
+                break
+            ups = [(c, s) for c, s in route.components if c in self._upstreams]
+            need = []
+            for c, s in ups:
+                if c in have:
+                    continue
+                ep = self._endpoints.get((c, s))
+                if ep is None:
+                    failed.add(s)
+                    continue
+                need.append(ep)
+            if len(need) + sum(1 for c, _ in ups if c in have) < len(ups):
+                continue
+            if need:
+                bad = False
+                for ep, res in zip(need, self._call_many(need, {"input": x}, deadline)):
+                    if isinstance(res, CallFailed):
+                        self._failed(ep.server, ep.component, res)
+                        failed.add(ep.server)
+                        bad = True
+                    else:
+                        have[ep.component] = (res["probabilities"], res["features"], ep.server)
+                if bad:
+                    continue
+            servers = tuple(dict.fromkeys(have[c][2] for c, _ in ups))
+            if route.combiner is None:
+                c = ups[0][0]
+                return self._done(have[c][0], route.answer or c, servers, t0, attempts)
+            ep = self._endpoints.get((route.combiner, route.combiner_server or ""))
+            if ep is None:
+                failed.add(route.combiner_server or "")
+                continue
+            members = (route.answer or "").split("+")
+            try:
+                outs = self._call(ep, {m: have[m][1] for m in members}, deadline)
+            except CallFailed as exc:
+                self._failed(ep.server, ep.component, exc)
+                failed.add(ep.server)
+                continue
+            return self._done(outs["probabilities"], route.answer or "", servers + (ep.server,), t0, attempts)
+        if have:  # the deadline passed or nothing else is servable: the best upstream that replied
+            best = max(have, key=lambda u: self.family.accuracy.get(u, 0.0))
+            return self._done(have[best][0], best, (have[best][2],), t0, attempts)
+        raise ProtocolError("no subset of the ensemble can answer: every route's servers are down or late", 503)
+
+    def _done(self, probs: np.ndarray, key: str, servers: tuple[str, ...], t0: float, attempts: int) -> Answer:
+        path_s = time.monotonic() - t0
+        acc = float(self.family.accuracy.get(key, 0.0))
+        degraded = acc < self.selector.route().accuracy_all_up - 1e-9
+        if attempts > 1:
+            self.metrics.fallbacks.inc()
+        self.metrics.path.labels(key).observe(path_s)
+        with self._lock:
+            self._paths.setdefault(key, deque(maxlen=20000)).append(path_s)
+        return Answer(probs, key, servers, acc, degraded, path_s, attempts)
+
+    def _input(self, body: bytes, header_length: str | None) -> tuple[np.ndarray, Any]:
+        req = decode_request(body, header_length, [self._spec], outputs=("label", "probabilities"))
+        x = req.inputs["input"]
+        if x.ndim < 1 or x.shape[0] < 1:
+            raise ProtocolError("input 'input' needs a batch of at least one")
+        if x.shape[0] > self.max_batch:
+            raise ProtocolError(f"batch of {x.shape[0]} is over the gateway's limit of {self.max_batch}")
+        if req.datatypes["input"] == "FP32":
+            if tuple(x.shape[1:]) != self.input_shape:
+                want = ", ".join(map(str, self.input_shape))
+                raise ProtocolError(
+                    f"FP32 input 'input' has shape {list(x.shape)}; expected [N, {want}] (or send raw UINT8 pixels)"
+                )
+            if not np.isfinite(x).all():
+                raise ProtocolError("FP32 input 'input' holds NaN or infinity")
+            return np.ascontiguousarray(x, dtype=np.float32), req
+        if self.preprocessing is None:
+            raise ProtocolError(
+                f"family {self.model} records no dataset.preprocessing, so raw UINT8 input cannot be served; "
+                f"send FP32 [N, {', '.join(map(str, self.input_shape))}]"
+            )
+        pp = self.preprocessing
+        if not pp.accepts(tuple(int(d) for d in x.shape)):
+            raise ProtocolError(
+                f"UINT8 input 'input' has shape {list(x.shape)}; expected [N, {pp.raw_size[0]}, {pp.raw_size[1]}] "
+                f"or [N, {pp.raw_channels}, {pp.raw_size[0]}, {pp.raw_size[1]}]"
+            )
+        return pp.apply(x), req
+
+    # -- OIPApp -----------------------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Every placed component loaded and answering, none of their servers down."""
+        with self._lock:
+            placed = self._placed()
+            return all(k in self._ready_now for k in placed) and not (self.selector.down & {s for _, s in placed})
+
+    def server_metadata(self) -> dict[str, Any]:
+        from melplan import __version__
+
+        return {"name": "melplan-gateway", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    def _check(self, model: str) -> None:
+        if model != self.model:
+            raise ProtocolError(f"unknown model '{model}'; this gateway serves '{self.model}'", 404)
+
+    def model_metadata(self, model: str) -> dict[str, Any]:
+        self._check(model)
+        pp = self.preprocessing
+        inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}]
+        if pp is not None:
+            inputs.insert(0, {"name": "input", "datatype": "UINT8", "shape": [-1, *pp.raw_size]})
+        r = self.route()
+        return {
+            "name": self.model,
+            "versions": ["1"],
+            "platform": "melplan/mel-ensemble",
+            "inputs": inputs,
+            "outputs": [
+                {"name": "label", "datatype": "INT64", "shape": [-1]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, self.num_classes]},
+            ],
+            "parameters": {
+                "subset": r.answer or "",
+                "servers": ",".join(r.servers),
+                "accuracy": r.accuracy,
+                "degraded": r.degraded,
+                "down": ",".join(sorted(self.selector.down)),
+            },
+        }
+
+    def model_ready(self, model: str) -> bool:
+        self._check(model)
+        return self.ready()
+
+    def infer(self, model: str, body: bytes, header_length: str | None) -> tuple[bytes, dict[str, str]]:
+        t0 = time.monotonic()
+        try:
+            self._check(model)
+            x, req = self._input(body, header_length)
+            timeout = self.timeout_s
+            given = req.parameters.get("timeout")  # Triton's request timeout, in microseconds
+            if isinstance(given, (int, float)) and not isinstance(given, bool) and given > 0:
+                timeout = min(timeout, given / 1e6)
+            ans = self.answer(x, t0 + timeout)
+        except ProtocolError as exc:
+            self.metrics.errors.labels(str(exc.status)).inc()
+            raise
+        probs = np.asarray(ans.probabilities, dtype=np.float32)
+        outputs = {"label": probs.argmax(1).astype(np.int64), "probabilities": probs}
+        body_out, headers = encode_response(
+            self.model,
+            outputs,
+            request=req,
+            parameters={
+                "subset": ans.subset,
+                "servers": ",".join(ans.servers),
+                "degraded": ans.degraded,
+                "accuracy": ans.accuracy,
+            },
+        )
+        total = time.monotonic() - t0
+        self.metrics.requests.labels(ans.subset, str(ans.degraded).lower()).inc()
+        self.metrics.latency.labels(str(ans.degraded).lower()).observe(total)
+        with self._lock:
+            self._totals.setdefault(ans.subset, deque(maxlen=20000)).append(total)
+        return body_out, headers
+
+    def extra_get(self, path: str) -> tuple[int, str, bytes] | None:
+        if path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+        if path == "/melplan/status":
+            return 200, "application/json", json.dumps(self.status()).encode()
+        return None
+
+    # -- reports ----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        r = self.route()
+        return {
+            "model": self.model,
+            "route": r.to_dict(),
+            "down": sorted(self.selector.down),
+            "pending": sorted(self._pending),
+            "placement": {k: list(v) for k, v in self.selector.plan.placement.items()},
+            "latency": self.latency_report(),
+        }
+
+    def predicted_cpu_ms(self, key: str) -> float | None:
+        """The catalog's measured CPU latency of the subset's path: slowest upstream + combiner."""
+        try:
+            ups = [self.family.upstream(u).latency_ms.get("cpu") for u in key.split("+")]
+            if any(v is None for v in ups):
+                return None
+            t = max(float(v) for v in ups if v is not None)
+            if "+" in key:
+                combs = self.family.combiners_serving(key)
+                cl = [c.latency_ms.get("cpu") for c in combs if c.latency_ms.get("cpu") is not None]
+                if not cl:
+                    return None
+                t += min(float(v) for v in cl)
+            return t
+        except KeyError:
+            return None
+
+    def latency_report(self) -> list[dict[str, Any]]:
+        """Per answering subset: measured path and gateway latency next to the plan's prediction."""
+        rows = []
+        with self._lock:
+            items = {k: list(v) for k, v in self._paths.items()}
+            totals = {k: list(v) for k, v in self._totals.items()}
+        for key in sorted(items, key=lambda k: -len(items[k])):
+            xs = sorted(items[key])
+            ts = sorted(totals.get(key, []))
+            rows.append(
+                {
+                    "subset": key,
+                    "requests": len(xs),
+                    "path_ms_p50": round(1e3 * statistics.median(xs), 3),
+                    "path_ms_p99": round(1e3 * xs[min(len(xs) - 1, int(0.99 * len(xs)))], 3),
+                    "gateway_ms_p50": round(1e3 * statistics.median(ts), 3) if ts else None,
+                    "plan_predicted_ms": self.selector.plan.latency_ms.get(key),
+                    "catalog_cpu_ms": self.predicted_cpu_ms(key),
+                }
+            )
+        return rows
+
+
+def format_latency_report(rows: Sequence[Mapping[str, Any]]) -> str:
+    from melplan.commands.common import table
+
+    if not rows:
+        return "No requests answered."
+    head = (
+        "Path latency, predicted vs measured (data path: through the gateway hub; the planner's model assumes\n"
+        "features go from each upstream straight to the combiner; on 127.0.0.1 every link is loopback)"
+    )
+    return (
+        head
+        + "\n"
+        + table(
+            [
+                [
+                    r["subset"],
+                    r["requests"],
+                    r["plan_predicted_ms"],
+                    r["catalog_cpu_ms"],
+                    r["path_ms_p50"],
+                    r["path_ms_p99"],
+                    r["gateway_ms_p50"],
+                ]
+                for r in rows
+            ],
+            ["subset", "requests", "plan ms", "catalog cpu ms", "path p50 ms", "path p99 ms", "gateway p50 ms"],
+            align="lrrrrrr",
+        )
+    )
