@@ -58,37 +58,17 @@ def load_for_serving(
 ) -> ServingInputs:
     """Load a plan, its family and weights (and the cluster when given or embedded).
 
-    Raises PlanFileError/CatalogError/ClusterError for bad files, and CatalogError when the family
-    has no weights file to serve."""
-    from melplan.core import plan as plan_mod
-    from melplan.serve.component import sha256_of, weights_path
+    One loader (:func:`melplan.core.plan.load_plan_bundle`): a v2 plan embeds family, cluster and
+    the weights' location and digest.  Raises PlanFileError/CatalogError/ClusterError for bad files,
+    and PlanFileError when the family has no weights file to serve or it cannot be found."""
+    from melplan.core.plan import load_plan_bundle
+    from melplan.serve.component import sha256_of
 
-    if hasattr(plan_mod, "load_plan_bundle"):  # self-sufficient plans (family and cluster embedded)
-        b = plan_mod.load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path)
-        wp = getattr(b, "weights_path", None)
-        if wp is None:
-            wp = weights_path(b.family)
-        ref = getattr(b.plan, "weights", None)
-        digest = getattr(ref, "sha256", None) if ref is not None else None
-        return ServingInputs(b.plan, b.family, b.cluster, Path(wp), digest or sha256_of(wp), str(plan_path))
-    from melplan.core.catalog import load_catalog
-    from melplan.core.cluster import load_cluster
-    from melplan.core.plan import load_plan
-
-    plan = load_plan(plan_path)
-    family = load_catalog(catalog_dir).get(plan.family)
-    cluster = load_cluster(cluster_path) if cluster_path else None
-    wp = weights_path(family)
-    if not wp.exists():
-        from melplan.core.errors import CatalogError
-
-        raise CatalogError(
-            "the family's weights file is missing, so it cannot be served",
-            file=str(wp),
-            field="weights",
-            fix="restore the file (the shipped catalog has weights for the families the examples plan)",
-        )
-    return ServingInputs(plan, family, cluster, wp, sha256_of(wp), str(plan_path))
+    b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path)
+    wp = b.require_weights()  # found and digest-checked, or PlanFileError naming where it looked
+    ref = b.plan.weights
+    digest = ref.sha256 if ref is not None and ref.sha256 else sha256_of(wp)
+    return ServingInputs(b.plan, b.family, b.cluster, Path(wp), digest, str(plan_path))
 
 
 @dataclass
