@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from melplan.core.errors import PlanFileError
 from melplan.core.fileio import atomic_write_json
@@ -63,7 +64,7 @@ class Plan:
         return d
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str | None = None) -> "Plan":
+    def from_dict(cls, data: Any, *, source: str | None = None) -> Plan:
         def fail(fld: str, msg: str, fix: str) -> None:
             raise PlanFileError(msg, file=source, field=fld, fix=fix)
 

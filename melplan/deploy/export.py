@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from melplan.core.catalog import MIB, Family, load_catalog
 from melplan.core.errors import CatalogError, InputError, PlanFileError
