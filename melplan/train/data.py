@@ -59,7 +59,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int | None) -> "Split":
+    def head(self, n: int | None) -> Split:
         if n is None or n >= len(self):
             return self
         return Split(self.images[:n], self.labels[:n], None if self.coarse is None else self.coarse[:n])
@@ -101,11 +101,11 @@ class Dataset:
             info["classes"] = list(self.classes)
         return info
 
-    def limited(self, train_limit: int | None, test_limit: int | None) -> "Dataset":
+    def limited(self, train_limit: int | None, test_limit: int | None) -> Dataset:
         return replace(self, train=self.train.head(train_limit), test=self.test.head(test_limit))
 
 
-def image_preprocessing(ds: "Dataset") -> dict:
+def image_preprocessing(ds: Dataset) -> dict:
     """What ``to_input`` does to a stored image, as data: uint8 pixels scaled by 1/255, normalised
     per channel, 28x28 padded by 2 (with the value of a black pixel), grey replicated to 3 channels."""
     h, w = (int(x) for x in ds.train.images.shape[-2:])
@@ -188,8 +188,8 @@ def _fashion_mnist(data_root) -> Dataset:
                 coarse = torch.tensor(FMNIST_COARSE)
 
                 def split(img: str, lab: str) -> Split:
-                    y = torch.from_numpy(xs[lab].astype(np.int64))
-                    return Split(torch.from_numpy(xs[img].copy()).unsqueeze(1), y, coarse[y])
+                    y = torch.from_numpy(xs[lab].astype(np.int64))  # noqa: B023 (called inside this iteration)
+                    return Split(torch.from_numpy(xs[img].copy()).unsqueeze(1), y, coarse[y])  # noqa: B023
 
                 return Dataset(
                     "fashion-mnist",
