@@ -18,6 +18,7 @@ import functools
 import re
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,6 +86,7 @@ def load_fsdd(folder: Path, *, heldout_speaker: str | None = None, name: str = "
     params = dict(LOGMEL_DEFAULTS)
     feats = np.stack([log_mel(r[3], params) for r in recs])[:, None]  # N x 1 x mels x frames
     labels = np.array([r[0] for r in recs], dtype=np.int64)
+    split: dict[str, Any]
     if heldout_speaker is None:
         is_test = np.array([r[2] <= 4 for r in recs])
         split = {"kind": "official", "test": "index 0-4 of every digit and speaker"}
