@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from melplan.core.errors import CatalogError, InputError
-from melplan.core.preprocessing import from_record, image_record
+from melplan.core.preprocessing import from_record
 from melplan.serve.protocol import (
     HEADER_LENGTH,
     ProtocolError,
@@ -93,10 +93,21 @@ def test_binary_header_outside_body():
 
 
 def test_preprocessing_record_checks():
-    rec = image_record(raw_channels=1, raw_size=(28, 28), mean=(0.286,), std=(0.353,))
+    rec = {
+        "modality": "image",
+        "channels": 1,
+        "size": [28, 28],
+        "resize": None,
+        "scale": 1 / 255,
+        "mean": [0.286],
+        "std": [0.353],
+        "pad": 2,
+        "replicate_to": 3,
+    }
     pp = from_record(rec)
     assert pp.apply(np.zeros((1, 28, 28), np.uint8)).shape == (1, 3, 32, 32)
-    assert pp.apply(np.zeros((2, 1, 32, 32), np.uint8)).shape == (2, 3, 32, 32)
+    assert pp.apply(np.zeros((2, 1, 28, 28), np.uint8)).shape == (2, 3, 32, 32)
+    assert pp.apply(np.full((1, 28, 28), 255, np.uint8))[0, 0, 5, 5] == np.float32((1 - 0.286) / 0.353)
     with pytest.raises(InputError):
         pp.apply(np.zeros((1, 27, 28), np.uint8))
     with pytest.raises(CatalogError, match="preprocessing"):

@@ -13,7 +13,7 @@ import http.client
 import socket
 import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -85,7 +85,7 @@ class ComponentClient:
                 self._drop(url)
                 if fresh or attempt:
                     raise CallFailed(url, f"connection lost ({type(exc).__name__})") from None
-            except socket.timeout:
+            except TimeoutError:
                 self._drop(url)
                 raise CallFailed(url, f"no answer within {timeout * 1e3:.0f} ms") from None
             except OSError as exc:

@@ -55,7 +55,7 @@ class OIPApp(Protocol):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: "OIPServer"
+    server: OIPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: metrics carry the counts
         pass

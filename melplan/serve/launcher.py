@@ -20,9 +20,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from melplan.core.catalog import Family
 from melplan.core.cluster import Cluster
@@ -333,7 +334,7 @@ class LocalDeployment:
                 fix="stop it first, or use another --run-dir" if alive else "pass --force to replace it",
             )
 
-    def start(self) -> "LocalDeployment":
+    def start(self) -> LocalDeployment:
         self._check_run_dir()
         try:
             self.server = OIPServer(_Pending(self.inputs.family.id), self.host, self.port)
@@ -437,7 +438,7 @@ class LocalDeployment:
         except (OSError, ValueError, KeyError, TypeError):
             pass
 
-    def __enter__(self) -> "LocalDeployment":
+    def __enter__(self) -> LocalDeployment:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
