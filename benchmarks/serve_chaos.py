@@ -281,7 +281,7 @@ def print_table(mel, base, overhead, latency_rows, slo, log):
     ]
     log("\nSide by side (same images, same rate, same kill schedule)")
     log(table(rows, ["measure", "MEL (melplan serve)", "single model, cold restart", "target"], align="lrrl"))
-    from melplan.serve.gateway import format_latency_report
+    from melplan.commands.serve_cmd import format_latency_report
 
     log("\n" + format_latency_report(latency_rows))
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import click
 
-from melplan.commands.common import catalog_option
+from melplan.commands.common import catalog_option, table
 
 
 @click.command("serve")
@@ -70,7 +72,6 @@ def serve(
       melplan serve --plan plan.json --port 8100 --run-dir /tmp/run --no-restart
     """
     from melplan.core.errors import InputError
-    from melplan.serve.gateway import format_latency_report
     from melplan.serve.launcher import LocalDeployment, load_for_serving
 
     for name, value in (("--timeout-ms", timeout_ms), ("--heartbeat-ms", heartbeat_ms), ("--threads", threads)):
@@ -118,3 +119,32 @@ def serve(
         for s, h in old.items():
             signal.signal(s, h)
     click.echo("Stopped every process this deployment started.", err=True)
+
+
+def format_latency_report(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "No requests answered."
+    head = (
+        "Path latency, predicted vs measured (data path: through the gateway hub; the planner's model assumes\n"
+        "features go from each upstream straight to the combiner; on 127.0.0.1 every link is loopback)"
+    )
+    return (
+        head
+        + "\n"
+        + table(
+            [
+                [
+                    r["subset"],
+                    r["requests"],
+                    r["plan_predicted_ms"],
+                    r["catalog_cpu_ms"],
+                    r["path_ms_p50"],
+                    r["path_ms_p99"],
+                    r["gateway_ms_p50"],
+                ]
+                for r in rows
+            ],
+            ["subset", "requests", "plan ms", "catalog cpu ms", "path p50 ms", "path p99 ms", "gateway p50 ms"],
+            align="lrrrrrr",
+        )
+    )

@@ -231,9 +231,9 @@ class ComponentApp:
         return self.component.ready
 
     def server_metadata(self) -> dict[str, Any]:
-        from melplan import __version__
+        from melplan.serve.protocol import package_version
 
-        return {"name": "melplan-component", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "melplan-component", "version": package_version(), "extensions": ["binary_tensor_data"]}
 
     def _check(self, model: str) -> None:
         if model != self.component.name:

@@ -466,9 +466,9 @@ class Gateway:
             return all(k in self._ready_now for k in placed) and not (self.selector.down & {s for _, s in placed})
 
     def server_metadata(self) -> dict[str, Any]:
-        from melplan import __version__
+        from melplan.serve.protocol import package_version
 
-        return {"name": "melplan-gateway", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "melplan-gateway", "version": package_version(), "extensions": ["binary_tensor_data"]}
 
     def _check(self, model: str) -> None:
         if model != self.model:
@@ -595,34 +595,3 @@ class Gateway:
                 }
             )
         return rows
-
-
-def format_latency_report(rows: Sequence[Mapping[str, Any]]) -> str:
-    from melplan.commands.common import table
-
-    if not rows:
-        return "No requests answered."
-    head = (
-        "Path latency, predicted vs measured (data path: through the gateway hub; the planner's model assumes\n"
-        "features go from each upstream straight to the combiner; on 127.0.0.1 every link is loopback)"
-    )
-    return (
-        head
-        + "\n"
-        + table(
-            [
-                [
-                    r["subset"],
-                    r["requests"],
-                    r["plan_predicted_ms"],
-                    r["catalog_cpu_ms"],
-                    r["path_ms_p50"],
-                    r["path_ms_p99"],
-                    r["gateway_ms_p50"],
-                ]
-                for r in rows
-            ],
-            ["subset", "requests", "plan ms", "catalog cpu ms", "path p50 ms", "path p99 ms", "gateway p50 ms"],
-            align="lrrrrrr",
-        )
-    )

@@ -43,6 +43,16 @@ DATATYPES: dict[str, np.dtype] = {
 _DTYPE_NAMES = {v: k for k, v in DATATYPES.items()}
 
 
+def package_version() -> str:
+    """melplan's installed version (server metadata); "unknown" when run from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("melplan")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class ProtocolError(Exception):
     """A request the server refuses; ``status`` is the HTTP status (4xx) to answer with."""
 
