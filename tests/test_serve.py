@@ -157,6 +157,9 @@ def test_deployment_file_and_health(deployment):
     assert sorted((c["component"], c["server"]) for c in dep["components"]) == placed
     client = _client(deployment)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(dep["model"])
+    meta = client.get_model_metadata(dep["model"])
+    assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
+    assert {(i["name"], i["datatype"]) for i in meta["inputs"]} == {("input", "UINT8"), ("input", "FP32")}
     for c in dep["components"]:
         with urllib.request.urlopen(c["url"] + "/v2/health/ready", timeout=10) as r:
             assert r.status == 200

@@ -450,8 +450,9 @@ class Gateway:
         pp = self.preprocessing
         if not pp.accepts(tuple(int(d) for d in x.shape)):
             raise ProtocolError(
-                f"UINT8 input 'input' has shape {list(x.shape)}; expected [N, {pp.raw_size[0]}, {pp.raw_size[1]}] "
-                f"or [N, {pp.raw_channels}, {pp.raw_size[0]}, {pp.raw_size[1]}]"
+                f"UINT8 input 'input' has shape {list(x.shape)}; expected "
+                + (f"[N, {pp.size[0]}, {pp.size[1]}] or " if pp.channels == 1 else "")
+                + f"[N, {pp.channels}, {pp.size[0]}, {pp.size[1]}]"
             )
         return pp.apply(x), req
 
@@ -479,7 +480,7 @@ class Gateway:
         pp = self.preprocessing
         inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}]
         if pp is not None:
-            inputs.insert(0, {"name": "input", "datatype": "UINT8", "shape": [-1, *pp.raw_size]})
+            inputs.insert(0, {"name": "input", "datatype": "UINT8", "shape": [-1, pp.channels, *pp.size]})
         r = self.route()
         return {
             "name": self.model,
