@@ -14,6 +14,13 @@ catalog_option = click.option(
     default=None,
     help="Catalog directory of family JSON files (default: $MELPLAN_CATALOG, ./catalog, or the shipped one).",
 )
+service_option = click.option(
+    "--service",
+    "service",
+    default=None,
+    metavar="NAME",
+    help="For a site plan (`melplan plan --services`): the service to use.",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random source.")
 

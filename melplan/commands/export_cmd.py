@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import catalog_option, echo_json, json_option, table
+from melplan.commands.common import catalog_option, echo_json, json_option, service_option, table
 
 
 @click.command("export")
@@ -38,6 +38,7 @@ from melplan.commands.common import catalog_option, echo_json, json_option, tabl
     help="k8s: MiB added to each component's catalog memory (weights + activations) for its "
     "memory request: the serving process itself [default: 0].",
 )
+@service_option
 @json_option
 def export(
     plan_path: str,
@@ -47,6 +48,7 @@ def export(
     image: str | None,
     namespace: str | None,
     overhead_mib: float | None,
+    service: str | None,
     as_json: bool,
 ) -> None:
     """Write what to run on each server for PLAN: a JSON or YAML manifest, or Kubernetes objects.
@@ -56,6 +58,7 @@ def export(
       melplan export --plan plan.json --format yaml --out deploy/
       melplan export --plan plan.json --format k8s --out deploy/ --namespace mel --overhead-mib 300
       kubectl apply -k deploy/
+      melplan export --plan site-plan.json --service sorter --format yaml --out deploy/sorter/
     """
     from melplan.deploy.export import export_plan
     from melplan.deploy.k8s import DEFAULT_IMAGE, K8sOptions
@@ -69,7 +72,7 @@ def export(
             namespace=namespace,
             overhead_mib=0.0 if overhead_mib is None else overhead_mib,
         )
-    result = export_plan(plan_path, fmt, out_dir, catalog_dir=catalog_dir, k8s=options)
+    result = export_plan(plan_path, fmt, out_dir, catalog_dir=catalog_dir, k8s=options, service=service)
     for w in result.warnings:
         click.echo(f"Warning: {w}", err=True)
     if as_json:

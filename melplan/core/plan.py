@@ -98,7 +98,9 @@ class Plan:
         return atomic_write_json(path, self.to_dict())
 
 
-def load_plan(path: str | os.PathLike) -> Plan:
+def load_plan(path: str | os.PathLike, *, service: str | None = None) -> Plan:
+    """Read a plan file; for a site plan (``melplan plan --services``), the plan of ``service``
+    (see melplan.core.siteplan).  Raises PlanFileError naming the file, the field and the fix."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -114,4 +116,15 @@ def load_plan(path: str | os.PathLike) -> Plan:
             file=str(path),
             fix="regenerate it with `melplan plan --out`",
         ) from None
+    from melplan.core.siteplan import is_site_plan, service_plan
+
+    if is_site_plan(data):
+        return service_plan(data, service, source=str(path))
+    if service is not None:
+        raise PlanFileError(
+            f"--service {service} given, but this is a single-service plan",
+            file=str(path),
+            field="--service",
+            fix="drop --service, or pass a site plan written by `melplan plan --services`",
+        )
     return Plan.from_dict(data, source=str(path))

@@ -43,7 +43,9 @@ class ExportResult:
 # -- inputs ------------------------------------------------------------------------------------
 
 
-def load_inputs(plan_path: str | os.PathLike, catalog_dir: str | os.PathLike | None = None) -> tuple[Plan, Family]:
+def load_inputs(
+    plan_path: str | os.PathLike, catalog_dir: str | os.PathLike | None = None, *, service: str | None = None
+) -> tuple[Plan, Family]:
     """The plan and its family from the catalog.
 
     Raises :class:`PlanFileError` when the plan is unreadable or malformed, names a family the
@@ -51,7 +53,13 @@ def load_inputs(plan_path: str | os.PathLike, catalog_dir: str | os.PathLike | N
     catalog itself cannot be loaded.
     """
     source = str(plan_path)
-    plan = load_plan(plan_path)
+    plan = load_plan(plan_path, service=service)
+    if catalog_dir is None and service is not None:
+        from melplan.core.siteplan import plan_family
+
+        family = plan_family(plan, None, source=source)
+        check_placement(plan, family, source=source)
+        return plan, family
     catalog = load_catalog(catalog_dir)
     try:
         family = catalog.get(plan.family)
@@ -294,6 +302,7 @@ def export_plan(
     *,
     catalog_dir: str | os.PathLike | None = None,
     k8s: K8sOptions | None = None,
+    service: str | None = None,
 ) -> ExportResult:
     """Write the manifests of the plan at ``plan_path`` in format ``fmt`` under ``out_dir``.
 
@@ -319,7 +328,7 @@ def export_plan(
             field="--out",
             fix="give a directory (it is created when missing)",
         )
-    plan, family = load_inputs(plan_path, catalog_dir)
+    plan, family = load_inputs(plan_path, catalog_dir, service=service)
     manifest = build_manifest(plan, family, plan_source=str(plan_path))
     warnings = []
     w = manifest["weights"]

@@ -828,7 +828,12 @@ class Selection:
 
 
 def select_route(
-    plan_path: str, down: Sequence[str], *, catalog_dir: str | None = None, cluster_path: str | None = None
+    plan_path: str,
+    down: Sequence[str],
+    *,
+    catalog_dir: str | None = None,
+    cluster_path: str | None = None,
+    service: str | None = None,
 ) -> Selection:
     """Load a plan (its catalog family, and the cluster when given) and return the route with
     ``down`` servers down.
@@ -836,12 +841,12 @@ def select_route(
     Raises :class:`PlanFileError`, :class:`CatalogError` or :class:`ClusterError` for bad files and
     :class:`SelectorError` for a server name that is neither in the plan nor in the cluster.
     """
-    from melplan.core.catalog import load_catalog
     from melplan.core.cluster import load_cluster
     from melplan.core.plan import load_plan
+    from melplan.core.siteplan import plan_family
 
-    plan = load_plan(plan_path)
-    family = load_catalog(catalog_dir).get(plan.family)
+    plan = load_plan(plan_path, service=service)
+    family = plan_family(plan, catalog_dir, source=str(plan_path))
     cluster = load_cluster(cluster_path) if cluster_path else None
     lookup = RouteLookup(family, plan.placement, cluster, source=str(plan_path))
     known = set(cluster.names) if cluster is not None else set(lookup.used)
