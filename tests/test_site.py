@@ -237,7 +237,9 @@ def test_site_plan_file_holds_every_service(site_plan):
     total = 0.0
     for svc in site.services:
         p = data["services"][svc.name]
-        assert p["schema"] == "melplan.plan/v1"
+        assert p["schema"] == "melplan.plan/v2"  # an ordinary self-sufficient plan
+        assert p["family_entry"]["id"] == p["family"]
+        assert p["cluster"]["workload"]["rate_rps"] == svc.workload.rate_rps
         fam = svc.catalog.get(p["family"])
         ev = evaluate_placement(fam, p["placement"], svc.cluster)
         assert p["expected_accuracy"] == pytest.approx(ev.expected_accuracy, abs=1e-12)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import catalog_option, echo_json, json_option, service_option, table
+from melplan.commands.common import (
+    echo_json,
+    json_option,
+    plan_catalog_option,
+    plan_option,
+    service_option,
+    table,
+)
 
 
 @click.command("export")
-@click.option(
-    "--plan",
-    "plan_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Plan file written by `melplan plan --out`.",
-)
+@plan_option
 @click.option(
     "--format",
     "fmt",
@@ -26,7 +27,7 @@ from melplan.commands.common import catalog_option, echo_json, json_option, serv
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory (created when missing)."
 )
-@catalog_option
+@plan_catalog_option
 @click.option(
     "--image", default=None, help="k8s: container image of the serving runtime [default: melplan-runtime:latest]."
 )
@@ -58,7 +59,6 @@ def export(
       melplan export --plan plan.json --format yaml --out deploy/
       melplan export --plan plan.json --format k8s --out deploy/ --namespace mel --overhead-mib 300
       kubectl apply -k deploy/
-      melplan export --plan site-plan.json --service sorter --format yaml --out deploy/sorter/
     """
     from melplan.deploy.export import export_plan
     from melplan.deploy.k8s import DEFAULT_IMAGE, K8sOptions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import catalog_option, echo_json, json_option, table
+from melplan.commands.common import catalog_option, echo_json, json_option, servers_option, table, verbose_option
 
 
 class FailuresType(click.ParamType):
@@ -28,13 +28,7 @@ class FailuresType(click.ParamType):
 
 
 @click.command("plan")
-@click.option(
-    "--servers",
-    "servers_file",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Cluster file (YAML, see docs/cluster.md). Required unless --services is given.",
-)
+@servers_option(required=False, help="Cluster file (YAML, see docs/cluster.md). Required unless --services is given.")
 @click.option(
     "--services",
     "services_file",
@@ -95,8 +89,9 @@ class FailuresType(click.ParamType):
 )
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the plan (JSON) here.")
 @json_option
+@verbose_option
 def plan(
-    servers_file,
+    cluster_path,
     services_file,
     catalog_dir,
     dataset,
@@ -127,7 +122,7 @@ def plan(
         given = [
             opt
             for opt, v in (
-                ("--servers", servers_file),
+                ("--servers", cluster_path),
                 ("--catalog", catalog_dir),
                 ("--dataset", dataset),
                 ("--family", family_id),
@@ -145,10 +140,10 @@ def plan(
             services_file, objective, max_failures, combiner_replicas, solver, time_limit, gap, out_file, as_json
         )
         return
-    if servers_file is None:
+    if cluster_path is None:
         raise InputError("missing", field="--servers", fix="give --servers cluster.yaml (or --services services.yaml)")
     gap = 1e-4 if gap is None else gap
-    cluster = load_cluster(servers_file)
+    cluster = load_cluster(cluster_path)
     catalog = load_catalog(catalog_dir, dataset=dataset)
     datasets = sorted({str(f.dataset.get("name")) for f in catalog})
     if len(datasets) > 1:
@@ -174,7 +169,7 @@ def plan(
     if as_json:
         echo_json(result.plan.to_dict())
         return
-    click.echo(render(result, cluster, catalog, servers_file))
+    click.echo(render(result, cluster, catalog, cluster_path))
     if out_file:
         click.echo(f"\nWrote {out_file}")
 

@@ -58,19 +58,3 @@ def service_plan(data: Mapping[str, Any], service: str | None, *, source: str | 
             fix=f"use one of: {', '.join(names)}",
         )
     return Plan.from_dict(services[service], source=f"{source} (service {service})" if source else None)
-
-
-def plan_family(plan, catalog_dir=None, *, source: str | None = None):
-    """The family a plan places: from ``catalog_dir`` when given, else from the catalog a site plan
-    names for the service (when it exists here), else from the family entry it embeds, else from
-    the default catalog.  Raises CatalogError / PlanFileError."""
-    from pathlib import Path
-
-    from melplan.core.catalog import Family, load_catalog
-
-    extra = getattr(plan, "extra", {}) or {}
-    if catalog_dir is None and isinstance(extra.get("catalog"), str) and Path(extra["catalog"]).exists():
-        catalog_dir = extra["catalog"]
-    if catalog_dir is None and isinstance(extra.get("family_entry"), Mapping):
-        return Family.from_dict(extra["family_entry"], source=source)
-    return load_catalog(catalog_dir).get(plan.family)

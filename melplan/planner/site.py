@@ -209,8 +209,11 @@ class SiteResult:
         }
 
     def save(self, path) -> Any:
-        """Write the site plan atomically (melplan.core.fileio)."""
-        return atomic_write_json(path, self.to_dict())
+        """Write the site plan atomically (melplan.core.fileio); each service's weights reference gains
+        its path relative to the plan's folder, as in a single-service plan."""
+        d = self.to_dict()
+        d["services"] = {name: p.file_dict(path) for name, p in self.plans.items()}
+        return atomic_write_json(path, d, strict=True)
 
     def report(self) -> dict[str, Any]:
         rows = []
@@ -833,7 +836,7 @@ def _service_plan(site: Site, svc: _Svc, col: Column, solver_block: Mapping[str,
     table = RouteTable(fam, placement, cl)
     r = table.route(table.used)
     service = svc.service.to_dict()
-    return Plan(
+    plan = Plan(
         family=fam.id,
         placement=placement,
         objective=opts.objective,
@@ -846,8 +849,6 @@ def _service_plan(site: Site, svc: _Svc, col: Column, solver_block: Mapping[str,
         latency_ms=ev.latency_ms,
         extra={
             "dataset": fam.dataset.get("name"),
-            "catalog": svc.service.catalog_path,
-            "family_entry": fam.to_dict(),
             "service": service,
             "workload": service["workload"],
             "planner": {
@@ -859,6 +860,7 @@ def _service_plan(site: Site, svc: _Svc, col: Column, solver_block: Mapping[str,
             },
         },
     )
+    return plan.embed(fam, cl, catalog_dir=svc.service.catalog_path)
 
 
 __all__ = ["SITE_SCHEMA", "OBJECTIVES", "Column", "SiteOptions", "SiteResult", "ServiceOutcome", "plan_site"]
