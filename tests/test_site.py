@@ -247,7 +247,7 @@ def test_site_plan_file_holds_every_service(site_plan):
         total += svc.weight * ev.expected_accuracy
     assert data["objective_value"] == pytest.approx(total, abs=1e-6)
     # per-server totals hold the shared capacity
-    for name, u in data["servers"].items():
+    for u in data["servers"].values():
         assert u["memory_util"] <= 1 + 1e-9 and u["compute_util"] <= 1 + 1e-9
     assert data["solver"]["bound"] >= data["objective_value"] - 1e-9
     assert data["solver"]["gap"] <= 0.01

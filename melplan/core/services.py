@@ -26,9 +26,10 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, NoReturn
 
 from melplan.core.catalog import Catalog, load_catalog
 from melplan.core.cluster import Cluster, Workload, load_cluster
@@ -137,7 +138,7 @@ def parse_site(data: Any, *, base: str | os.PathLike = ".", source: str | None =
     """Validate parsed YAML; paths are resolved against ``base``. Raises ServicesError."""
     base = Path(base)
 
-    def fail(fld: str, message: str, fix: str) -> None:
+    def fail(fld: str, message: str, fix: str) -> NoReturn:
         raise ServicesError(message, file=source, field=fld, fix=fix)
 
     def mapping(value: Any, fld: str, allowed: set[str]) -> Mapping[str, Any]:

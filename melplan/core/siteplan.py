@@ -10,7 +10,8 @@ with ``--service NAME`` (``melplan.core.plan.load_plan(path, service=NAME)``).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from melplan.core.errors import PlanFileError
 

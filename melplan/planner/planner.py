@@ -39,8 +39,9 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,7 @@ class PlanOptions:
     reduce: bool = True
     used: Mapping[str, tuple[float, float]] | None = None  # (MiB, GMAC/s) per server already taken by others
 
-    def validated(self) -> "PlanOptions":
+    def validated(self) -> PlanOptions:
         """Return self, or raise InputError naming the option that is out of range."""
         if self.objective not in OBJECTIVES:
             raise InputError(

@@ -44,8 +44,9 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ class SiteOptions:
     max_rounds: int = 40
     baselines: bool = True
 
-    def validated(self) -> "SiteOptions":
+    def validated(self) -> SiteOptions:
         PlanOptions(
             objective=self.objective,
             max_failures=self.max_failures,
@@ -251,7 +252,8 @@ def _r(v: float | None, nd: int = 6) -> float | None:
 def _column(svc: _Svc, family: Family, placement: Mapping[str, Sequence[str]], opts: SiteOptions, origin: str):
     """Score a placement exactly; None when it breaks a constraint of the service alone or its floor."""
     cl = svc.service.cluster
-    placement = {k: tuple(v) for k, v in placement.items() if v}
+    placed: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in placement.items() if v}
+    placement = placed
     try:
         if capacity_violations(family, placement, cl):
             return None
@@ -273,7 +275,7 @@ def _column(svc: _Svc, family: Family, placement: Mapping[str, Sequence[str]], o
     return Column(
         svc.index,
         family,
-        placement,
+        placed,
         ov.expected,
         ov.worst,
         ov.all_up,
@@ -575,7 +577,7 @@ def plan_site(site: Site, options: SiteOptions | None = None) -> SiteResult:
             res = _plan_alone(svc, single_opts, deadline, None)
             if res is not None:
                 alone[svc.index] = _column(
-                    svc, svc.service.catalog.get(res.chosen.family), res.chosen.placement, opts, "alone"
+                    svc, svc.service.catalog.get(res.chosen.family), res.chosen.placement or {}, opts, "alone"
                 )
                 for o in res.considered:
                     if o.placement:
@@ -587,7 +589,9 @@ def plan_site(site: Site, options: SiteOptions | None = None) -> SiteResult:
             res = _plan_alone(svc, single_opts, deadline, {k: (v[0], v[1]) for k, v in used.items()})
             if res is None:
                 continue
-            col = _column(svc, svc.service.catalog.get(res.chosen.family), res.chosen.placement, opts, "sequential")
+            col = _column(
+                svc, svc.service.catalog.get(res.chosen.family), res.chosen.placement or {}, opts, "sequential"
+            )
             sequential[svc.index] = col
             master.add(col)
             if col is not None:
@@ -677,8 +681,9 @@ def plan_site(site: Site, options: SiteOptions | None = None) -> SiteResult:
         notes.append(f"within {gap:.3%} of the proven bound {bound:.6f} (target {opts.gap:.2%})")
     else:
         notes.append(f"NOT within the target: {gap:.3%} below the proven bound {bound:.6f}")
+    placed = [c for c in chosen if c is not None]
     outcomes = tuple(
-        ServiceOutcome(svc.service.name, svc.service.weight, chosen[svc.index], alone[svc.index], sequential[svc.index])
+        ServiceOutcome(svc.service.name, svc.service.weight, placed[svc.index], alone[svc.index], sequential[svc.index])
         for svc in svcs
     )
     baselines = _baselines(site, svcs, outcomes, value, opts)
