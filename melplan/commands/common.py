@@ -8,7 +8,8 @@ numbers become ``null``, see :func:`melplan.core.fileio.strict_json`).  Solver l
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import click
 

@@ -189,7 +189,7 @@ def render(result, cluster, catalog, servers_file: str) -> str:
         f"  expected accuracy {plan.expected_accuracy:.5f} (exact), all up {plan.accuracy_all_up:.4f}, "
         f"worst with {worst_txt}"
     )
-    counts = {}
+    counts: dict[str, int] = {}
     for o in result.considered:
         counts[o.status] = counts.get(o.status, 0) + 1
     k_worst = k_label if k_label != "all" else "1"

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from melplan.core.catalog import Catalog, Family, load_catalog
 from melplan.core.cluster import Cluster, load_cluster, parse_cluster
@@ -70,7 +71,7 @@ class WeightsRef:
     relative_path: str | None = None
 
     @classmethod
-    def of(cls, family: Family) -> "WeightsRef | None":
+    def of(cls, family: Family) -> WeightsRef | None:
         """The weights of a catalog family (digest computed now); ``None`` when it names none."""
         if not family.weights:
             return None
@@ -93,7 +94,7 @@ class WeightsRef:
         return d
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str | None = None) -> "WeightsRef":
+    def from_dict(cls, data: Any, *, source: str | None = None) -> WeightsRef:
         if not isinstance(data, Mapping) or not isinstance(data.get("file"), str) or not data["file"]:
             raise PlanFileError(
                 "expected an object with a 'file' name",
@@ -175,7 +176,7 @@ class Plan:
         """True when the plan embeds both its family entry and its cluster."""
         return self.family_entry is not None and self.cluster is not None
 
-    def embed(self, family: Family, cluster: Cluster, *, catalog_dir: str | os.PathLike | None = None) -> "Plan":
+    def embed(self, family: Family, cluster: Cluster, *, catalog_dir: str | os.PathLike | None = None) -> Plan:
         """This plan with ``family`` (its weights digested now) and ``cluster`` embedded."""
         if catalog_dir is None and family.source:
             catalog_dir = Path(family.source).parent
@@ -214,7 +215,7 @@ class Plan:
         return d
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str | None = None) -> "Plan":
+    def from_dict(cls, data: Any, *, source: str | None = None) -> Plan:
         """Validate and build a plan from a v1 or v2 document; raises :class:`PlanFileError`."""
 
         def fail(fld: str, msg: str, fix: str) -> None:

@@ -11,9 +11,10 @@ directory of Kubernetes objects (see :mod:`melplan.k8s` and docs/export.md).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from melplan.core.catalog import MIB, Family
 from melplan.core.errors import InputError, PlanFileError

@@ -39,8 +39,9 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,7 @@ class PlanOptions:
     def __post_init__(self) -> None:
         self.validated()
 
-    def validated(self) -> "PlanOptions":
+    def validated(self) -> PlanOptions:
         """Return self, or raise InputError naming the option that is out of range."""
         if self.objective not in OBJECTIVES:
             raise InputError(

@@ -24,8 +24,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from melplan.core.catalog import Catalog, Family, subset_key
 from melplan.core.cluster import Cluster, Server
@@ -516,7 +517,7 @@ class RuntimeSelector:
         *,
         any_family: bool = False,
         **kwargs: Any,
-    ) -> "RuntimeSelector":
+    ) -> RuntimeSelector:
         """Load the plan with its family and cluster (:func:`melplan.core.plan.load_plan_bundle`: a v2 plan
         needs nothing else), then build a selector.  Re-plans keep the plan's family unless ``any_family``
         (then any family of the catalog given, or of the one the plan recorded, may be chosen).

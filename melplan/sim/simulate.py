@@ -35,8 +35,9 @@ compute (faster first), then name.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 from melplan.core.catalog import Catalog, Family, Upstream
 from melplan.core.cluster import Cluster
