@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from melplan.commands.common import (
+    FiniteFloat,
     echo_json,
     json_option,
     plan_catalog_option,
@@ -34,7 +35,7 @@ from melplan.commands.common import (
 @click.option("--namespace", default=None, help="k8s: namespace set on every object and in the kustomization.")
 @click.option(
     "--overhead-mib",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="k8s: MiB added to each component's catalog memory (weights + activations) for its "
     "memory request: the serving process itself [default: 0].",

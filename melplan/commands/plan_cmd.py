@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import catalog_option, echo_json, json_option, servers_option, table, verbose_option
+from melplan.commands.common import (
+    catalog_option,
+    echo_json,
+    force_option,
+    json_option,
+    refuse_overwrite,
+    servers_option,
+    table,
+    verbose_option,
+)
 
 
 class FailuresType(click.ParamType):
@@ -88,6 +97,7 @@ class FailuresType(click.ParamType):
     help="Relative optimality gap at which the search may stop [default: 0.0001; 0.01 with --services].",
 )
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the plan (JSON) here.")
+@force_option
 @json_option
 @verbose_option
 def plan(
@@ -104,6 +114,7 @@ def plan(
     time_limit,
     gap,
     out_file,
+    force,
     as_json,
 ):
     """Choose the family and placement that keep the service most accurate through server failures.
@@ -118,6 +129,7 @@ def plan(
     from melplan.planner.planner import PlanOptions
     from melplan.planner.planner import plan as run_plan
 
+    refuse_overwrite(out_file, force, "--out")
     if services_file is not None:
         given = [
             opt

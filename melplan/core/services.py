@@ -33,15 +33,11 @@ from typing import Any, NoReturn
 
 from melplan.core.catalog import Catalog, load_catalog
 from melplan.core.cluster import Cluster, Workload, load_cluster
-from melplan.core.errors import InputError
+from melplan.core.errors import ServicesError
 
 SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 SERVICES_SCHEMA_KEYS = {"cluster", "services"}
 SERVICE_KEYS = {"name", "catalog", "dataset", "families", "workload", "weight", "min_accuracy"}
-
-
-class ServicesError(InputError):
-    """A services file is malformed or inconsistent."""
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,9 @@ class PlanOptions:
     reduce: bool = True
     used: Mapping[str, tuple[float, float]] | None = None  # (MiB, GMAC/s) per server already taken by others
 
+    def __post_init__(self) -> None:
+        self.validated()
+
     def validated(self) -> PlanOptions:
         """Return self, or raise InputError naming the option that is out of range."""
         if self.objective not in OBJECTIVES:
