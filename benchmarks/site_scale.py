@@ -106,9 +106,12 @@ def run(n_servers: int, n_services: int, max_failures: int | None, seed: int, li
     if write_to:
         write(s, Path(write_to))
     build = time.perf_counter() - t0
+    # the joint planner alone (the target), then what `melplan plan --services` does: the same with
+    # the two baselines (which also seed its columns) for the side-by-side report
+    only = plan_site(s, SiteOptions(max_failures=max_failures, time_limit_s=limit, gap=0.01, baselines=False))
     res = plan_site(s, SiteOptions(max_failures=max_failures, time_limit_s=limit, gap=0.01))
     b = res.baselines
-    return {"site": f"{n_services} services x {n_servers} servers", "build_s": build, "res": res, "b": b}
+    return {"site": f"{n_services} services x {n_servers} servers", "build_s": build, "res": res, "b": b, "only": only}
 
 
 def main() -> None:
@@ -128,31 +131,38 @@ def main() -> None:
         if args.only and args.only != name:
             continue
         r = run(n_servers, n_services, mf, args.seed, args.time_limit, args.write)
-        res, b = r["res"], r["b"]
+        res, b, only = r["res"], r["b"], r["only"]
         sv = res.solver
         print(f"\n== {r['site']}, --max-failures {mf}, seed {args.seed} (site built in {r['build_s']:.2f} s)")
-        print(f"{'':28s}{'weighted value':>16s}{'wall s':>9s}  notes")
+        print(f"{'':30s}{'weighted value':>16s}{'wall s':>9s}  notes")
+        so = only.solver
         print(
-            f"{'joint (column generation)':28s}{res.value:16.5f}{res.wall_s:9.2f}  bound {res.bound:.5f}, "
+            f"{'joint (column generation)':30s}{only.value:16.5f}{only.wall_s:9.2f}  bound {only.bound:.5f}, "
+            f"gap {only.gap:.3%} ({so['status']}), {so['rounds']} rounds, {so['columns']} columns"
+        )
+        print(
+            f"{'joint + baselines (the CLI)':30s}{res.value:16.5f}{res.wall_s:9.2f}  bound {res.bound:.5f}, "
             f"gap {res.gap:.3%} ({sv['status']}), {sv['rounds']} rounds, {sv['columns']} columns"
         )
         seq = b.get("sequential", {})
         unpl = seq.get("unplaced") or []
         print(
-            f"{'one after another by weight':28s}{seq.get('value', float('nan')):16.5f}"
+            f"{'one after another by weight':30s}{seq.get('value', float('nan')):16.5f}"
             f"{sv['baseline_s']['sequential']:9.2f}  "
             + (f"unplaced: {', '.join(unpl)}" if unpl else f"joint gains {100 * seq.get('gain_of_joint', 0):+.3f} pts")
         )
         al = b.get("alone")
         if al:
             print(
-                f"{'each alone (ignoring others)':28s}{al['value']:16.5f}{sv['baseline_s']['alone']:9.2f}  "
+                f"{'each alone (ignoring others)':30s}{al['value']:16.5f}{sv['baseline_s']['alone']:9.2f}  "
                 + ("fits" if al["fits"] else f"overflows {len(al['overflows'])} server(s): not reachable")
             )
         gave = sorted(res.outcomes, key=lambda o: -(o.gave_up or 0))[:3]
         print("most given up to the others: " + ", ".join(f"{o.name} {100 * (o.gave_up or 0):+.2f} pts" for o in gave))
+        within = only.gap <= 0.01 and only.wall_s <= 60
+        print(f"target, joint planner (within 1% of the bound in <= 60 s): {'MET' if within else 'NOT MET'}")
         within = res.gap <= 0.01 and res.wall_s <= 60
-        print(f"target (within 1% of the bound in <= 60 s): {'MET' if within else 'NOT MET'}")
+        print(f"target, with both baselines as the CLI runs it: {'MET' if within else 'NOT MET'}")
     try:
         load = os.getloadavg()
         print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -141,6 +141,8 @@ class Cluster:
             bw[i, j] = bw[j, i] = link.bandwidth_mbps
         np.fill_diagonal(lat, 0.0)
         np.fill_diagonal(bw, np.inf)
+        if self.default_link is not None and not self.overrides:
+            return lat, bw  # every pair linked directly by equal links: no relay is shorter
         for k in range(n):
             via = lat[:, k : k + 1] + lat[k : k + 1, :]
             better = via < lat - 1e-12

@@ -571,10 +571,11 @@ def plan_site(site: Site, options: SiteOptions | None = None) -> SiteResult:
     alone: list[Column | None] = [None] * len(svcs)
     sequential: list[Column | None] = [None] * len(svcs)
     alone_t = seq_t = 0.0
+    cache: dict = {}
     if opts.baselines:
         t0 = time.perf_counter()
         for svc in svcs:
-            res = _plan_alone(svc, single_opts, deadline, None)
+            res = _plan_alone(svc, single_opts, deadline, None, cache)
             if res is not None:
                 alone[svc.index] = _column(
                     svc, svc.service.catalog.get(res.chosen.family), res.chosen.placement or {}, opts, "alone"
@@ -586,7 +587,7 @@ def plan_site(site: Site, options: SiteOptions | None = None) -> SiteResult:
         t0 = time.perf_counter()
         used: dict[str, list[float]] = {}
         for svc in sorted(svcs, key=lambda v: (-v.service.weight, v.index)):
-            res = _plan_alone(svc, single_opts, deadline, {k: (v[0], v[1]) for k, v in used.items()})
+            res = _plan_alone(svc, single_opts, deadline, {k: (v[0], v[1]) for k, v in used.items()}, cache)
             if res is None:
                 continue
             col = _column(
@@ -620,18 +621,29 @@ def plan_site(site: Site, options: SiteOptions | None = None) -> SiteResult:
         added = 0
         for svc, items in zip(svcs, priced):
             w = svc.service.weight
+            tol = 1e-9 * max(1.0, w)
+            best_rc = -math.inf  # the best reduced value of a column found for this service
             for fi, pr in items:
-                if pr.bound <= mu[svc.index] + 1e-9 * max(1.0, w):
+                if pr.bound <= mu[svc.index] + tol:
                     continue
                 for tup in pr.tuples:
-                    added += master.add(_greedy_column(svc, fi, tup, opts, pm, pc))
-                if opts.ilp_pricing and time.perf_counter() < deadline - 1.0:
-                    left = deadline - time.perf_counter()
-                    col = _ilp_column(svc, fi, pr.tuples, opts, pm, pc, solver, min(5.0, left / 2))
+                    col = _greedy_column(svc, fi, tup, opts, pm, pc)
                     if col is not None:
-                        rc = w * col.value - _price(col, pm, pc) - mu[svc.index]
-                        if rc > 1e-9 * max(1.0, w):
-                            added += master.add(col)
+                        best_rc = max(best_rc, w * col.value - _price(col, pm, pc) - mu[svc.index])
+                        added += master.add(col)
+            # the per-family ILP with prices, for the family with the best priced bound, when the
+            # greedy columns stay short of that bound
+            open_ = [(pr.bound, k) for k, (fi, pr) in enumerate(items) if pr.bound > mu[svc.index] + tol]
+            if not opts.ilp_pricing or not open_ or time.perf_counter() >= deadline - 1.0:
+                continue
+            top_bound, k = max(open_)
+            if best_rc >= top_bound - mu[svc.index] - 1e-6 * max(w, abs(top_bound)):
+                continue
+            fi, pr = items[k]
+            left = deadline - time.perf_counter()
+            col = _ilp_column(svc, fi, pr.tuples, opts, pm, pc, solver, min(5.0, left / 2))
+            if col is not None and w * col.value - _price(col, pm, pc) - mu[svc.index] > tol:
+                added += master.add(col)
         if lp_value >= bound - max(1e-9, opts.gap * 0.01 * abs(bound)):
             break
         if not added:
@@ -724,7 +736,23 @@ def _lagrangian(svcs: list[_Svc], pm: np.ndarray, pc: np.ndarray, site: Site, op
     return total, priced
 
 
-def _plan_alone(svc: _Svc, opts: PlanOptions, deadline: float, used) -> PlanResult | None:
+def _plan_alone(svc: _Svc, opts: PlanOptions, deadline: float, used, cache: dict) -> PlanResult | None:
+    """The single-service planner on the site (on what ``used`` leaves); services with the same
+    families and workload on the same free capacity share one run (``cache``)."""
+    wl = svc.service.workload
+    key = (
+        tuple(fi.family.id for fi in svc.families),
+        wl.rate_rps,
+        wl.latency_slo_ms,
+        svc.service.min_accuracy,
+        tuple(sorted((k, round(a, 9), round(b, 9)) for k, (a, b) in (used or {}).items())),
+    )
+    if key not in cache:
+        cache[key] = _plan_alone_uncached(svc, opts, deadline, used)
+    return cache[key]
+
+
+def _plan_alone_uncached(svc: _Svc, opts: PlanOptions, deadline: float, used) -> PlanResult | None:
     left = deadline - time.perf_counter()
     if left <= 0.5:
         return None
