@@ -278,3 +278,16 @@ def test_select_and_export_accept_the_site_plan(site_plan, tmp_path):
     assert res.exit_code == 0, res.output
     manifest = json.loads((dest / "manifest.json").read_text())
     assert manifest["family"]["id"] == data["services"]["shelf"]["family"]
+
+
+def test_simulate_accepts_a_service_of_the_site_plan(site_plan):
+    out, _ = site_plan
+    data = json.loads(out.read_text())
+    res = CliRunner().invoke(
+        main, ["simulate", "--plan", str(out), "--service", "returns", "--hours", "200", "--seed", "1", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert data["services"]["returns"]["family"] in json.dumps(doc)
+    res = CliRunner().invoke(main, ["simulate", "--plan", str(out), "--hours", "10"])
+    assert res.exit_code == 2 and "--service" in res.output
