@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from melplan.core.catalog import Family, subset_key
 from melplan.core.cluster import Cluster, FailureDomain

@@ -21,7 +21,7 @@ per (displaced component, candidate server), milliseconds each for plans on a fe
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from melplan.core.catalog import Family, subset_key
 from melplan.core.cluster import Cluster
