@@ -19,7 +19,7 @@ def _set_threads(threads: int | None) -> None:
     "--base",
     default="efficientnet_b0",
     show_default=True,
-    help="Base network: efficientnet_b0, mobilenet_v3_small or resnet18.",
+    help="Base network: efficientnet_b0, mobilenet_v3_small or resnet18 (images), dscnn (audio), textcnn (text).",
 )
 @click.option(
     "--blocks",
@@ -39,14 +39,20 @@ def _set_threads(threads: int | None) -> None:
     "--finetune-epochs", type=int, default=1, show_default=True, help="Combiner fine-tuning epochs (upstreams frozen)."
 )
 @click.option(
-    "--dataset", type=click.Choice(["fashion-mnist", "mnist5k", "cifar100"]), default="fashion-mnist", show_default=True
+    "--dataset",
+    default="fashion-mnist",
+    show_default=True,
+    help="fashion-mnist, mnist5k, cifar100, imagefolder (your images under --data-root), "
+    "fsdd (spoken digits, official split), fsdd-heldout-<speaker> (one speaker held out) or trec (questions).",
 )
 @click.option(
     "--data-root",
     type=click.Path(),
     default=None,
-    help="Dataset folder (Fashion-MNIST IDX files, or CIFAR-100 binary).",
+    help="Dataset folder (Fashion-MNIST IDX files, CIFAR-100 binary, an ImageFolder tree: one folder per class, "
+    "optionally inside train/ and val/ or test/; default data/fsdd, data/trec for the shipped sets).",
 )
+@click.option("--image-size", type=int, default=None, help="imagefolder: resize images to this side (default 32).")
 @click.option("--download", is_flag=True, help="Download CIFAR-100 (binary release) into --data-root if missing.")
 @click.option("--train-limit", type=int, default=None, help="Use only the first N training samples.")
 @click.option("--test-limit", type=int, default=None, help="Use only the first N test samples.")
@@ -85,6 +91,7 @@ def train(
     finetune_epochs,
     dataset,
     data_root,
+    image_size,
     download,
     train_limit,
     test_limit,
@@ -126,6 +133,7 @@ def train(
         hierarchical=hierarchical,
         seed=seed,
         family_id=family_id,
+        image_size=image_size,
     )
     fam = train_family(
         spec,
