@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import echo_json, json_option, plan_catalog_option, plan_option, table
+from melplan.commands.common import FiniteFloat, echo_json, json_option, plan_catalog_option, plan_option, table
 
 
 @click.command("export")
@@ -27,7 +27,7 @@ from melplan.commands.common import echo_json, json_option, plan_catalog_option,
 @click.option("--namespace", default=None, help="k8s: namespace set on every object and in the kustomization.")
 @click.option(
     "--overhead-mib",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="k8s: MiB added to each component's catalog memory (weights + activations) for its "
     "memory request: the serving process itself [default: 0].",

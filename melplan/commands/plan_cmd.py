@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import catalog_option, echo_json, json_option, servers_option, table, verbose_option
+from melplan.commands.common import (
+    catalog_option,
+    echo_json,
+    force_option,
+    json_option,
+    refuse_overwrite,
+    servers_option,
+    table,
+    verbose_option,
+)
 
 
 class FailuresType(click.ParamType):
@@ -82,6 +91,7 @@ class FailuresType(click.ParamType):
     help="Relative optimality gap at which the search may stop.",
 )
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the plan (JSON) here.")
+@force_option
 @json_option
 @verbose_option
 def plan(
@@ -97,6 +107,7 @@ def plan(
     time_limit,
     gap,
     out_file,
+    force,
     as_json,
 ):
     """Choose the family and placement that keep the service most accurate through server failures.
@@ -111,6 +122,7 @@ def plan(
     from melplan.planner.planner import PlanOptions
     from melplan.planner.planner import plan as run_plan
 
+    refuse_overwrite(out_file, force, "--out")
     cluster = load_cluster(cluster_path)
     catalog = load_catalog(catalog_dir, dataset=dataset)
     datasets = sorted({str(f.dataset.get("name")) for f in catalog})

@@ -33,25 +33,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from melplan.core.catalog import Catalog, Family, family_row
-from melplan.core.errors import InfeasiblePlanError, InputError
+from melplan.core.errors import InputError, NoFamilyMatchesError, ObjectiveError, PickError
 
 DEFAULT_OBJECTIVES = ("acc_all_up", "acc_weakest_single", "params")
 PICK_GRAMMAR = (
     "NAME OP VALUE[, ...] where OP is <=, >=, < or >, and VALUE is a number (suffix %, k, M or G "
     "allowed), 'reference', or NUMBER*reference; e.g. \"params<=0.4*reference, acc_weakest_single>=0.85\""
 )
-
-
-class PickError(InputError):
-    """A ``--pick``, ``--prefer`` or ``--weights`` expression cannot be parsed or names no objective."""
-
-
-class ObjectiveError(InputError):
-    """An objective name is unknown, repeated, or misses its parameter."""
-
-
-class NoFamilyMatchesError(InfeasiblePlanError):
-    """No family of the catalog satisfies every ``--pick`` constraint."""
 
 
 # -- objectives ------------------------------------------------------------------------------

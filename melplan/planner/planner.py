@@ -110,6 +110,9 @@ class PlanOptions:
     threads: int | None = None
     reduce: bool = True
 
+    def __post_init__(self) -> None:
+        self.validated()
+
     def validated(self) -> PlanOptions:
         """Return self, or raise InputError naming the option that is out of range."""
         if self.objective not in OBJECTIVES:

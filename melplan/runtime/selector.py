@@ -30,7 +30,7 @@ from typing import Any
 
 from melplan.core.catalog import Catalog, Family
 from melplan.core.cluster import Cluster, Server
-from melplan.core.errors import InputError, MelplanError, PlanFileError
+from melplan.core.errors import MelplanError, PlanFileError, SelectorError
 from melplan.core.evaluate import RouteTable, validate_placement
 from melplan.core.plan import Plan
 from melplan.runtime.reconcile import (
@@ -47,10 +47,6 @@ from melplan.runtime.reconcile import (
 
 EAGER_TABLE_MAX_SERVERS = 16  # 2^16 precomputed routes; above that routes are memoised on demand
 _EPS = 1e-12
-
-
-class SelectorError(InputError):
-    """A selector was given a server, plan or option it cannot use (unknown server name, ...)."""
 
 
 # -- routes -------------------------------------------------------------------------------------
