@@ -163,3 +163,14 @@ def test_nothing_is_overwritten_without_force(tmp_path):
     gen = tmp_path / "c.yaml"
     assert run("cluster", "generate", "--servers", "3", "--out", gen).exit_code == 0
     assert run("cluster", "generate", "--servers", "3", "--out", gen).exit_code == 2
+
+
+def test_pareto_split_keeps_the_old_names_importable():
+    from melplan.pareto import front, objectives, pick
+
+    for name in ("Objective", "get_objective", "parse_objectives", "expected_accuracy", "DEFAULT_OBJECTIVES"):
+        assert getattr(front, name) is getattr(objectives, name)
+    for name in ("choose", "parse_constraint", "parse_constraints", "parse_preference", "Constraint", "PICK_GRAMMAR"):
+        assert getattr(front, name) is getattr(pick, name)
+    with pytest.raises(AttributeError):
+        front.no_such_name  # noqa: B018
