@@ -261,7 +261,8 @@ def test_select_and_export_accept_the_site_plan(site_plan, tmp_path):
     out, _ = site_plan
     data = json.loads(out.read_text())
     placed = data["services"]["sorter"]["placement"]
-    u1 = placed["u1"][0]
+    ingress = data["services"]["sorter"]["cluster"].get("ingress")
+    u1 = next(v[0] for k, v in placed.items() if v[0] != ingress)  # the ingress down takes everything down
     res = CliRunner().invoke(main, ["select", "--plan", str(out), "--service", "sorter", "--down", u1, "--json"])
     assert res.exit_code == 0, res.output
     sel = json.loads(res.output)

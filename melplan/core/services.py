@@ -101,7 +101,7 @@ class Site:
 def with_workload(cluster: Cluster, workload: Workload) -> Cluster:
     """The same cluster with another workload, sharing the all-pairs path cache (links are equal)."""
     out = replace(cluster, workload=workload)
-    out.__dict__["_paths"] = cluster._paths  # cached_property storage: same servers and links, computed once
+    out.__dict__["_path_cache"] = cluster._path_cache  # cached_property storage: same servers and links
     return out
 
 
