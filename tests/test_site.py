@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from melplan.cli import main
 from melplan.core.catalog import load_catalog
-from melplan.core.cluster import Cluster, Server, Workload
+from melplan.core.cluster import Cluster, FailureDomain, Server, Workload
 from melplan.core.evaluate import capacity_violations, evaluate_placement
 from melplan.core.services import Service, ServicesError, Site, load_site, with_workload
 from melplan.planner.site import SiteOptions, plan_site
@@ -93,13 +93,24 @@ def brute_force(site: Site):
     return best[0]
 
 
-def small_site(seed: int, n_servers: int, n_services: int) -> Site:
+def small_site(seed: int, n_servers: int, n_services: int, shared_fate: bool = False) -> Site:
+    """A seeded site with binding memory; ``shared_fate``: two zones that fail as a whole and an
+    ingress (every request enters there)."""
     rng = random.Random(seed)
     servers = tuple(
-        Server(f"s{i}", round(rng.uniform(0.7, 2.6), 2), 40.0, round(rng.uniform(0.01, 0.1), 3))
+        Server(
+            f"s{i}",
+            round(rng.uniform(0.7, 2.6), 2),
+            40.0,
+            round(rng.uniform(0.01, 0.1), 3),
+            labels={"zone": "a" if i % 2 else "b"},
+        )
         for i in range(n_servers)
     )
     cluster = Cluster(servers, Workload(50.0))
+    if shared_fate:
+        domains = (FailureDomain("zone", "a", 0.02), FailureDomain("zone", "b", 0.05))
+        cluster = Cluster(servers, Workload(50.0), ingress="s0", failure_domains=domains)
     cat = load_catalog(CATALOG)
     services = []
     for k in range(n_services):
@@ -111,9 +122,20 @@ def small_site(seed: int, n_servers: int, n_services: int) -> Site:
     return Site(cluster, tuple(services), source=f"seed-{seed}")
 
 
-@pytest.mark.parametrize("seed,n_servers,n_services", [(1, 4, 2), (2, 5, 2), (3, 4, 3), (4, 5, 3), (5, 5, 2)])
-def test_joint_plan_matches_brute_force(seed, n_servers, n_services):
-    site = small_site(seed, n_servers, n_services)
+@pytest.mark.parametrize(
+    "seed,n_servers,n_services,shared_fate",
+    [
+        (1, 4, 2, False),
+        (2, 5, 2, False),
+        (3, 4, 3, False),
+        (4, 5, 3, False),
+        (5, 5, 2, False),
+        (6, 5, 2, True),
+        (7, 4, 3, True),
+    ],
+)
+def test_joint_plan_matches_brute_force(seed, n_servers, n_services, shared_fate):
+    site = small_site(seed, n_servers, n_services, shared_fate)
     oracle = brute_force(site)
     assert oracle is not None
     res = plan_site(site, SiteOptions(time_limit_s=60, gap=0.01))

@@ -68,6 +68,7 @@ from melplan.planner.planner import (
     max_servers_per_plan,
     objective_value,
     plan,
+    relaxation_probabilities,
     relaxed_value,
     worst_upper_bound,
 )
@@ -144,11 +145,12 @@ class Column:
 class _FamilyInfo:
     family: Family
     fits: np.ndarray  # (components, servers over the whole site)
-    p: np.ndarray  # (servers,)
+    p: np.ndarray  # (servers,) own down probabilities, the ingress's 0 (planner.relaxation_probabilities)
     comp_mib: np.ndarray
     comp_gmacs: np.ndarray
     relax_bound: float  # unpriced upper bound of the service objective (w excluded)
     aw: Mapping[frozenset, float]
+    scale: float = 1.0  # P(the ingress and its domains are up): the relaxation's factor
 
 
 @dataclass
@@ -295,22 +297,25 @@ def _prepare(site: Site, opts: SiteOptions) -> list[_Svc]:
             why = infeasibility_reason(fam, service.cluster, data)
             aw = best_without(fam)
             if opts.objective == "expected":
-                P = np.sort(data.p[data.fits[: fam.n].any(axis=0)])[: fam.n]
+                # ingress and domains: E <= P(ingress up) * relaxation with own probabilities
+                p_rel, scale = relaxation_probabilities(data)
+                P = np.sort(p_rel[data.fits[: fam.n].any(axis=0)])[: fam.n]
                 # the unpriced bound: the upstreams on the n most reliable hosts of any of them, in
                 # the best order (loosened, valid: the relaxation only falls as a host gets worse)
                 rb = 0.0
                 if len(P) == fam.n:
                     perms = np.array(list(itertools.permutations(P)), dtype=float).reshape(-1, fam.n)
-                    rb = float(relaxed_value(fam, perms, aw).max())
+                    rb = scale * float(relaxed_value(fam, perms, aw).max())
             else:
-                rb = worst_upper_bound(fam, opts.worst_failures)
+                p_rel, scale = data.p, 1.0
+                rb = worst_upper_bound(fam, opts.worst_failures, service.cluster.ingress is not None)
             if why is None and service.min_accuracy is not None and rb < service.min_accuracy - 1e-12:
                 if opts.objective == "expected":
                     why = f"cannot reach min_accuracy {service.min_accuracy:g}: at best {rb:.4f}"
             if why is not None:
                 excluded[fam.id] = why
                 continue
-            fams.append(_FamilyInfo(fam, data.fits, data.p, data.comp_mib, data.comp_gmacs, rb, aw))
+            fams.append(_FamilyInfo(fam, data.fits, p_rel, data.comp_mib, data.comp_gmacs, rb, aw, scale))
         if not fams:
             detail = "; ".join(f"{k}: {v}" for k, v in list(excluded.items())[:3])
             raise InfeasiblePlanError(
@@ -374,7 +379,7 @@ def _price_family(fi: _FamilyInfo, w: float, pm: np.ndarray, pc: np.ndarray, opt
         grids = grids[distinct]
     if len(grids) == 0:
         return _Priced(-math.inf, [])
-    vals = w * relaxed_value(fam, fi.p[grids], fi.aw) - cost[np.arange(n)[None, :], grids].sum(axis=1)
+    vals = w * fi.scale * relaxed_value(fam, fi.p[grids], fi.aw) - cost[np.arange(n)[None, :], grids].sum(axis=1)
     top = np.argsort(-vals, kind="stable")[:PRICING_TUPLES]
     return _Priced(float(vals[top[0]]), [tuple(int(j) for j in grids[t]) for t in top])
 
