@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from melplan.core.catalog import MIB, Family
-from melplan.core.errors import InputError, PlanFileError
+from melplan.core.errors import InputError
+from melplan.core.evaluate import validate_placement
 from melplan.core.fileio import atomic_write_json, atomic_write_text, sha256_file
 from melplan.core.plan import Plan, WeightsRef, load_plan_bundle
 from melplan.deploy.k8s import K8sOptions
@@ -56,34 +57,9 @@ def load_inputs(plan_path: str | os.PathLike, catalog_dir: str | os.PathLike | N
 
 
 def check_placement(plan: Plan, family: Family, *, source: str | None = None) -> None:
-    """Components known to the family, each upstream on exactly one server, no server listed twice.
-
-    Raises :class:`PlanFileError` naming the plan file and the placement field.
-    """
-    names = family.component_names()
-    for comp, servers in plan.placement.items():
-        if comp not in names:
-            raise PlanFileError(
-                f"placement names component '{comp}', unknown to family {family.id}",
-                file=source,
-                field=f"placement.{comp}",
-                fix=f"use components of the family: {', '.join(names)}",
-            )
-        if len(set(servers)) != len(servers):
-            raise PlanFileError(
-                f"component '{comp}' lists a server twice: {list(servers)}",
-                file=source,
-                field=f"placement.{comp}",
-                fix="list each server once",
-            )
-    for u in family.upstream_names:
-        if len(plan.placement.get(u, ())) != 1:
-            raise PlanFileError(
-                f"upstream '{u}' must be placed on exactly one server",
-                file=source,
-                field=f"placement.{u}",
-                fix="regenerate the plan with `melplan plan`",
-            )
+    """Components known to the family, each upstream on exactly one server, no server listed twice
+    (melplan.core.evaluate.validate_placement).  Raises :class:`PlanFileError` naming the plan file."""
+    validate_placement(family, plan.placement, None, source=source)
 
 
 # -- the deployable view -----------------------------------------------------------------------
