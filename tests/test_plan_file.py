@@ -182,3 +182,17 @@ def test_strict_json_maps_non_finite_to_null():
     text = dumps_strict(obj)
     assert "NaN" not in text and "Infinity" not in text
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict constant {c}"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_embedded_cluster_loses_nothing(path, tmp_path):
+    """Whatever a cluster file can say (labels, links, ingress, and fields added later) survives the plan."""
+    from melplan.core.cluster import parse_cluster
+
+    cluster = load_cluster(path)
+    fam = make_family(1, seed=1, fid="one")
+    plan = Plan("one", {"u1": (cluster.names[0],)}, "expected", 0.0, 0.0, {}).embed(fam, cluster)
+    plan.save(tmp_path / "p.json")
+    back = load_plan(tmp_path / "p.json")
+    assert back.cluster == cluster and parse_cluster(cluster.to_dict()) == cluster
+    assert back.family_entry == fam
