@@ -185,8 +185,8 @@ def test_strict_json_maps_non_finite_to_null():
 
 
 CLUSTER_FILES = sorted(
-    p for p in (ROOT / "examples").glob("*.yaml") if "servers" in (yaml.safe_load(p.read_text()) or {})
-)
+    p for p in (ROOT / "examples").glob("*.yaml") if "services:" not in p.read_text()
+)  # not services files
 
 
 @pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
