@@ -37,6 +37,13 @@ plan_option = click.option(
     type=click.Path(dir_okay=False),
     help="Plan file written by `melplan plan --out` (a v2 plan embeds its family and cluster).",
 )
+service_option = click.option(
+    "--service",
+    "service",
+    default=None,
+    metavar="NAME",
+    help="For a site plan (`melplan plan --services`): the service to use.",
+)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one strict JSON document on stdout instead of tables."
 )

@@ -12,6 +12,7 @@ from melplan.commands.common import (
     plan_option,
     refuse_overwrite,
     servers_option,
+    service_option,
     table,
     verbose_option,
 )
@@ -149,6 +150,7 @@ def _bytes(n: float) -> str:
     help="Write the trace used (generated or read) as CSV, to replay it later.",
 )
 @force_option
+@service_option
 @json_option
 @verbose_option
 def simulate(
@@ -173,6 +175,7 @@ def simulate(
     plot_path: str | None,
     write_trace_path: str | None,
     force: bool,
+    service: str | None,
     as_json: bool,
 ) -> None:
     """Replay server failures against PLAN and against the usual alternatives (full model with cold
@@ -208,6 +211,7 @@ def simulate(
     run = simulate_files(
         plan_path,
         cluster_path,
+        service=service,
         catalog_dir=catalog_dir,
         trace_path=trace_path,
         hours=hours,

@@ -71,6 +71,10 @@ class PlanFileError(InputError):
     """A plan file is malformed or does not match its catalog or cluster."""
 
 
+class ServicesError(InputError):
+    """A services file (several services on one site) is malformed or inconsistent."""
+
+
 class TraceError(InputError):
     """A failure trace is malformed."""
 

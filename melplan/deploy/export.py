@@ -44,14 +44,16 @@ class ExportResult:
 # -- inputs ------------------------------------------------------------------------------------
 
 
-def load_inputs(plan_path: str | os.PathLike, catalog_dir: str | os.PathLike | None = None) -> tuple[Plan, Family]:
+def load_inputs(
+    plan_path: str | os.PathLike, catalog_dir: str | os.PathLike | None = None, *, service: str | None = None
+) -> tuple[Plan, Family]:
     """The plan and its family (embedded in a v2 plan; from the catalog for a v1 plan).
 
     Raises :class:`PlanFileError` when the plan is unreadable or malformed, names a family the
     catalog lacks (v1), disagrees with a ``catalog_dir`` given (v2), or places components the family
     does not have; :class:`CatalogError` when the catalog itself cannot be loaded.
     """
-    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir)
+    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir, service=service)
     check_placement(bundle.plan, bundle.family, source=str(plan_path))
     return bundle.plan, bundle.family
 
@@ -258,6 +260,7 @@ def export_plan(
     *,
     catalog_dir: str | os.PathLike | None = None,
     k8s: K8sOptions | None = None,
+    service: str | None = None,
 ) -> ExportResult:
     """Write the manifests of the plan at ``plan_path`` in format ``fmt`` under ``out_dir``.
 
@@ -283,7 +286,7 @@ def export_plan(
             field="--out",
             fix="give a directory (it is created when missing)",
         )
-    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir)
+    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir, service=service)
     plan, family = bundle.plan, bundle.family
     check_placement(plan, family, source=str(plan_path))
     manifest = build_manifest(plan, family, plan_source=str(plan_path), weights_path=bundle.weights_path)

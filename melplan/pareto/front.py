@@ -414,10 +414,13 @@ def pareto_table(
     objectives = tuple(objectives)
     reference = reference or find_reference(families)
     norm = normalisation or make_normalisation(objectives, families, reference)
-    kept, values, excluded = [], [], []
+    kept: list[Family] = []
+    values: list[dict[str, float]] = []
+    excluded: list[tuple[str, str]] = []
     for f in families:
-        v = {o.name: o.value(f) for o in objectives}
-        missing = [k for k, x in v.items() if x is None or math.isnan(x)]
+        raw = {o.name: o.value(f) for o in objectives}
+        v = {k: x for k, x in raw.items() if x is not None and not math.isnan(x)}
+        missing = [k for k in raw if k not in v]
         if missing:
             excluded.append((f.id, f"{', '.join(missing)} does not apply to a family with {f.n} upstream(s)"))
             continue

@@ -49,7 +49,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pulp
@@ -136,8 +136,13 @@ def combiner_inputs(family: Family) -> list[list[int]]:
     return [sorted({order[u] for s in c.serves for u in s}) for c in family.combiners]
 
 
-def family_data(family: Family, cluster: Cluster, servers: Sequence[str] | None = None) -> FamilyData:
-    """Capacities, loads and path latencies of ``family`` on ``servers`` (default: all), vectorised."""
+def family_data(
+    family: Family, cluster: Cluster, servers: Sequence[str] | None = None, *, pairs: bool = True
+) -> FamilyData:
+    """Capacities, loads and path latencies of ``family`` on ``servers`` (default: all), vectorised.
+
+    Upstream-to-combiner latencies (``pair_lat``) are computed on demand (:class:`PairLatency`), so
+    ``pairs`` (kept for callers) changes nothing: nothing (servers x servers) is built up front."""
     servers = tuple(cluster.names if servers is None else servers)
     idx = np.array([cluster.index[s] for s in servers], dtype=np.int64)
     srv = [cluster.servers[i] for i in idx]
@@ -284,6 +289,20 @@ class PairLatency(Mapping):
         return out
 
 
+def with_used(data: FamilyData, used: Mapping[str, tuple[float, float]]) -> FamilyData:
+    """``data`` on what is left of each server once ``used[server] = (MiB, GMAC/s)`` is taken by
+    others (latencies unchanged: they depend on the server's speed, not on what else it holds)."""
+    if not used:
+        return data
+    take = np.array([used.get(s, (0.0, 0.0)) for s in data.servers], dtype=float).reshape(-1, 2)
+    mem = np.maximum(data.mem_mib - take[:, 0], 0.0)
+    gm = np.maximum(data.gmacs - take[:, 1], 0.0)
+    fits = (
+        data.fits & (data.comp_mib[:, None] <= mem[None, :] + 1e-12) & (data.comp_gmacs[:, None] <= gm[None, :] + 1e-12)
+    )
+    return replace(data, mem_mib=mem, gmacs=gm, fits=fits)
+
+
 def transfer_ms(lat: np.ndarray, bw: np.ndarray, nbytes: float) -> np.ndarray:
     """Vectorised ``Link.transfer_ms``: latency plus serialisation (none over a same-server path)."""
     lat = np.asarray(lat, dtype=float)
@@ -321,7 +340,9 @@ class ModelSpec:
     ``failures``: F of the expected objective (scenarios with at most F candidates down; ``None``
     = every state).  ``worst_failures``: F of the worst-case rows (objective or ``min_worst``).
     ``current``/``move_cost``: the running placement and the objective price of one MiB of
-    weights started on a server where that component does not run yet.
+    weights started on a server where that component does not run yet.  ``cost``: an extra price
+    per (component name, server name) subtracted from the objective when that component is placed
+    there (the multi-service planner prices shared memory and compute this way).
     """
 
     objective: str = "expected"  # "expected" | "worst-case"
@@ -332,6 +353,7 @@ class ModelSpec:
     max_used: int | None = None
     current: Mapping[str, tuple[str, ...]] | None = None
     move_cost: float = 0.0
+    cost: Mapping[tuple[str, str], float] | None = None  # (component, server) -> objective units when placed
 
 
 @dataclass
@@ -528,6 +550,11 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
         ]
         model.moved_mib = pulp.LpAffineExpression(moved)
         objective = objective - spec.move_cost * model.moved_mib
+    if spec.cost:
+        names = [u.name for u in fam.upstreams] + [c.name for c in fam.combiners]
+        priced = [(v, -float(spec.cost.get((names[i], data.servers[j]), 0.0))) for (i, j), v in x.items()]
+        priced += [(v, -float(spec.cost.get((names[n + k], data.servers[j]), 0.0))) for (k, j), v in z.items()]
+        objective = objective + pulp.LpAffineExpression([t for t in priced if t[1] != 0.0])
     prob += objective
     return model
 

@@ -70,6 +70,7 @@ from melplan.planner.ilp import (
     scenario_count,
     useful_combiners,
     useful_subsets,
+    with_used,
 )
 from melplan.planner.solve import SolveResult, choose_solver, solve
 
@@ -99,6 +100,8 @@ class PlanOptions:
     and ``migration_weight`` (accuracy points, 1 point = 0.01 of accuracy, given up per MiB of
     weights started on a server where that component does not run yet; components that stay
     cost nothing) make the planner prefer what already runs.  ``family`` pins one family.
+    ``used``: memory (MiB) and compute (GMAC/s) per server already taken by other services; the
+    family is placed on what is left (melplan.planner.site plans services one after another so).
     """
 
     objective: str = "expected"
@@ -116,6 +119,7 @@ class PlanOptions:
     reduce: bool = True
     started: float | None = field(default=None, compare=False)  # perf_counter() when the run began (loading)
     progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    used: Mapping[str, tuple[float, float]] | None = None  # (MiB, GMAC/s) per server already taken by others
 
     def __post_init__(self) -> None:
         self.validated()
@@ -1250,6 +1254,8 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
             outcomes[fam.id] = _out_of_time(fam, data, None, ctx, hard_stop)
             continue
         data = family_data(fam, cluster)
+        if options.used:
+            data = with_used(data, options.used)
         why = infeasibility_reason(fam, cluster, data)
         if why is None and options.min_accuracy_under_failure is not None:
             wub = worst_upper_bound(fam, options.worst_failures, cluster.ingress is not None)

@@ -762,7 +762,12 @@ class Selection:
 
 
 def select_route(
-    plan_path: str, down: Sequence[str], *, catalog_dir: str | None = None, cluster_path: str | None = None
+    plan_path: str,
+    down: Sequence[str],
+    *,
+    catalog_dir: str | None = None,
+    cluster_path: str | None = None,
+    service: str | None = None,
 ) -> Selection:
     """Load a plan with its family and cluster (embedded in a v2 plan; from ``catalog_dir`` and
     ``cluster_path`` for a v1 plan) and return the route with ``down`` servers down.
@@ -772,7 +777,7 @@ def select_route(
     """
     from melplan.core.plan import load_plan_bundle
 
-    b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path)
+    b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path, service=service)
     plan, family, cluster = b.plan, b.family, b.cluster
     lookup = RouteLookup(family, plan.placement, cluster, source=str(plan_path))
     known = set(cluster.names) if cluster is not None else set(lookup.used)
