@@ -29,7 +29,9 @@ def test_shipped_catalog_plans_onto_cluster_4(name):
     assert {1, 2, 3} <= sizes and any(f.extra.get("role") == "reference" for f in cat)
     for f in cat:
         assert f.dataset["preprocessing"]["modality"] == MODAL[name]
-        assert f.reference and f.reference["accuracy"] == max(g.accuracy_all_up for g in cat if g.id == f.reference["id"])
+        assert f.reference and f.reference["accuracy"] == max(
+            g.accuracy_all_up for g in cat if g.id == f.reference["id"]
+        )
     r = run("plan", "--servers", CLUSTER4, "--catalog", ROOT / "catalog" / name, "--json")
     assert r.exit_code == 0, r.output
     plan = json.loads(r.stdout)

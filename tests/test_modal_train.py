@@ -58,7 +58,11 @@ def test_train_imagefolder_from_the_cli_writes_an_entry(tmp_path):
     assert fam.dataset["name"] == "imagefolder" and fam.dataset["input_shape"] == [3, 24, 24]
     assert fam.dataset["classes"] == ["class0", "class1", "class7"]
     prep = fam.dataset["preprocessing"]
-    assert prep["size"] == prep["raw_size"] == [24, 24] and len(prep["mean"]) == 3 and fam.dataset["split"]["kind"] == "seeded"
+    assert (
+        prep["size"] == prep["raw_size"] == [24, 24]
+        and len(prep["mean"]) == 3
+        and fam.dataset["split"]["kind"] == "seeded"
+    )
     assert fam.training["augment"] == "random crop (pad 2)"
     check_entry(fam, "image")
     ds = load_dataset("imagefolder", data_root=data, image_size=24)
