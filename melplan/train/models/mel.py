@@ -73,9 +73,11 @@ class BaseHead(nn.Module):
 class Upstream(nn.Module):
     """A prefix of the base's feature stack with its exit head. ``forward`` gives (features, logits, coarse)."""
 
-    def __init__(self, base: str, blocks: int, num_classes: int, *, num_coarse: int | None = None) -> None:
+    def __init__(
+        self, base: str, blocks: int, num_classes: int, *, num_coarse: int | None = None, pretrained: bool = False
+    ) -> None:
         super().__init__()
-        net = build_base(base, num_classes=num_classes)
+        net = build_base(base, num_classes=num_classes, pretrained=pretrained)
         if not 1 <= blocks <= len(net.blocks):
             from melplan.core.errors import InputError
 
@@ -170,10 +172,14 @@ class MELNet(nn.Module):
         self.config = dict(config)
         base, blocks, kind = config["base"], list(config["blocks"]), config["combiner"]
         num_classes, num_coarse = config["num_classes"], config.get("num_coarse")
+        pretrained = bool(config.get("pretrained", False))  # initialisation only; weights files override it
         self.names = [f"u{i + 1}" for i in range(len(blocks))]
         self.kind = kind
         self.upstreams = nn.ModuleDict(
-            {n: Upstream(base, b, num_classes, num_coarse=num_coarse) for n, b in zip(self.names, blocks)}
+            {
+                n: Upstream(base, b, num_classes, num_coarse=num_coarse, pretrained=pretrained)
+                for n, b in zip(self.names, blocks)
+            }
         )
         chans = {n: u.channels for n, u in self.upstreams.items()}
         sizes = {n: _spatial(base, b) for n, b in zip(self.names, blocks)}
@@ -238,8 +244,15 @@ def _spatial(base: str, blocks: int) -> int:
 
 
 def build_mel(
-    *, base: str, blocks: Sequence[int], combiner: str, num_classes: int, num_coarse: int | None = None
+    *,
+    base: str,
+    blocks: Sequence[int],
+    combiner: str,
+    num_classes: int,
+    num_coarse: int | None = None,
+    pretrained: bool = False,
 ) -> MELNet:
+    """A MEL network; ``pretrained`` initialises every upstream prefix from the base's ImageNet weights."""
     return MELNet(
         {
             "base": base,
@@ -247,5 +260,6 @@ def build_mel(
             "combiner": combiner,
             "num_classes": num_classes,
             "num_coarse": num_coarse,
+            "pretrained": pretrained,
         }
     )
