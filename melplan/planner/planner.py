@@ -1203,6 +1203,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
         latency_ms=ev.latency_ms,
         extra={"dataset": fam.dataset.get("name"), "planner": planner_block},
     )
+    the_plan = the_plan.embed(fam, cluster, catalog_dir=getattr(catalog, "root", None))
     considered = tuple(outcomes[f.id] for f in _ordered(families, outcomes))
     return PlanResult(the_plan, considered, chosen, best_single, proven, gap, notes, wall)
 
