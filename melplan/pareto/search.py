@@ -30,12 +30,13 @@ import inspect
 import json
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from melplan.core.catalog import Family, load_catalog, nonempty_subsets, save_family, subset_key
-from melplan.core.errors import CatalogError, InputError, TrainingError
+from melplan.core.errors import EmptyCatalogError, InputError, SearchStateError, TrainingError
 from melplan.core.fileio import atomic_write_json
 from melplan.pareto.front import (
     DEFAULT_OBJECTIVES,
@@ -55,10 +56,6 @@ BASE_SHORT = {"efficientnet_b0": "effb0", "mobilenet_v3_small": "mnv3s", "resnet
 COMBINER_KINDS = ("fc", "cnn", "shared")
 
 
-class SearchStateError(InputError):
-    """The search state file is unreadable or was written with other settings."""
-
-
 # -- the space -------------------------------------------------------------------------------
 
 
@@ -73,6 +70,9 @@ class SearchSpace:
     combiners: tuple[str, ...] = COMBINER_KINDS
     exit_weights: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     subset_weights: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raises InputError naming the option to fix."""
@@ -115,7 +115,7 @@ class SearchSpace:
             out["lambda_subsets"] = Choice(options=list(self.subset_weights))
         return out
 
-    def decode(self, x: Mapping[str, Any]) -> "Candidate":
+    def decode(self, x: Mapping[str, Any]) -> Candidate:
         """A point of the space to its canonical candidate (blocks sorted largest first, unused
         variables dropped)."""
         n = int(x["n_upstreams"])
@@ -187,7 +187,7 @@ class Candidate:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Candidate":
+    def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
         return cls(
             tuple(int(b) for b in d["blocks"]),
             str(d["combiner"]),
@@ -222,6 +222,9 @@ class SearchSettings:
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     space: SearchSpace = field(default_factory=SearchSpace)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         """Raises InputError (bad numbers, space or objectives)."""
         self.space.validate()
@@ -251,7 +254,7 @@ class SearchSettings:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SearchSettings":
+    def from_dict(cls, d: Mapping[str, Any]) -> SearchSettings:
         space = d.get("space", {})
         sp = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in space.items()})
         rest = {k: v for k, v in d.items() if k != "space"}
@@ -306,7 +309,7 @@ class Evaluation:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Evaluation":
+    def from_dict(cls, d: Mapping[str, Any]) -> Evaluation:
         return cls(
             int(d["index"]),
             str(d["key"]),
@@ -497,8 +500,8 @@ def _hand_made(catalog_dir: str | Path | None, dataset: str, exclude: set[str]) 
         return []
     try:
         cat = load_catalog(catalog_dir, dataset=dataset)
-    except CatalogError as exc:
-        if Path(catalog_dir).is_dir() and "holds no family" in exc.message:
+    except EmptyCatalogError:
+        if Path(catalog_dir).is_dir():
             return []  # a catalog of other datasets: nothing to compare with
         raise
     return [f for f in cat if f.id not in exclude]

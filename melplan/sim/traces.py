@@ -21,9 +21,9 @@ import io
 import math
 import os
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from melplan.core.cluster import Cluster
 from melplan.core.errors import TraceError

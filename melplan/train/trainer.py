@@ -14,9 +14,10 @@ import functools
 import hashlib
 import json
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from melplan.core.fileio import atomic_write_with
 from melplan.train.data import Batches, carve_validation, load_dataset
 from melplan.train.measure import accuracy_by_subset, measure_components
 from melplan.train.models.mel import COMBINER_KINDS, MELNet, build_mel, subsets_of
-from melplan.train.models.registry import build_base, check_base
+from melplan.train.models.registry import base_names, build_base, check_base
 
 DATASET_SHORT = {"fashion-mnist": "fmnist", "mnist5k": "mnist5k", "cifar100": "c100"}
 BASE_SHORT = {
@@ -36,6 +37,9 @@ BASE_SHORT = {
     "mobilenet_v3_small": "mnv3s",
     "resnet18": "r18",
 }
+
+
+_DIGEST_OPTIONAL = ("image_size",)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class FamilySpec:
     split_seed: int = 0
     patience: int = 2  # epochs without validation improvement before a phase stops; 0: never stop early
     independent: bool = False  # control: upstreams trained alone, combiners only in the fine-tuning phase
+    image_size: int | None = None  # imagefolder: side the images are resized to (default 32)
 
     def names(self) -> list[str]:
         return [f"u{i + 1}" for i in range(len(self.blocks))]
@@ -111,8 +116,11 @@ class FamilySpec:
         """A digest of every field that changes the trained family (not the id)."""
         d = asdict(self)
         d.pop("family_id")
-        # fields added after the first catalog: left out at their old behaviour's value, so that
-        # the digests of specs that do not use them stay comparable
+        # fields added after the first catalog count only when set (not at their old behaviour's
+        # value), so the digests of specs that do not use them stay valid
+        for key in _DIGEST_OPTIONAL:
+            if d.get(key) is None:
+                d.pop(key, None)
         for name, old in (("pretrained", False), ("independent", False)):
             if d[name] == old:
                 d.pop(name)
@@ -157,7 +165,7 @@ def validate_spec(spec: FamilySpec) -> int:
     return n_base
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _n_blocks(base: str) -> int:
     return len(build_base(base, num_classes=2).blocks)
 
@@ -259,8 +267,21 @@ def train_family(
     dev = pick_device(device)
     out = _Progress(progress, log)
     ds = load_dataset(
-        spec.dataset, data_root=data_root, download=download, train_limit=spec.train_limit, test_limit=spec.test_limit
+        spec.dataset,
+        data_root=data_root,
+        download=download,
+        train_limit=spec.train_limit,
+        test_limit=spec.test_limit,
+        image_size=spec.image_size,
     )
+    base_modality = build_base(spec.base, num_classes=2).modality
+    if base_modality != ds.modality:
+        raise InputError(
+            f"{spec.base} reads {base_modality} input, {spec.dataset} is {ds.modality}",
+            field="base",
+            fix=f"pick a base for {ds.modality}: "
+            + ", ".join(n for n in base_names() if build_base(n, num_classes=2).modality == ds.modality),
+        )
     train_split, val_split = ds.train, None
     if spec.val_fraction > 0:
         train_split, val_split = carve_validation(ds.train, spec.val_fraction, spec.split_seed)
@@ -281,11 +302,14 @@ def train_family(
         combiner=spec.combiner,
         num_classes=ds.num_classes,
         num_coarse=ds.num_coarse if spec.hierarchical else None,
+        input_shape=ds.input_shape,
+        input_dtype=ds.input_dtype,
+        base_args=ds.base_args,
         pretrained=spec.pretrained,
     ).to(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    flip = spec.dataset != "mnist5k"  # digits are not mirror-symmetric
+    flip = spec.dataset != "mnist5k" and ds.flip  # digits are not mirror-symmetric
     train_batches = Batches(
         ds, train_split, batch_size=spec.batch_size, shuffle=True, augment=spec.augment, generator=gen, flip=flip
     )
@@ -388,7 +412,21 @@ def train_family(
     acc, acc_coarse = accuracy_by_subset(model, test_batches, device=dev, coarse_map=coarse_map)
     meas = measure_components(model, kind=spec.combiner, latency=latency)
     lambdas = spec.resolved_lambdas()
-    family = _family(spec, fid, ds, model, lambdas, acc, acc_coarse, meas, train_s, n_base, catalog_dir, dev)
+    family = _family(
+        spec,
+        fid,
+        ds,
+        model,
+        lambdas,
+        acc,
+        acc_coarse,
+        meas,
+        train_s,
+        n_base,
+        catalog_dir,
+        dev,
+        augmentation=train_batches.augmentation,
+    )
     training = dict(family.training)
     training["train_samples"] = len(train_split)
     training["channels_last"] = channels_last
@@ -454,7 +492,9 @@ def _run_epoch(
         dynamic_ncols=True,
     )
     for x, y, yc in bar:
-        x, y = x.to(dev, non_blocking=True).contiguous(memory_format=fmt), y.to(dev, non_blocking=True)
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        if x.dim() == 4:  # images and spectrograms; token ids stay as they are
+            x = x.contiguous(memory_format=fmt)
         if phase == "joint":
             logits, coarse = model(x, [tuple(k.split("+")) for k, v in lambdas.items() if v > 0])
         else:
@@ -531,6 +571,8 @@ def _family(
     n_base: int,
     catalog_dir,
     dev,
+    *,
+    augmentation: str = "none",
 ) -> Family:
     role = spec.resolved_role(n_base)
     training: dict[str, Any] = {
@@ -545,7 +587,7 @@ def _family(
         "weight_decay": spec.weight_decay,
         "schedule": "one-cycle (cosine)",
         "label_smoothing": spec.label_smoothing,
-        "augment": "random crop (pad 2) + horizontal flip" if spec.augment else "none",
+        "augment": augmentation,
         "hierarchical": spec.hierarchical,
         "train_samples": len(ds.train),
         "wall_s": round(train_s, 1),
@@ -574,6 +616,19 @@ def _family(
     if ref:
         data["reference"] = ref
     return Family.from_dict(data, source=str(Path(catalog_dir) / f"{fid}.json"))
+
+
+def model_inputs(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """The network config keys an entry's ``dataset`` block decides: input shape and dtype (for
+    audio and text) and the base's arguments (a text base's vocabulary size)."""
+    prep = dataset.get("preprocessing") or {}
+    out: dict[str, Any] = {}
+    if list(dataset.get("input_shape") or [3, 32, 32]) != [3, 32, 32]:
+        out["input_shape"] = list(dataset["input_shape"])
+    if prep.get("modality") == "text":
+        out["input_dtype"] = "int64"
+        out["base_args"] = {"vocab_size": len(prep["vocabulary"])}
+    return out
 
 
 def load_weights(family: Family) -> MELNet:
@@ -740,6 +795,7 @@ def weights_from_checkpoint(family: Family, checkpoint: str | Path) -> Family:
         "num_classes": int(family.dataset["num_classes"]),
         "num_coarse": None,
     }
+    config.update(model_inputs(family.dataset))
     model = MELNet(config)
     model.load_state_dict(state["model"])  # strict: the shapes must match the entry
     root = Path(family.source).parent
