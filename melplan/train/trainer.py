@@ -285,11 +285,11 @@ def train_family(
     train_split, val_split = ds.train, None
     if spec.val_fraction > 0:
         train_split, val_split = carve_validation(ds.train, spec.val_fraction, spec.split_seed)
-        if len(val_split) < ds.num_classes or len(train_split) < spec.batch_size:
+        if len(val_split) < 1 or len(train_split) < 1:
             raise InputError(
                 f"validation split of {len(val_split)} and training split of {len(train_split)} samples are too small",
                 field="val_fraction",
-                fix="use more training samples (--train-limit), a smaller batch size, or val_fraction 0",
+                fix="use more training samples (--train-limit) or val_fraction 0",
             )
     ckpt = Path(checkpoint_dir) / f"{fid}.ckpt.pt" if checkpoint_dir else None
     state = _load_checkpoint(ckpt, spec) if (ckpt and resume) else None
