@@ -38,9 +38,12 @@ def random_plan(n: int, m: int, seed: int, *, shared: bool = False, max_replicas
     return family, cluster, plan
 
 
-def brute_force_best(family, placement, up: set[str]) -> float:
-    """DESIGN §1 written out independently: the best accuracy over servable subsets (0 if none)."""
+def brute_force_best(family, placement, up: set[str], ingress: str | None = None) -> float:
+    """DESIGN §1 written out independently: the best accuracy over servable subsets (0 if none, and 0
+    while the ingress is down)."""
     best = 0.0
+    if ingress is not None and ingress not in up:
+        return 0.0
     names = family.upstream_names
     for r in range(1, len(names) + 1):
         for s in itertools.combinations(names, r):
@@ -55,6 +58,14 @@ def brute_force_best(family, placement, up: set[str]) -> float:
     return best
 
 
+def oracle_route(oracle: RouteTable, up: set[str]):
+    """RouteTable's answer, and no answer while the cluster's ingress is down (DESIGN §1)."""
+    ingress = oracle.cluster.ingress
+    if ingress is not None and ingress not in up:
+        return oracle.route(())
+    return oracle.route(up)
+
+
 def assert_matches_oracle(route, oracle_route, up: set[str], best: float) -> None:
     assert route.answer == oracle_route.answer
     assert route.accuracy == oracle_route.accuracy
@@ -62,6 +73,7 @@ def assert_matches_oracle(route, oracle_route, up: set[str], best: float) -> Non
     assert route.combiner_server == oracle_route.combiner_server
     assert route.latency_ms == oracle_route.latency_ms
     assert set(route.servers) <= up, "routed through a down server"
+    assert set(route.depends_on) <= up, "answered while the ingress is down"
     assert route.accuracy == pytest.approx(best)
     assert route.down == (best == 0.0 and route.answer is None)
 
@@ -86,14 +98,16 @@ def test_route_is_servable_and_best_after_any_events(spec, events):
             route = sel.mark_up(server, now=float(t))
             up.add(server)
         assert route is sel.route()
-        assert_matches_oracle(route, oracle.route(up), up, brute_force_best(family, plan.placement, up))
+        assert_matches_oracle(
+            route, oracle_route(oracle, up), up, brute_force_best(family, plan.placement, up, cluster.ingress)
+        )
         assert route.degraded == (route.accuracy < sel.lookup.accuracy_all_up - 1e-12)
     for s in cluster.names:
         sel.mark_up(s, now=1e6)
     assert sel.route() == sel.lookup.all_up == sel.route_for([])
     assert_matches_oracle(
         sel.route(),
-        oracle.route(cluster.names),
+        oracle_route(oracle, set(cluster.names)),
         set(cluster.names),
         brute_force_best(family, plan.placement, set(cluster.names)),
     )
@@ -111,9 +125,10 @@ def test_table_equals_oracle_on_every_mask_and_memo_path(spec):
     bare = RouteLookup(family, plan.placement, None)
     assert eager.table is not None and lazy.table is None
     assert eager.used == oracle.used
-    for mask in range(1 << len(eager.used)):
-        up = {s for i, s in enumerate(eager.used) if mask >> i & 1}
-        want = oracle.route(up)
+    assert eager.tracked == oracle.used + (() if cluster.ingress in (None, *oracle.used) else (cluster.ingress,))
+    for mask in range(1 << len(eager.tracked)):
+        up = {s for i, s in enumerate(eager.tracked) if mask >> i & 1}
+        want = oracle_route(oracle, up)
         for lk in (eager, lazy):
             got = lk.route_mask(mask)
             assert (got.answer, got.accuracy, got.servers, got.latency_ms) == (
@@ -122,7 +137,8 @@ def test_table_equals_oracle_on_every_mask_and_memo_path(spec):
                 want.servers,
                 want.latency_ms,
             )
-        got = bare.route_mask(mask)  # no cluster: same answer, replicas in placement order
+        got = bare.route(set(bare.used) - up)  # no cluster, no ingress: replicas in placement order
+        want = oracle.route(up)
         assert (got.answer, got.accuracy, got.latency_ms) == (want.answer, want.accuracy, None)
         assert set(got.servers) <= up
 
@@ -231,10 +247,10 @@ def test_threads_serialise_events_like_a_sequential_replay():
     assert len(history) == 1600 and [r.seq for r in history] == list(range(1, 1601))
     oracle = RouteTable(family, plan.placement, cluster)
     up = set(servers)
-    prev = oracle.route(up)
+    prev = oracle_route(oracle, up)
     for rec in history:  # each record is what a sequential replay of the records gives
         (up.discard if rec.kind == "down" else up.add)(rec.server)
-        want = oracle.route(up)
+        want = oracle_route(oracle, up)
         assert (rec.route.answer, rec.route.servers) == (want.answer, want.servers)
         assert (rec.previous.answer, rec.previous.servers) == (prev.answer, prev.servers)
         prev = want
@@ -380,9 +396,14 @@ def test_replan_after_grace_moves_components_and_records_everything():
     assert calls[0].current_family is family
     assert [str(a) for a in res.actions] == ["start u2 on s2", "stop u2 on s1"]
     assert res.bytes_moved == family.upstream("u2").weight_bytes == sel.bytes_moved
+    # readiness: u2 on s2 is pending until it reports ready; the old placement (u1 alone) serves meanwhile
+    assert res.pending == (("u2", "s2"),) and sel.pending == {("u2", "s2")}
+    assert sel.route().answer == "u1" and sel.history[-1].pending == (("u2", "s2"),)
+    assert sel.status(now=311.0).pending == (("u2", "s2"),)
+    assert sel.mark_ready("u2", "s2", now=340.0).answer == "u1+u2"
     assert sel.route().answer == "u1+u2" and not sel.route().degraded and sel.route().generation == 1
-    assert "s1" not in sel.route().servers
-    assert [r.kind for r in sel.history] == ["down", "wait", "replan"] and sel.history[-1].changed
+    assert "s1" not in sel.route().servers and sel.pending == frozenset()
+    assert [r.kind for r in sel.history] == ["down", "wait", "replan", "ready"] and sel.history[-1].changed
     assert "next check at t=310" in sel.history[1].detail and not sel.history[1].changed
     assert sel.tick(now=400.0) is None  # nothing left to do
     # s1 comes back: counted as recovered only after the hold-down, then re-planned with it
@@ -406,7 +427,8 @@ def test_replan_failure_is_recorded_and_backed_off():
     )
     sel.mark_down("s1", now=0.0)
     assert sel.tick(now=0.0) is None
-    assert sel.history[-1].kind == "replan-failed" and "fewer servers" in sel.history[-1].detail
+    assert sel.history[-1].kind == "replan-failed" and "fewer servers" in sel.history[-1].failure
+    assert "grace" in sel.history[-1].detail and sel.history[-1].to_dict()["failure"] == sel.history[-1].failure
     assert sel.replan_failures == 1 and sel.next_due(now=1.0) == 60.0
     assert sel.tick(now=30.0) is None and sel.replans == 1
     sel.tick(now=60.0)
