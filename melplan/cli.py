@@ -8,10 +8,10 @@ become one paragraph on stderr and the error's exit code, never a traceback.
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
+from melplan import __version__
 from melplan.core.errors import MelplanError
 
 # name -> (module under melplan.commands, attribute, one-line help)
@@ -52,7 +52,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="melplan")
+@click.version_option(version=__version__, prog_name="melplan")
 def main() -> None:
     """melplan: plan, run and check Multi-level Ensemble Learning (MEL) deployments on edge servers
     that fail.
@@ -69,4 +69,4 @@ def run() -> None:  # console-script entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run())
+    run()

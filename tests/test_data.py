@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 
 from melplan.core.errors import DataError  # noqa: E402

@@ -82,7 +82,7 @@ def test_json_output_is_the_plan(catalog_dir):
     r = run("plan", "--servers", CLUSTER4, "--catalog", catalog_dir, "--json", "--objective", "worst-case")
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
-    assert data["schema"] == "melplan.plan/v1" and data["objective"] == "worst-case"
+    assert data["schema"] == "melplan.plan/v2" and data["objective"] == "worst-case"
     assert {"family", "placement", "expected_accuracy", "worst_case_accuracy", "fallback", "solver"} <= set(data)
 
 

@@ -413,6 +413,7 @@ def test_subprocess_refuses_bad_space_quickly(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.torch
 def test_real_search_trains_writes_entries_and_resumes(tmp_path, monkeypatch):
     """Tiny budget on a tiny MNIST-5k subset: trains with melplan.train.trainer, writes catalog entries,
     and a rerun with a larger budget trains only the new candidates."""

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from melplan.core.catalog import Catalog
 from melplan.core.cluster import Cluster, Link, Server, Workload
-from melplan.core.errors import InfeasiblePlanError, PlanFileError, TraceError
+from melplan.core.errors import InfeasiblePlanError, InputError, PlanFileError, TraceError
 from melplan.core.plan import Plan
 from melplan.runtime.reconcile import Policy
 from melplan.sim.simulate import SimOptions, binned_series, choose_baselines, fitting_servers, plot_report, simulate
@@ -352,7 +352,7 @@ def test_unknown_trace_server_and_bad_plan_are_input_errors():
     bad = replace(plan, placement={"u1": ("a",), "u2": ("nowhere",)})
     with pytest.raises(PlanFileError):
         simulate(bad, fam, cluster, trace_of([(1, "a", "down")], 2))
-    with pytest.raises(Exception):
+    with pytest.raises(InputError):
         SimOptions(floor=1.5)
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 
 from melplan.core.catalog import load_catalog, load_family  # noqa: E402

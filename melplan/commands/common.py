@@ -1,11 +1,18 @@
-"""Options and rendering helpers shared by several commands."""
+"""Options and rendering helpers shared by several commands: each shared option is defined here once.
+
+Machine output: :func:`echo_json` prints exactly one strict JSON document on stdout (non-finite
+numbers become ``null``, see :func:`melplan.core.fileio.strict_json`).  Solver logs appear only with
+``--verbose``, and then on stderr.
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import click
+
+from melplan.core.fileio import dumps_strict
 
 catalog_option = click.option(
     "--catalog",
@@ -14,12 +21,56 @@ catalog_option = click.option(
     default=None,
     help="Catalog directory of family JSON files (default: $MELPLAN_CATALOG, ./catalog, or the shipped one).",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
+plan_catalog_option = click.option(
+    "--catalog",
+    "catalog_dir",
+    type=click.Path(file_okay=True, dir_okay=True),
+    default=None,
+    help="Catalog directory: only needed for a v1 plan (a v2 plan embeds its family); when given, its entry "
+    "for the plan's family must agree with the embedded one.",
+)
+plan_option = click.option(
+    "--plan",
+    "plan_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Plan file written by `melplan plan --out` (a v2 plan embeds its family and cluster).",
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one strict JSON document on stdout instead of tables."
+)
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random source.")
+force_option = click.option("--force", is_flag=True, help="Overwrite existing output files.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress output.")
+
+
+def servers_option(*, required: bool, help: str) -> Callable:
+    """``--servers FILE``: a cluster file (required by `plan`; optional where the plan embeds one)."""
+    return click.option("--servers", "cluster_path", required=required, type=click.Path(dir_okay=False), help=help)
+
+
+def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        from melplan.planner.solve import set_solver_log
+
+        set_solver_log(True)
+    return value
+
+
+verbose_option = click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    callback=_verbose,
+    expose_value=False,
+    is_eager=True,
+    help="Show the MILP solver's log (on stderr).",
+)
 
 
 def echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2))
+    """Print ``obj`` as one strict JSON document on stdout (NaN and infinities become null)."""
+    click.echo(dumps_strict(obj))
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, align: str | None = None) -> str:

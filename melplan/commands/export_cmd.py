@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import catalog_option, echo_json, json_option, table
+from melplan.commands.common import echo_json, json_option, plan_catalog_option, plan_option, table
 
 
 @click.command("export")
-@click.option(
-    "--plan",
-    "plan_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Plan file written by `melplan plan --out`.",
-)
+@plan_option
 @click.option(
     "--format",
     "fmt",
@@ -26,7 +20,7 @@ from melplan.commands.common import catalog_option, echo_json, json_option, tabl
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory (created when missing)."
 )
-@catalog_option
+@plan_catalog_option
 @click.option(
     "--image", default=None, help="k8s: container image of the serving runtime [default: melplan-runtime:latest]."
 )

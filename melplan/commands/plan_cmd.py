@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import catalog_option, echo_json, json_option, table
+from melplan.commands.common import catalog_option, echo_json, json_option, servers_option, table, verbose_option
 
 
 class FailuresType(click.ParamType):
@@ -28,13 +28,7 @@ class FailuresType(click.ParamType):
 
 
 @click.command("plan")
-@click.option(
-    "--servers",
-    "servers_file",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Cluster file (YAML, see docs/cluster.md).",
-)
+@servers_option(required=True, help="Cluster file (YAML, see docs/cluster.md).")
 @catalog_option
 @click.option(
     "--dataset", default=None, help="Plan with the families of this dataset (needed when the catalog has several)."
@@ -89,8 +83,9 @@ class FailuresType(click.ParamType):
 )
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the plan (JSON) here.")
 @json_option
+@verbose_option
 def plan(
-    servers_file,
+    cluster_path,
     catalog_dir,
     dataset,
     objective,
@@ -116,7 +111,7 @@ def plan(
     from melplan.planner.planner import PlanOptions
     from melplan.planner.planner import plan as run_plan
 
-    cluster = load_cluster(servers_file)
+    cluster = load_cluster(cluster_path)
     catalog = load_catalog(catalog_dir, dataset=dataset)
     datasets = sorted({str(f.dataset.get("name")) for f in catalog})
     if len(datasets) > 1:
@@ -142,7 +137,7 @@ def plan(
     if as_json:
         echo_json(result.plan.to_dict())
         return
-    click.echo(render(result, cluster, catalog, servers_file))
+    click.echo(render(result, cluster, catalog, cluster_path))
     if out_file:
         click.echo(f"\nWrote {out_file}")
 
@@ -182,7 +177,7 @@ def render(result, cluster, catalog, servers_file: str) -> str:
         f"  expected accuracy {plan.expected_accuracy:.5f} (exact), all up {plan.accuracy_all_up:.4f}, "
         f"worst with {worst_txt}"
     )
-    counts = {}
+    counts: dict[str, int] = {}
     for o in result.considered:
         counts[o.status] = counts.get(o.status, 0) + 1
     k_worst = k_label if k_label != "all" else "1"

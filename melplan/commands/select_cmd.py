@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import catalog_option, echo_json, json_option
+from melplan.commands.common import echo_json, json_option, plan_catalog_option, plan_option, servers_option
 
 
 @click.command("select")
-@click.option(
-    "--plan",
-    "plan_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Plan file written by `melplan plan --out`.",
-)
+@plan_option
 @click.option(
     "--down",
     "down",
@@ -23,14 +17,12 @@ from melplan.commands.common import catalog_option, echo_json, json_option
     metavar="SERVERS",
     help="Comma-separated servers that are down, e.g. edge-a,edge-c (default: none).",
 )
-@click.option(
-    "--servers",
-    "cluster_path",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Cluster file: adds path latencies and lets --down name servers the plan does not use.",
+@servers_option(
+    required=False,
+    help="Cluster file: only for a v1 plan (a v2 plan embeds its cluster); it adds path latencies and lets "
+    "--down name servers the plan does not use.  When given, it must agree with the embedded one.",
 )
-@catalog_option
+@plan_catalog_option
 @json_option
 def select(plan_path: str, down: str, cluster_path: str | None, catalog_dir: str | None, as_json: bool) -> None:
     """Show which subset of the plan's family answers when the --down servers are down, on which

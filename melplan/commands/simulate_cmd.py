@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import catalog_option, echo_json, json_option, table
+from melplan.commands.common import echo_json, json_option, plan_option, servers_option, table, verbose_option
 
 
 def _pairs(items: tuple[str, ...], option: str) -> dict[str, float]:
@@ -33,21 +33,20 @@ def _bytes(n: float) -> str:
 
 
 @click.command("simulate")
-@click.option(
-    "--plan",
-    "plan_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Plan file written by `melplan plan --out`.",
+@plan_option
+@servers_option(
+    required=False,
+    help="Cluster file: only for a v1 plan (a v2 plan embeds the cluster it was made for, with MTBF/MTTR or "
+    "failure_prob per server).  When given, it must agree with the embedded one.",
 )
 @click.option(
-    "--servers",
-    "cluster_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Cluster file the plan was made for (docs/cluster.md); MTBF/MTTR or failure_prob per server.",
+    "--catalog",
+    "catalog_dir",
+    type=click.Path(file_okay=True, dir_okay=True),
+    default=None,
+    help="Catalog of the baselines (and of the family, for a v1 plan) [default: the catalog the plan was made "
+    "from, when it still exists].  Its entry for the plan's family must agree with the embedded one.",
 )
-@catalog_option
 @click.option(
     "--trace",
     "trace_path",
@@ -184,9 +183,10 @@ def _bytes(n: float) -> str:
     help="Write the trace used (generated or read) as CSV, to replay it later.",
 )
 @json_option
+@verbose_option
 def simulate(
     plan_path: str,
-    cluster_path: str,
+    cluster_path: str | None,
     catalog_dir: str | None,
     trace_path: str | None,
     trace_format: str,
@@ -217,8 +217,8 @@ def simulate(
 
     \b
     Examples:
-      melplan simulate --plan plan.json --servers cluster.yaml --hours 720 --seed 1 --plot sim.png
-      melplan simulate --plan plan.json --servers cluster.yaml --trace outages.csv --policy eager --json
+      melplan simulate --plan plan.json --hours 720 --seed 1 --plot sim.png
+      melplan simulate --plan plan.json --trace outages.csv --policy eager --json
     """
     from melplan.runtime.reconcile import Policy
     from melplan.sim.simulate import (

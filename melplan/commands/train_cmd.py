@@ -107,7 +107,9 @@ def train(
     try:
         block_list = tuple(int(b) for b in blocks.split(","))
     except ValueError:
-        raise click.BadParameter(f"{blocks!r} is not a comma-separated list of whole numbers", param_hint="--blocks")
+        raise click.BadParameter(
+            f"{blocks!r} is not a comma-separated list of whole numbers", param_hint="--blocks"
+        ) from None
     _set_threads(threads)
     spec = FamilySpec(
         base=base,
@@ -175,7 +177,7 @@ def sweep(sweep_file, catalog_dir, shard, only, skip_existing, data_root, checkp
         k, n = (int(x) for x in shard.split("/"))
         assert 0 <= k < n
     except (ValueError, AssertionError):
-        raise click.BadParameter(f"{shard!r}: expected K/N with 0 <= K < N", param_hint="--shard")
+        raise click.BadParameter(f"{shard!r}: expected K/N with 0 <= K < N", param_hint="--shard") from None
     _set_threads(threads)
     for fam in run_sweep(
         sweep_file,

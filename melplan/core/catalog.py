@@ -15,9 +15,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from melplan.core.errors import CatalogError
 from melplan.core.fileio import atomic_write_json
@@ -39,15 +40,25 @@ def nonempty_subsets(names: Iterable[str]) -> list[tuple[str, ...]]:
     return [c for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
 
 
+def shipped_catalog_dir() -> Path:
+    """The catalog that ships with melplan: ``melplan/catalog`` inside an installed wheel (package data
+    copied from the repository's ``catalog/`` by setup.py), else ``catalog/`` of the source checkout."""
+    packaged = Path(__file__).resolve().parents[1] / "catalog"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "catalog"
+
+
 def default_catalog_dir() -> Path:
-    """``$MELPLAN_CATALOG``, else ``./catalog`` when it exists, else the catalog shipped beside the package."""
+    """``$MELPLAN_CATALOG``, else ``./catalog`` when it exists, else the shipped catalog
+    (:func:`shipped_catalog_dir`), whatever the working directory."""
     env = os.environ.get("MELPLAN_CATALOG")
     if env:
         return Path(env)
     local = Path("catalog")
     if local.is_dir():
         return local
-    return Path(__file__).resolve().parents[2] / "catalog"
+    return shipped_catalog_dir()
 
 
 @dataclass(frozen=True)
@@ -237,7 +248,7 @@ class Family:
         return d
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str | None = None) -> "Family":
+    def from_dict(cls, data: Any, *, source: str | None = None) -> Family:
         """Validate and build; raises :class:`CatalogError` naming the file and field."""
         return _parse_family(data, source)
 
@@ -270,7 +281,7 @@ class Catalog:
             fix=f"use one of: {known} (see `melplan catalog list`)",
         )
 
-    def for_dataset(self, name: str) -> "Catalog":
+    def for_dataset(self, name: str) -> Catalog:
         return Catalog(tuple(f for f in self.families if f.dataset.get("name") == name), self.root)
 
     def to_frame(self):

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from melplan.core.errors import ClusterError
 
@@ -96,7 +97,7 @@ class Cluster:
                 fix=f"use one of: {', '.join(self.names[:10])}",
             ) from None
 
-    def without(self, names: Iterable[str]) -> "Cluster":
+    def without(self, names: Iterable[str]) -> Cluster:
         """The same cluster with some servers removed (links and ingress kept where possible)."""
         gone = set(names)
         keep = tuple(s for s in self.servers if s.name not in gone)
@@ -104,7 +105,7 @@ class Cluster:
         ingress = self.ingress if self.ingress not in gone else None
         return replace(self, servers=keep, overrides=ov, ingress=ingress)
 
-    def with_servers(self, servers: Iterable[Server]) -> "Cluster":
+    def with_servers(self, servers: Iterable[Server]) -> Cluster:
         return replace(self, servers=tuple(self.servers) + tuple(servers))
 
     def graph(self):

@@ -16,8 +16,8 @@ refused rather than approximated.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from melplan.core.catalog import Family, subset_key
 from melplan.core.cluster import Cluster
@@ -175,7 +175,7 @@ class RouteTable:
         for key, acc, ups, reps in self.options:
             if not all(s in up for s in ups):
                 continue
-            for lat, comb, srv in reps:
+            for lat, _comb, srv in reps:
                 if srv is None or srv in up:
                     servers = ups if srv is None else tuple(dict.fromkeys(ups + (srv,)))
                     return Route(key, acc, servers, srv, lat)
@@ -200,7 +200,7 @@ def best_accuracy_by_state(table: RouteTable):
     states = np.arange(1 << m, dtype=np.int64)
     best = np.zeros(1 << m)
     decided = np.zeros(1 << m, dtype=bool)
-    for key, acc, ups, reps in table.options:
+    for _key, acc, ups, reps in table.options:
         need = sum({bit[s] for s in ups})
         ok = (states & need) == need
         if reps[0][2] is not None:
@@ -283,7 +283,7 @@ def capacity_violations(family: Family, placement: Placement, cluster: Cluster, 
     if slo is not None:
         table = RouteTable(family, placement, cluster)
         for key, _, _, reps in table.options:
-            for lat, comb, srv in reps:
+            for lat, _comb, srv in reps:
                 if lat > slo + 1e-9:
                     problems.append(f"path {key} via {srv or 'its exit'} takes {lat:.2f} ms > SLO {slo} ms")
     return problems

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def _umask() -> int:
@@ -40,8 +42,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-Infinity) replaced by ``None``, so that it serialises
+    as strict JSON (RFC 8259 has no NaN/Infinity).  ``null`` then means "no finite value": undefined
+    (NaN, e.g. a ratio to a reference that does not exist) or unbounded (infinity, e.g. the latency
+    between servers no path connects).  Tuples become lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if type(obj).__module__ == "numpy":
+        item = getattr(obj, "item", None)
+        if item is not None and getattr(obj, "ndim", 0) == 0:
+            return strict_json(item())
+        tolist = getattr(obj, "tolist", None)
+        if tolist is not None:
+            return strict_json(tolist())
+    return obj
+
+
+def dumps_strict(obj: Any, *, indent: int | None = 2) -> str:
+    """One strict JSON document (see :func:`strict_json`); raises ValueError for what JSON cannot hold."""
+    return json.dumps(strict_json(obj), indent=indent, allow_nan=False)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, strict: bool = False) -> Path:
+    """Write ``obj`` as indented JSON; ``strict``: non-finite floats become null (:func:`strict_json`)."""
+    text = dumps_strict(obj) if strict else json.dumps(obj, indent=2, sort_keys=False)
+    return atomic_write_text(path, text + "\n")
 
 
 def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
@@ -60,3 +90,14 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) ->
             pass
         raise
     return path
+
+
+def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks. Raises OSError when it cannot be read."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -10,16 +10,16 @@ directory of Kubernetes objects (see :mod:`melplan.k8s` and docs/export.md).
 
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from melplan.core.catalog import MIB, Family, load_catalog
-from melplan.core.errors import CatalogError, InputError, PlanFileError
-from melplan.core.fileio import atomic_write_json, atomic_write_text
-from melplan.core.plan import Plan, load_plan
+from melplan.core.catalog import MIB, Family
+from melplan.core.errors import InputError, PlanFileError
+from melplan.core.fileio import atomic_write_json, atomic_write_text, sha256_file
+from melplan.core.plan import Plan, WeightsRef, load_plan_bundle
 from melplan.deploy.k8s import K8sOptions
 
 MANIFEST_SCHEMA = "melplan.manifest/v1"
@@ -44,27 +44,15 @@ class ExportResult:
 
 
 def load_inputs(plan_path: str | os.PathLike, catalog_dir: str | os.PathLike | None = None) -> tuple[Plan, Family]:
-    """The plan and its family from the catalog.
+    """The plan and its family (embedded in a v2 plan; from the catalog for a v1 plan).
 
     Raises :class:`PlanFileError` when the plan is unreadable or malformed, names a family the
-    catalog lacks, or places components the family does not have; :class:`CatalogError` when the
-    catalog itself cannot be loaded.
+    catalog lacks (v1), disagrees with a ``catalog_dir`` given (v2), or places components the family
+    does not have; :class:`CatalogError` when the catalog itself cannot be loaded.
     """
-    source = str(plan_path)
-    plan = load_plan(plan_path)
-    catalog = load_catalog(catalog_dir)
-    try:
-        family = catalog.get(plan.family)
-    except CatalogError:
-        known = ", ".join(catalog.ids()[:8]) + (" ..." if len(catalog) > 8 else "")
-        raise PlanFileError(
-            f"family '{plan.family}' is not in the catalog {catalog.root}",
-            file=source,
-            field="family",
-            fix=f"pass --catalog with the catalog the plan was made from (this one holds: {known})",
-        ) from None
-    check_placement(plan, family, source=source)
-    return plan, family
+    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir)
+    check_placement(bundle.plan, bundle.family, source=str(plan_path))
+    return bundle.plan, bundle.family
 
 
 def check_placement(plan: Plan, family: Family, *, source: str | None = None) -> None:
@@ -101,30 +89,27 @@ def check_placement(plan: Plan, family: Family, *, source: str | None = None) ->
 # -- the deployable view -----------------------------------------------------------------------
 
 
-def sha256_file(path: str | os.PathLike, *, chunk: int = MIB) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def weights_info(
+    family: Family, *, path: str | os.PathLike | None = None, recorded: WeightsRef | None = None
+) -> dict[str, Any] | None:
+    """The family's weights file, checksummed when present.
 
-
-def weights_info(family: Family) -> dict[str, Any] | None:
-    """The family's weights file (relative to the folder of its catalog JSON), checksummed when present.
-
-    ``None`` when the family names no weights file.  ``found`` says whether the file exists; only
-    then are ``sha256`` and ``size_bytes`` filled in.
+    ``path``: where it was found (:attr:`melplan.core.plan.PlanBundle.weights_path`); by default the
+    file beside the family's catalog JSON.  ``recorded``: the plan's record of it, whose digest is
+    kept when the file is not here.  ``None`` when the family names no weights file; ``found`` says
+    whether the file exists here.
     """
     if not family.weights:
         return None
-    path = Path(family.source).parent / family.weights if family.source else None
+    if path is None and family.source:
+        path = Path(family.source).parent / family.weights
+    path = None if path is None else Path(path)
     info: dict[str, Any] = {
         "file": family.weights,
         "path": None if path is None else str(path),
         "found": False,
-        "sha256": None,
-        "size_bytes": None,
+        "sha256": None if recorded is None else recorded.sha256,
+        "size_bytes": None if recorded is None else recorded.size_bytes,
     }
     if path is not None and path.is_file():
         info.update(found=True, sha256=sha256_file(path), size_bytes=path.stat().st_size)
@@ -169,14 +154,17 @@ def _component_entry(
     return entry
 
 
-def build_manifest(plan: Plan, family: Family, *, plan_source: str | None = None) -> dict[str, Any]:
+def build_manifest(
+    plan: Plan, family: Family, *, plan_source: str | None = None, weights_path: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """The deployable view of ``plan`` (schema ``melplan.manifest/v1``) as plain data.
 
     Servers come in the order the plan first uses them; components on a server in family order
-    (upstreams, then combiners).  Assumes :func:`check_placement` passed.
+    (upstreams, then combiners).  ``weights_path``: where the weights file was found (default:
+    beside the family's catalog JSON).  Assumes :func:`check_placement` passed.
     """
     placement = {c: tuple(v) for c, v in plan.placement.items()}
-    weights = weights_info(family)
+    weights = weights_info(family, path=weights_path, recorded=plan.weights)
     order = [c for c in family.component_names() if c in placement]
     servers = []
     for s in plan.used_servers:
@@ -319,14 +307,21 @@ def export_plan(
             field="--out",
             fix="give a directory (it is created when missing)",
         )
-    plan, family = load_inputs(plan_path, catalog_dir)
-    manifest = build_manifest(plan, family, plan_source=str(plan_path))
+    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir)
+    plan, family = bundle.plan, bundle.family
+    check_placement(plan, family, source=str(plan_path))
+    manifest = build_manifest(plan, family, plan_source=str(plan_path), weights_path=bundle.weights_path)
     warnings = []
     w = manifest["weights"]
     if w is not None and not w["found"]:
+        where = ", ".join(bundle.weights_tried) or w["file"]
         warnings.append(
-            f"weights file {w['path'] or w['file']} not found beside the catalog entry: "
-            "the manifest names it without a sha256 checksum"
+            f"weights file {w['file']} not found (looked in: {where}): "
+            + (
+                f"the manifest names it with the sha256 the plan recorded ({w['sha256']})"
+                if w["sha256"]
+                else "the manifest names it without a sha256 checksum"
+            )
         )
     if fmt == "json":
         return ExportResult(

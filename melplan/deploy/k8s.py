@@ -31,8 +31,9 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 from melplan.core.catalog import MIB, Family
 from melplan.core.errors import InputError, MelplanError, PlanFileError

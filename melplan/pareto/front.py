@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 from melplan.core.catalog import Catalog, Family, family_row
 from melplan.core.errors import InfeasiblePlanError, InputError

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from melplan.core.fileio import atomic_write_with
 from melplan.pareto.front import Objective, ParetoResult, Row, family_label
@@ -157,7 +157,7 @@ def plot_front(
         rows = list(result.rows)
 
         def xy(r: Row) -> tuple[float, float]:
-            return r.values[xo.name] * kx, r.values[yo.name] * ky
+            return r.values[xo.name] * kx, r.values[yo.name] * ky  # noqa: B023 (called inside this iteration)
 
         # staircase of the projection's own front (and the baseline's, dashed)
         for res, style, lab in ((baseline, "--", "front before search"), (result, "-", "front of this projection")):

@@ -30,9 +30,10 @@ import inspect
 import json
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from melplan.core.catalog import Family, load_catalog, nonempty_subsets, save_family, subset_key
 from melplan.core.errors import CatalogError, InputError, TrainingError
@@ -115,7 +116,7 @@ class SearchSpace:
             out["lambda_subsets"] = Choice(options=list(self.subset_weights))
         return out
 
-    def decode(self, x: Mapping[str, Any]) -> "Candidate":
+    def decode(self, x: Mapping[str, Any]) -> Candidate:
         """A point of the space to its canonical candidate (blocks sorted largest first, unused
         variables dropped)."""
         n = int(x["n_upstreams"])
@@ -187,7 +188,7 @@ class Candidate:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Candidate":
+    def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
         return cls(
             tuple(int(b) for b in d["blocks"]),
             str(d["combiner"]),
@@ -251,7 +252,7 @@ class SearchSettings:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SearchSettings":
+    def from_dict(cls, d: Mapping[str, Any]) -> SearchSettings:
         space = d.get("space", {})
         sp = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in space.items()})
         rest = {k: v for k, v in d.items() if k != "space"}
@@ -306,7 +307,7 @@ class Evaluation:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Evaluation":
+    def from_dict(cls, d: Mapping[str, Any]) -> Evaluation:
         return cls(
             int(d["index"]),
             str(d["key"]),

@@ -48,8 +48,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import pulp
@@ -97,7 +97,7 @@ class FamilyData:
     def n_comb(self) -> int:
         return len(self.family.combiners)
 
-    def subset(self, servers: Sequence[str]) -> "FamilyData":
+    def subset(self, servers: Sequence[str]) -> FamilyData:
         """The same data restricted to ``servers`` (a subsequence of ``self.servers``)."""
         pos = {s: j for j, s in enumerate(self.servers)}
         idx = np.array([pos[s] for s in servers], dtype=np.int64)

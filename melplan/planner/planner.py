@@ -39,8 +39,9 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ class PlanOptions:
     threads: int | None = None
     reduce: bool = True
 
-    def validated(self) -> "PlanOptions":
+    def validated(self) -> PlanOptions:
         """Return self, or raise InputError naming the option that is out of range."""
         if self.objective not in OBJECTIVES:
             raise InputError(
@@ -1203,6 +1204,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
         latency_ms=ev.latency_ms,
         extra={"dataset": fam.dataset.get("name"), "planner": planner_block},
     )
+    the_plan = the_plan.embed(fam, cluster, catalog_dir=getattr(catalog, "root", None))
     considered = tuple(outcomes[f.id] for f in _ordered(families, outcomes))
     return PlanResult(the_plan, considered, chosen, best_single, proven, gap, notes, wall)
 

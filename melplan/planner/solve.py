@@ -4,13 +4,23 @@ HiGHS (through ``highspy``) is used when it can be imported, CBC otherwise; ``--
 PuLP maps a HiGHS time-limit stop to "Optimal", and CBC's "stopped on time" to status 1, so the
 status here is read from the solver itself: HiGHS's model status and info, CBC's log summary.
 A result is called ``optimal`` only when the solver proved it (within the gap asked for).
+
+Output: HiGHS prints its banner ("Running HiGHS ...") from C++ straight to file descriptor 1 the first
+time a ``highspy.Highs`` object is created in a process, before any option can be set, so
+``sys.stdout`` redirection cannot catch it.  :func:`_absorb_highs_banner` creates that first object
+with fd 1 pointed at /dev/null (at stderr when solver logs are on), so ``--json`` output stays one JSON
+document.  Solver logs are off unless :func:`set_solver_log` turned them on (``--verbose``); they then go
+to stderr, never to stdout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +30,71 @@ import pulp
 from melplan.core.errors import InputError, SolverError
 
 SOLVERS = ("highs", "cbc")
+_LOG = {"on": False}
+_BANNER = {"done": False}
+_FD_LOCK = threading.Lock()
+
+
+def set_solver_log(on: bool) -> None:
+    """Show the solvers' own logs (on stderr) from now on in this process, or hide them (the default)."""
+    _LOG["on"] = bool(on)
+
+
+def solver_log_on() -> bool:
+    return _LOG["on"]
+
+
+def _flush_c_stdio() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # pragma: no cover - no C library to flush
+        pass
+
+
+@contextlib.contextmanager
+def stdout_fd_to(target: str):
+    """Point file descriptor 1 at ``"stderr"`` or ``"devnull"`` for the block (C code included), then back.
+
+    Python's and C's stdout buffers are flushed on both sides so nothing written before or inside
+    the block lands on the wrong side.  Process-wide: keep the block short.
+    """
+    with _FD_LOCK:
+        sys.stdout.flush()
+        _flush_c_stdio()
+        saved = os.dup(1)
+        try:
+            if target == "stderr":
+                sys.stderr.flush()
+                os.dup2(2, 1)
+            else:
+                null = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(null, 1)
+                finally:
+                    os.close(null)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                _flush_c_stdio()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _absorb_highs_banner() -> None:
+    """Create the process's first ``highspy.Highs`` with fd 1 redirected: it alone prints the banner."""
+    if _BANNER["done"]:
+        return
+    import highspy
+
+    with stdout_fd_to("stderr" if _LOG["on"] else "devnull"):
+        highspy.Highs()
+    _BANNER["done"] = True
+
+
 _NAMES = {"highs": "HiGHS", "cbc": "CBC"}
 
 
@@ -145,10 +220,13 @@ def _constant(problem: pulp.LpProblem) -> float:
 def _solve_highs(problem, time_limit_s, gap_rel, gap_abs, threads, start) -> SolveResult:
     import highspy
 
+    _absorb_highs_banner()
     options: dict[str, Any] = {"random_seed": 0}
-    cmd = pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap_rel, gapAbs=gap_abs, threads=threads, **options)
+    log = _LOG["on"]
+    cmd = pulp.HiGHS(msg=log, timeLimit=time_limit_s, gapRel=gap_rel, gapAbs=gap_abs, threads=threads, **options)
     try:
-        problem.solve(cmd)
+        with stdout_fd_to("stderr") if log else contextlib.nullcontext():
+            problem.solve(cmd)
     except pulp.PulpSolverError as exc:
         raise SolverError(f"HiGHS failed: {exc}", fix="try --solver cbc") from None
     h = problem.solverModel
@@ -217,6 +295,9 @@ def _solve_cbc(problem, time_limit_s, gap_rel, gap_abs, threads, start) -> Solve
             problem.solve(cmd)
         except pulp.PulpSolverError as exc:
             raise SolverError(f"CBC failed: {exc}", fix="try --solver highs") from None
+        if _LOG["on"]:
+            with open(log, encoding="utf-8", errors="replace") as fh:
+                sys.stderr.write(fh.read())
         with open(log, encoding="utf-8", errors="replace") as fh:
             text = fh.read()
     finally:

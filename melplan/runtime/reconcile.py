@@ -24,8 +24,8 @@ Hysteresis (docs/selector.md):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
 
 from melplan.core.catalog import Family
 from melplan.core.errors import InputError
@@ -79,7 +79,7 @@ class Policy:
             )
 
     @classmethod
-    def named(cls, name: str = DEFAULT_POLICY, **overrides: float | int | None) -> "Policy":
+    def named(cls, name: str = DEFAULT_POLICY, **overrides: float | int | None) -> Policy:
         """The named policy with its defaults, then ``overrides`` (only the ones given, not None).
 
         Raises :class:`InputError` for an unknown name or field or a bad value.
@@ -135,7 +135,7 @@ class Health:
     def is_down(self, server: str) -> bool:
         return server in self.down_since
 
-    def observe(self, event: Event) -> "Health":
+    def observe(self, event: Event) -> Health:
         """The health after ``event`` (pure).  A repeated state (down while down) changes nothing,
         so the *first* report of a failure or recovery is the one that counts."""
         s = event.server
@@ -193,7 +193,7 @@ class ReplanState:
     count: int = 0  # re-plans attempted (successful or not)
     failures: int = 0
 
-    def after(self, now: float, policy: Policy, *, ok: bool) -> "ReplanState":
+    def after(self, now: float, policy: Policy, *, ok: bool) -> ReplanState:
         """The state after a re-plan attempt at ``now`` (pure): doubles the back-off when the
         previous attempt was less than ``backoff_reset_s`` ago, else resets it."""
         if self.last_at is not None and now - self.last_at < policy.backoff_reset_s and self.backoff_s > 0:

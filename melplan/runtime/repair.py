@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from melplan.core.catalog import Family, subset_key
 from melplan.core.cluster import Cluster

@@ -16,8 +16,9 @@ records with ``replan-failed``; the selector never lets it escape.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from melplan.core.catalog import Catalog, Family
 from melplan.core.cluster import Cluster
@@ -62,10 +63,9 @@ def replan_cluster(cluster: Cluster, exclude: Iterable[str]) -> tuple[Cluster, t
     """(the cluster a re-plan may use, the servers in it that host nothing).  See the module."""
     gone = set(exclude)
     ingress = cluster.ingress
-    keep_ingress = ingress is not None and ingress in gone
-    out = cluster.without(gone - {ingress} if keep_ingress else gone)
-    if not keep_ingress:
-        return out, ()
+    if ingress is None or ingress not in gone:
+        return cluster.without(gone), ()
+    out = cluster.without(gone - {ingress})
     servers = tuple(replace(s, memory_mb=RELAY_MEMORY_MB) if s.name == ingress else s for s in out.servers)
     return replace(out, servers=servers, ingress=ingress), (ingress,)
 

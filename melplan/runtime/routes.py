@@ -13,8 +13,9 @@ start but has not reported ready (the selector's pending starts).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 from melplan.core.catalog import Family, subset_key
 from melplan.core.cluster import Cluster
@@ -131,6 +132,8 @@ class RouteLookup:
         self.generation = generation
         _check_placement(family, self.placement, cluster, source)
         self.ingress: str | None = None
+        Rep = tuple[float | None, str | None, str | None]  # (latency, combiner, its server)
+        options: list[tuple[str, float, tuple[str, ...], list[Rep]]]
         if cluster is not None:
             rt = RouteTable(family, self.placement, cluster)
             options = [
@@ -142,10 +145,11 @@ class RouteLookup:
             self.used = used_servers(self.placement)
             options = []
             upstream_server = {u: self.placement[u][0] for u in family.upstream_names}
-            for s in sorted(family.subsets(), key=lambda s: (-family.accuracy[subset_key(s)], len(s))):
-                key = subset_key(s)
-                ups = tuple(upstream_server[u] for u in s)
-                if len(s) == 1:
+            for sub in sorted(family.subsets(), key=lambda s: (-family.accuracy[subset_key(s)], len(s))):
+                key = subset_key(sub)
+                ups = tuple(upstream_server[u] for u in sub)
+                reps: list[Rep]
+                if len(sub) == 1:
                     reps = [(None, None, None)]
                 else:
                     reps = [
@@ -155,7 +159,7 @@ class RouteLookup:
                     ]
                 if reps:
                     options.append((key, family.accuracy[key], ups, reps))
-        extra = () if self.ingress is None or self.ingress in self.used else (self.ingress,)
+        extra: tuple[str, ...] = () if self.ingress is None or self.ingress in self.used else (self.ingress,)
         self.tracked: tuple[str, ...] = self.used + extra
         self.bit: dict[str, int] = {s: 1 << i for i, s in enumerate(self.tracked)}
         self.full_mask = (1 << len(self.tracked)) - 1
@@ -172,7 +176,7 @@ class RouteLookup:
             for lat, comb, srv in reps:
                 servers = ups if srv is None else tuple(dict.fromkeys(ups + (srv,)))
                 comps = tuple((u, upstream_server[u]) for u in key.split("+"))
-                if comb is not None:
+                if comb is not None and srv is not None:
                     comps += ((comb, srv),)
                 protos.append((key, acc, servers, comps, comb, srv, lat))
                 alts.append((0 if srv is None else self.bit[srv], len(protos) - 1))

@@ -32,8 +32,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from melplan.core.catalog import Catalog, Family
 from melplan.core.cluster import Cluster, Server
@@ -288,22 +289,26 @@ class RuntimeSelector:
         *,
         any_family: bool = False,
         **kwargs: Any,
-    ) -> "RuntimeSelector":
-        """Load the plan, its catalog and (optionally) the cluster, then build a selector.  Re-plans
-        keep the plan's family unless ``any_family`` (then any family of the catalog may be chosen).
-        Raises the loaders' errors (:class:`PlanFileError`, :class:`CatalogError`, :class:`ClusterError`)."""
-        from melplan.core.catalog import load_catalog
-        from melplan.core.cluster import load_cluster
-        from melplan.core.plan import load_plan
+    ) -> RuntimeSelector:
+        """Load the plan with its family and cluster (:func:`melplan.core.plan.load_plan_bundle`: a v2 plan
+        needs nothing else), then build a selector.  Re-plans keep the plan's family unless ``any_family``
+        (then any family of the catalog given, or of the one the plan recorded, may be chosen).
+        Raises the loader's errors (:class:`PlanFileError`, :class:`CatalogError`, :class:`ClusterError`)."""
+        from melplan.core.plan import load_plan_bundle
 
-        plan = load_plan(plan_path)
-        catalog = load_catalog(catalog_dir)
-        cluster = load_cluster(cluster_path) if cluster_path else None
+        b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path, want_catalog=any_family)
+        if any_family and b.catalog is None:
+            raise SelectorError(
+                "re-plans may switch family only with a catalog, and the one the plan was made from is gone",
+                file=str(plan_path),
+                field="--catalog",
+                fix="pass --catalog, or keep the plan's family",
+            )
         return cls(
-            plan,
-            catalog.get(plan.family),
-            cluster,
-            catalog=catalog if any_family else None,
+            b.plan,
+            b.family,
+            b.cluster,
+            catalog=b.catalog if any_family else None,
             source=str(plan_path),
             **kwargs,
         )
@@ -338,6 +343,13 @@ class RuntimeSelector:
     def pending(self) -> frozenset[Pair]:
         """(component, server) pairs a re-plan started that have not reported ready."""
         return self._pending
+
+    @property
+    def serving_placement(self) -> dict[str, tuple[str, ...]] | None:
+        """The previous placement, still serving while starts are pending (its stops wait until they
+        are ready); None when nothing is pending."""
+        serving = self._serving
+        return None if serving is None else dict(serving.placement)
 
     @property
     def history(self) -> tuple[Record, ...]:
@@ -675,7 +687,11 @@ class RuntimeSelector:
         if self._await_ready:
             same_family = new_family.id == self._family.id
             still = {p for p in self._pending if same_family and p[1] in new_plan.placement.get(p[0], ())}
-            pending = frozenset(starts | still)
+            # what the placement still serving (its stops wait for readiness) runs is ready already
+            running: set[Pair] = set()
+            if self._serving is not None and self._serving.family.id == new_family.id:
+                running = {(c, x) for c, xs in self._serving.placement.items() for x in xs}
+            pending = frozenset((starts | still) - running)
         else:
             pending = frozenset()
         if pending and self._serving is None and not self._pending:
@@ -746,19 +762,16 @@ class Selection:
 def select_route(
     plan_path: str, down: Sequence[str], *, catalog_dir: str | None = None, cluster_path: str | None = None
 ) -> Selection:
-    """Load a plan (its catalog family, and the cluster when given) and return the route with
-    ``down`` servers down.
+    """Load a plan with its family and cluster (embedded in a v2 plan; from ``catalog_dir`` and
+    ``cluster_path`` for a v1 plan) and return the route with ``down`` servers down.
 
     Raises :class:`PlanFileError`, :class:`CatalogError` or :class:`ClusterError` for bad files and
     :class:`SelectorError` for a server name that is neither in the plan nor in the cluster.
     """
-    from melplan.core.catalog import load_catalog
-    from melplan.core.cluster import load_cluster
-    from melplan.core.plan import load_plan
+    from melplan.core.plan import load_plan_bundle
 
-    plan = load_plan(plan_path)
-    family = load_catalog(catalog_dir).get(plan.family)
-    cluster = load_cluster(cluster_path) if cluster_path else None
+    b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path)
+    plan, family, cluster = b.plan, b.family, b.cluster
     lookup = RouteLookup(family, plan.placement, cluster, source=str(plan_path))
     known = set(cluster.names) if cluster is not None else set(lookup.used)
     names = list(dict.fromkeys(down))

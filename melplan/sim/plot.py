@@ -13,7 +13,8 @@ One band per deployable strategy, hours on x, two rows each:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from melplan.core.errors import InputError
 from melplan.core.fileio import atomic_write_with
@@ -56,7 +57,7 @@ def binned_series(
     return starts, mean, lows, gap
 
 
-def plot_report(report: "SimulationReport", path: str, *, title: str | None = None, bins: int = 300) -> str:
+def plot_report(report: SimulationReport, path: str, *, title: str | None = None, bins: int = 300) -> str:
     """Write the figure (see the module) as PNG, atomically; returns the path.  Raises
     :class:`InputError` when no strategy is deployable."""
     import matplotlib

@@ -26,9 +26,9 @@ import io
 import lzma
 import os
 import random
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from melplan.core.errors import TraceError
 from melplan.sim.traces import Trace, TraceEvent
@@ -43,12 +43,16 @@ def _read_text(path: str | os.PathLike, what: str) -> str:
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise TraceError(f"cannot read the file ({exc.strerror})", file=str(p), fix="check the path given to --trace")
+        raise TraceError(
+            f"cannot read the file ({exc.strerror})", file=str(p), fix="check the path given to --trace"
+        ) from None
     if raw[:6] == b"\xfd7zXZ\x00":
         try:
             raw = lzma.decompress(raw)
         except lzma.LZMAError as exc:
-            raise TraceError(f"a damaged .xz file ({exc})", file=str(p), fix=f"give the {what} file, compressed or not")
+            raise TraceError(
+                f"a damaged .xz file ({exc})", file=str(p), fix=f"give the {what} file, compressed or not"
+            ) from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -23,8 +23,9 @@ Model (docs/simulate.md):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from melplan.core.catalog import Catalog, Family
 from melplan.core.cluster import Cluster
@@ -509,7 +510,7 @@ class SimulationRun:
 
 def simulate_files(
     plan_path: str,
-    cluster_path: str,
+    cluster_path: str | None = None,
     *,
     catalog_dir: str | None = None,
     trace_path: str | None = None,
@@ -524,8 +525,10 @@ def simulate_files(
     replanner: Replanner | str | None = None,
     replan_time_limit_s: float | None = None,
 ) -> SimulationRun:
-    """Load the plan, catalog, cluster and trace (or generate one), simulate, and write the plot
-    and the trace when asked.
+    """Load the plan with its family and cluster (:func:`melplan.core.plan.load_plan_bundle`: a v2 plan
+    embeds both; ``cluster_path``/``catalog_dir`` given anyway must agree with it), the catalog for
+    the baselines (the one given, else the one the plan recorded when it still exists, else none),
+    the trace (or generate one), simulate, and write the plot and the trace when asked.
 
     With ``trace_path`` (``trace_format`` ``csv``, ``lanl`` or ``fta``; the real records are mapped
     onto the servers with ``seed`` and ``trace_nodes``, :mod:`melplan.sim.realtraces`), ``hours``
@@ -534,9 +537,7 @@ def simulate_files(
     ILP, default) or ``"repair"`` (:mod:`melplan.runtime.repair`); ``replan_time_limit_s`` bounds each ILP
     re-plan.  Raises :class:`InputError` subclasses for bad files or options.
     """
-    from melplan.core.catalog import load_catalog
-    from melplan.core.cluster import load_cluster
-    from melplan.core.plan import load_plan
+    from melplan.core.plan import load_plan_bundle
     from melplan.sim.realtraces import FORMATS, load_any
     from melplan.sim.traces import DEFAULT_MTTR_H, domain_names, generate_trace, write_trace
 
@@ -575,10 +576,9 @@ def simulate_files(
             fix="give the simulated horizon in hours, e.g. --hours 720",
         )
     replanner = make_replanner(replanner, replan_time_limit_s)
-    plan = load_plan(plan_path)
-    catalog = load_catalog(catalog_dir)
-    family = catalog.get(plan.family)
-    cluster = load_cluster(cluster_path)
+    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path, want_catalog=True)
+    plan, family, catalog = bundle.plan, bundle.family, bundle.catalog
+    cluster = bundle.require_cluster("--servers")
     validate_placement(family, plan.placement, cluster, source=str(plan_path))
     if trace_path is not None:
         trace = load_any(

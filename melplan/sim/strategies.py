@@ -16,8 +16,8 @@ Servers are ranked by failure probability, then compute (faster first), then nam
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from melplan.core.catalog import Catalog, Family, Upstream
 from melplan.core.cluster import Cluster

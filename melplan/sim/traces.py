@@ -28,9 +28,9 @@ import io
 import math
 import os
 import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from melplan.core.cluster import Cluster
 from melplan.core.errors import TraceError

@@ -53,7 +53,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int | None) -> "Split":
+    def head(self, n: int | None) -> Split:
         if n is None or n >= len(self):
             return self
         return Split(self.images[:n], self.labels[:n], None if self.coarse is None else self.coarse[:n])
@@ -140,8 +140,8 @@ def _fashion_mnist(data_root) -> Dataset:
                 coarse = torch.tensor(FMNIST_COARSE)
 
                 def split(img: str, lab: str) -> Split:
-                    y = torch.from_numpy(xs[lab].astype(np.int64))
-                    return Split(torch.from_numpy(xs[img].copy()).unsqueeze(1), y, coarse[y])
+                    y = torch.from_numpy(xs[lab].astype(np.int64))  # noqa: B023 (called inside this iteration)
+                    return Split(torch.from_numpy(xs[img].copy()).unsqueeze(1), y, coarse[y])  # noqa: B023
 
                 return Dataset(
                     "fashion-mnist",

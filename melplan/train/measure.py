@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn

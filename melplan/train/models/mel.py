@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -226,7 +227,7 @@ class MELNet(nn.Module):
         return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _spatial(base: str, blocks: int) -> int:
     with torch.no_grad():
         net = build_base(base, num_classes=2)

@@ -6,12 +6,12 @@ never download weights (``weights=None``: every model trains from scratch on the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
-_BASES: dict[str, Callable[..., "BaseNet"]] = {}
+_BASES: dict[str, Callable[..., BaseNet]] = {}
 
 
 @dataclass
