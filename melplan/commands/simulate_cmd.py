@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import echo_json, json_option, plan_option, servers_option, table, verbose_option
+from melplan.commands.common import (
+    FiniteFloat,
+    echo_json,
+    force_option,
+    json_option,
+    plan_option,
+    refuse_overwrite,
+    servers_option,
+    service_option,
+    table,
+    verbose_option,
+)
 
 
 def _pairs(items: tuple[str, ...], option: str) -> dict[str, float]:
@@ -70,24 +81,27 @@ def _bytes(n: float) -> str:
     "[default: every node].",
 )
 @click.option(
-    "--hours", type=float, default=None, help="Horizon in hours: generate failures (with --seed), or cut a --trace."
+    "--hours",
+    type=FiniteFloat(0.0, min_open=True),
+    default=None,
+    help="Horizon in hours: generate failures (with --seed), or cut a --trace.",
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(min=0),
     default=None,
     help="Seed of the generated trace, or of the mapping of a real record's nodes onto servers [default: 0].",
 )
 @click.option(
     "--default-mttr",
     "default_mttr_h",
-    type=float,
+    type=FiniteFloat(0.0, min_open=True),
     default=None,
     help="Mean repair time (h) for servers given only failure_prob [default: 1].",
 )
 @click.option(
     "--floor",
-    type=float,
+    type=FiniteFloat(0.0, 1.0),
     default=None,
     help="Accuracy floor for 'time below floor' [default: 0.9 x the reference model's accuracy].",
 )
@@ -101,14 +115,14 @@ def _bytes(n: float) -> str:
 @click.option(
     "--grace",
     "grace_s",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="replan-after: seconds a failure must last before re-planning [default: 300].",
 )
 @click.option(
     "--hold-down",
     "hold_down_s",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="Seconds a server must stay up before it counts as recovered [default: 600; eager: 0].",
 )
@@ -122,7 +136,7 @@ def _bytes(n: float) -> str:
 @click.option(
     "--replan-time-limit",
     "replan_time_limit_s",
-    type=float,
+    type=FiniteFloat(0.0, min_open=True),
     default=None,
     help="Time limit of each ILP re-plan in seconds [default: 10].",
 )
@@ -134,7 +148,7 @@ def _bytes(n: float) -> str:
 @click.option(
     "--detection",
     "detection_s",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="Heartbeat detection delay in seconds, for every strategy [default: 10, an assumption].",
 )
@@ -148,7 +162,7 @@ def _bytes(n: float) -> str:
 @click.option(
     "--load",
     "load_s",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="Seconds to start any component or model (re-plan, cold restart) [default: measured, by size: "
     "benchmarks/component_load.py].",
@@ -163,11 +177,16 @@ def _bytes(n: float) -> str:
 @click.option(
     "--wan-ms",
     "wan_rtt_ms",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="Cloud failover: WAN round trip in ms [default: 40, an assumption; see docs/results.md].",
 )
-@click.option("--wan-mbps", type=float, default=None, help="Cloud failover: upload bandwidth [default: 50].")
+@click.option(
+    "--wan-mbps",
+    type=FiniteFloat(0.0, min_open=True),
+    default=None,
+    help="Cloud failover: upload bandwidth [default: 50].",
+)
 @click.option(
     "--plot",
     "plot_path",
@@ -182,6 +201,8 @@ def _bytes(n: float) -> str:
     type=click.Path(dir_okay=False),
     help="Write the trace used (generated or read) as CSV, to replay it later.",
 )
+@force_option
+@service_option
 @json_option
 @verbose_option
 def simulate(
@@ -209,6 +230,8 @@ def simulate(
     wan_mbps: float | None,
     plot_path: str | None,
     write_trace_path: str | None,
+    force: bool,
+    service: str | None,
     as_json: bool,
 ) -> None:
     """Replay server failures against PLAN and against the usual alternatives (full model with cold
@@ -229,6 +252,8 @@ def simulate(
         simulate_files,
     )
 
+    refuse_overwrite(plot_path, force, "--plot")
+    refuse_overwrite(write_trace_path, force, "--write-trace")
     options = SimOptions(
         policy=Policy.named(policy, grace_s=grace_s, hold_down_s=hold_down_s),
         detection_s=DEFAULT_DETECTION_S if detection_s is None else detection_s,
@@ -243,6 +268,7 @@ def simulate(
     run = simulate_files(
         plan_path,
         cluster_path,
+        service=service,
         catalog_dir=catalog_dir,
         trace_path=trace_path,
         trace_format=trace_format,

@@ -51,9 +51,11 @@ from melplan.core.errors import InfeasiblePlanError, InputError, MelplanError, S
 from melplan.core.evaluate import (
     MAX_EXACT_SERVERS,
     RouteTable,
-    best_accuracy_by_state,
+    Scores,
     capacity_violations,
     evaluate_placement,
+    prob_at_most,
+    scores,
 )
 from melplan.core.plan import Plan
 from melplan.planner.ilp import (
@@ -64,6 +66,7 @@ from melplan.planner.ilp import (
     family_data,
     read_placement,
     useful_combiners,
+    with_used,
 )
 from melplan.planner.solve import SolveResult, choose_solver, solve
 
@@ -92,6 +95,8 @@ class PlanOptions:
     and ``migration_weight`` (accuracy points, 1 point = 0.01 of accuracy, given up per MiB of
     weights started on a server where that component does not run yet; components that stay
     cost nothing) make the planner prefer what already runs.  ``family`` pins one family.
+    ``used``: memory (MiB) and compute (GMAC/s) per server already taken by other services; the
+    family is placed on what is left (melplan.planner.site plans services one after another so).
     """
 
     objective: str = "expected"
@@ -107,6 +112,10 @@ class PlanOptions:
     migration_weight: float = 0.0
     threads: int | None = None
     reduce: bool = True
+    used: Mapping[str, tuple[float, float]] | None = None  # (MiB, GMAC/s) per server already taken by others
+
+    def __post_init__(self) -> None:
+        self.validated()
 
     def validated(self) -> PlanOptions:
         """Return self, or raise InputError naming the option that is out of range."""
@@ -277,12 +286,12 @@ def role_of(family: Family) -> str:
 
 @dataclass(frozen=True)
 class ObjectiveValue:
-    expected: float  # exact expected accuracy
-    expected_f: float  # counting only the states with at most F used servers down
-    covered: float  # probability of those states
-    worst: float  # min accuracy over every way F used servers fail (0 if fewer are used)
+    expected: float  # exact expected accuracy (every state of the relevant servers and domains)
+    covered: float  # probability that at most F of those elements are down
+    worst: float  # min accuracy over every way F relevant non-ingress servers fail
     all_up: float
     used: int
+    scores: Scores | None = None
 
 
 def objective_value(
@@ -292,31 +301,16 @@ def objective_value(
     failures: int | None = None,
     worst_failures: int = 1,
 ) -> ObjectiveValue:
-    """Exact expected (all states, and F-truncated) and worst-case accuracy by enumeration.
-
-    Built on evaluate.RouteTable and evaluate.best_accuracy_by_state, independent of the ILP.
-    """
+    """Exact expected and worst-case accuracy of a placement, from melplan.core.evaluate (never the ILP)."""
     table = RouteTable(family, placement, cluster)
-    best = best_accuracy_by_state(table)
-    m = len(table.used)
-    states = np.arange(1 << m, dtype=np.int64)
-    prob = np.ones(1 << m)
-    ndown = np.zeros(1 << m, dtype=np.int64)
-    for i, s in enumerate(table.used):
-        p = cluster.server(s).failure_prob
-        up = (states >> i) & 1
-        prob *= np.where(up == 1, 1.0 - p, p)
-        ndown += 1 - up
-    keep = ndown <= (m if failures is None else failures)
-    kw = min(worst_failures, m)
-    worst = float(best[ndown == kw].min()) if m else 0.0
+    sc = scores(table)
     return ObjectiveValue(
-        float(prob @ best),
-        float(prob[keep] @ best[keep]),
-        float(prob[keep].sum()),
-        worst,
-        float(best[-1]) if m else 0.0,
-        m,
+        sc.expected,
+        prob_at_most(table.element_down_probabilities(), failures),
+        sc.worst_at(worst_failures),
+        sc.all_up,
+        len(table.used),
+        sc,
     )
 
 
@@ -414,16 +408,20 @@ def relaxation(family: Family, data: FamilyData) -> Relaxation | None:
     hosts = [np.flatnonzero(data.fits[i]) for i in range(n)]
     if any(len(h) == 0 for h in hosts):
         return None
-    top = [h[np.argsort(data.p[h], kind="stable")][:n] for h in hosts]
+    # Valid with reachability and failure domains: E <= P(ingress up) * E[best | ingress up, every
+    # domain up], which only grows with more servers up (monotone), and given the ingress and the
+    # domains up the upstream servers fail independently with their own p (the ingress's is 0).
+    p, scale = relaxation_probabilities(data)
+    top = [h[np.argsort(p[h], kind="stable")][:n] for h in hosts]
     tuples = [t for t in itertools.product(*top) if len(set(t)) == n]
     if not tuples:
         return None
-    P = data.p[np.array(tuples)]
-    vals = relaxed_value(family, P, aw)
+    P = p[np.array(tuples)]
+    vals = scale * relaxed_value(family, P, aw)
     best = int(np.argmax(vals))
     best_v, best_t = float(vals[best]), tuples[best]
     without = tuple(
-        float(relaxed_value(family, P, best_without(family, ex)).max()) if ex else best_v
+        float(scale * relaxed_value(family, P, best_without(family, ex)).max()) if ex else best_v
         for ex in exclusive_subsets(family)
     )
     m = len(data.servers)
@@ -441,19 +439,41 @@ def relaxation(family: Family, data: FamilyData) -> Relaxation | None:
             if len(set(combo)) < len(combo):
                 continue
             P = np.empty((len(cols), n))
-            P[:, i] = data.p[cols]
+            P[:, i] = p[cols]
             for k, j in zip(others, combo):
-                P[:, k] = data.p[j]
-            vals = np.maximum(vals, relaxed_value(family, P, aw))
+                P[:, k] = p[j]
+            vals = np.maximum(vals, scale * relaxed_value(family, P, aw))
         host_bound[i, cols] = vals
     return Relaxation(best_v, tuple(int(j) for j in best_t), host_bound, without)
 
 
-def worst_upper_bound(family: Family, failures: int) -> float:
-    """The worst case cannot beat: for the worst F upstreams down, the best subset of the others."""
+def relaxation_probabilities(data: FamilyData) -> tuple[np.ndarray, float]:
+    """(own down probabilities with the ingress's set to 0, P(the ingress and its domains are up))."""
+    p = data.p.copy()
+    cluster = data.cluster
+    if cluster is None or cluster.ingress is None:
+        return p, 1.0
+    if cluster.ingress in data.servers:
+        p[data.servers.index(cluster.ingress)] = 0.0
+    return p, cluster.up_probability(cluster.ingress)
+
+
+def worst_upper_bound(family: Family, failures: int, ingress: bool = False) -> float:
+    """The worst case cannot beat: for the worst F upstreams down, the best subset of the others.
+
+    With an ingress (which the worst case never fails) one upstream may sit there, immune: the
+    best choice of that upstream, then the worst F of the others."""
     aw = best_without(family)
-    F = min(failures, family.n)
-    return min(aw[frozenset(W)] for W in itertools.combinations(family.upstream_names, F))
+    names = family.upstream_names
+    if not ingress:
+        F = min(failures, family.n)
+        return min(aw[frozenset(W)] for W in itertools.combinations(names, F))
+    best = 0.0
+    for safe in names:
+        rest = [u for u in names if u != safe]
+        F = min(failures, len(rest))
+        best = max(best, min(aw[frozenset(W)] for W in itertools.combinations(rest, F)))
+    return best
 
 
 # -- server reduction -------------------------------------------------------------------------
@@ -534,6 +554,8 @@ def _dominated(
     (``capable[s, t]``: s can hold whatever t can)."""
     m = len(data.servers)
     weak = capable & (data.p[:, None] <= data.p[None, :])
+    if data.dom_class is not None:  # same domains, same place in the graph (reachability)
+        weak &= data.dom_class[:, None] == data.dom_class[None, :]
     if data.slo_ms is not None:
         weak &= data.gmacs[:, None] >= data.gmacs[None, :]
         if links is None:  # links not compared (too many servers): drop nothing
@@ -635,7 +657,8 @@ def _reduce(
             if opts.combiner_replicas == 1:
                 only_cb = ~fits[:n].any(axis=0)
                 for k in range(len(family.combiners)):
-                    ubk = relax.bound - data_all.p * (relax.bound - relax.without[k]) - penalty[n + k]
+                    p_t = data_all.p if data_all.p_eff is None else data_all.p_eff
+                    ubk = relax.bound - p_t * (relax.bound - relax.without[k]) - penalty[n + k]
                     fits[n + k] &= ~(only_cb & (ubk < inc_score + TOL) & ~keep)
             fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
             bounded = int((before & ~fits.any(axis=0)).sum())
@@ -901,12 +924,9 @@ def _placement_fits(family: Family, placement: Mapping[str, Sequence[str]], clus
     if set(placement) - set(family.component_names()):
         return False
     try:
-        if capacity_violations(family, placement, cluster):
-            return False
-        table = RouteTable(family, placement, cluster)
+        return not capacity_violations(family, placement, cluster)
     except MelplanError:
         return False
-    return all(math.isfinite(lat) for _, _, _, reps in table.options for lat, _, _ in reps)
 
 
 def _meets_floor(family: Family, placement, cluster: Cluster, opts: PlanOptions) -> bool:
@@ -1062,7 +1082,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
                     fix=f"use {', '.join(cur_fam.component_names())}",
                 )
     solver = choose_solver(options.solver)
-    protected = set()
+    protected = {cluster.ingress} if cluster.ingress is not None else set()  # nothing stands in for it
     if options.current is not None:
         protected |= {s for v in options.current.values() for s in v if s in cluster.index}
     links = link_dominance(cluster) if cluster.workload.latency_slo_ms is not None and options.reduce else None
@@ -1077,9 +1097,11 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
             )
             continue
         data = family_data(fam, cluster)
+        if options.used:
+            data = with_used(data, options.used)
         why = infeasibility_reason(fam, cluster, data)
         if why is None and options.min_accuracy_under_failure is not None:
-            wub = worst_upper_bound(fam, options.worst_failures)
+            wub = worst_upper_bound(fam, options.worst_failures, cluster.ingress is not None)
             if wub < options.min_accuracy_under_failure:
                 why = (
                     f"cannot keep accuracy {options.min_accuracy_under_failure:g} with {options.worst_failures} "
@@ -1094,7 +1116,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
             if options.move_cost > 0 and fam.id != options.current_family:
                 ub -= options.move_cost * sum(u.weight_bytes for u in fam.upstreams) / float(1 << 20)
         else:
-            ub = worst_upper_bound(fam, options.worst_failures)
+            ub = worst_upper_bound(fam, options.worst_failures, cluster.ingress is not None)
         queue.append((fam, data, ub, relax))
     if not queue:
         if any(o.status == "not_solved" for o in outcomes.values()):
@@ -1202,7 +1224,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
         solver=solver_block,
         servers=ev.servers,
         latency_ms=ev.latency_ms,
-        extra={"dataset": fam.dataset.get("name"), "planner": planner_block},
+        extra={"dataset": fam.dataset.get("name"), "planner": planner_block, "network": ev.network_dict()},
     )
     the_plan = the_plan.embed(fam, cluster, catalog_dir=getattr(catalog, "root", None))
     considered = tuple(outcomes[f.id] for f in _ordered(families, outcomes))
@@ -1210,8 +1232,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
 
 
 def _all_up_route(family: Family, placement, cluster: Cluster) -> dict[str, Any]:
-    table = RouteTable(family, placement, cluster)
-    r = table.route(table.used)
+    r = RouteTable(family, placement, cluster).route_down(())
     return {"answer": r.answer, "accuracy": r.accuracy, "servers": list(r.servers)}
 
 
@@ -1289,7 +1310,9 @@ def _infeasible(
     mem_max = max(s.memory_mb for s in cluster.servers)
     gm_max = max(s.compute_gmacs for s in cluster.servers)
     if options.min_accuracy_under_failure is not None and all(("keep accuracy" in r) for r in reasons.values()):
-        best = max((worst_upper_bound(f, options.worst_failures) for f in families), default=0.0)
+        best = max(
+            (worst_upper_bound(f, options.worst_failures, cluster.ingress is not None) for f in families), default=0.0
+        )
         return InfeasiblePlanError(
             f"no family keeps accuracy {options.min_accuracy_under_failure:g} with {options.worst_failures} "
             f"server(s) down (at best {best:.4f})",

@@ -2,10 +2,10 @@
 
 :class:`RouteLookup` precomputes, for one placement, the route of every up/down state of the servers it
 depends on (a list of ``2^m`` entries indexed by an up-bit-mask, m <= 16; a memoised scan above that).
-The semantics are those of :class:`melplan.core.evaluate.RouteTable` (DESIGN §1): the most accurate
-servable subset answers, through the fastest up replica of its combiner; a route never uses a down
-server; when the cluster names an ingress, nothing answers while the ingress is down (requests enter
-there), so the ingress is one more bit of the mask even when it hosts no component.
+The semantics are those of :class:`melplan.core.evaluate.RouteTable` (DESIGN §1, the one evaluator):
+the most accurate servable subset answers, through the fastest up replica of its combiner; a route
+never uses a down server; when the cluster names an ingress, nothing answers while the ingress is down
+or cannot reach the path (relays included), so the ingress and relays are bits of the mask.
 
 Readiness: :meth:`RouteLookup.route_ready` skips answers that need a component which has been asked to
 start but has not reported ready (the selector's pending starts).
@@ -17,10 +17,10 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from melplan.core.catalog import Family, subset_key
+from melplan.core.catalog import Family
 from melplan.core.cluster import Cluster
 from melplan.core.errors import PlanFileError
-from melplan.core.evaluate import RouteTable, used_servers, validate_placement
+from melplan.core.evaluate import RouteTable
 
 EAGER_TABLE_MAX_SERVERS = 16  # 2^16 precomputed routes; above that routes are memoised on demand
 _EPS = 1e-12
@@ -80,39 +80,14 @@ class Route:
         }
 
 
-def _check_placement(
-    family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster | None, source: str | None
-) -> None:
-    if cluster is not None:
-        validate_placement(family, placement, cluster, source=source)
-        return
-    names = set(family.component_names())
-    for comp in placement:
-        if comp not in names:
-            raise PlanFileError(
-                f"placement names unknown component '{comp}'",
-                file=source,
-                field=f"placement.{comp}",
-                fix=f"use components of family {family.id}: {', '.join(family.component_names())}",
-            )
-    for u in family.upstream_names:
-        if len(placement.get(u, ())) != 1:
-            raise PlanFileError(
-                f"upstream '{u}' must be placed on exactly one server",
-                file=source,
-                field=f"placement.{u}",
-                fix="give it a list with one server name",
-            )
-
-
 class RouteLookup:
-    """Every route of one placement, indexed by an up-mask over ``tracked`` (bit i = ``tracked[i]`` up).
+    """Every route of one placement, indexed by an up-mask over ``relevant`` (bit i = ``relevant[i]``
+    up): the used servers, then the ingress and the relays on the placement's paths.
 
-    ``used`` are the servers the placement runs on; ``tracked`` is ``used`` plus the cluster's ingress
-    when it hosts nothing.  With a cluster the subset order and replica order are exactly those of
-    :class:`melplan.core.evaluate.RouteTable` (replicas fastest first, latency filled in).  Without one
-    (``melplan select`` with no ``--servers``) replicas are tried in placement order, ``latency_ms``
-    is None and there is no ingress.  Raises :class:`PlanFileError` for a placement that does not fit
+    Routes, their order and reachability are those of :class:`melplan.core.evaluate.RouteTable`
+    (the one evaluator; replicas fastest first, latency filled in).  Without a cluster (``melplan
+    select`` with no ``--servers``) replicas are tried in placement order, ``latency_ms`` is None
+    and there is no reachability.  Raises :class:`PlanFileError` for a placement that does not fit
     the family (or the cluster).
     """
 
@@ -130,58 +105,24 @@ class RouteLookup:
         self.placement = {k: tuple(v) for k, v in placement.items()}
         self.cluster = cluster
         self.generation = generation
-        _check_placement(family, self.placement, cluster, source)
-        self.ingress: str | None = None
-        Rep = tuple[float | None, str | None, str | None]  # (latency, combiner, its server)
-        options: list[tuple[str, float, tuple[str, ...], list[Rep]]]
-        if cluster is not None:
+        try:
             rt = RouteTable(family, self.placement, cluster)
-            options = [
-                (key, acc, ups, [(lat, comb, srv) for lat, comb, srv in reps]) for key, acc, ups, reps in rt.options
-            ]
-            self.used: tuple[str, ...] = tuple(rt.used)
-            self.ingress = cluster.ingress
-        else:
-            self.used = used_servers(self.placement)
-            options = []
-            upstream_server = {u: self.placement[u][0] for u in family.upstream_names}
-            for sub in sorted(family.subsets(), key=lambda s: (-family.accuracy[subset_key(s)], len(s))):
-                key = subset_key(sub)
-                ups = tuple(upstream_server[u] for u in sub)
-                reps: list[Rep]
-                if len(sub) == 1:
-                    reps = [(None, None, None)]
-                else:
-                    reps = [
-                        (None, c.name, srv)
-                        for c in family.combiners_serving(key)
-                        for srv in self.placement.get(c.name, ())
-                    ]
-                if reps:
-                    options.append((key, family.accuracy[key], ups, reps))
-        extra: tuple[str, ...] = () if self.ingress is None or self.ingress in self.used else (self.ingress,)
-        self.tracked: tuple[str, ...] = self.used + extra
-        self.bit: dict[str, int] = {s: 1 << i for i, s in enumerate(self.tracked)}
-        self.full_mask = (1 << len(self.tracked)) - 1
-        ingress_bit = 0 if self.ingress is None else self.bit[self.ingress]
-        upstream_server = {u: self.placement[u][0] for u in family.upstream_names}
-        # compiled: (need_mask, [(replica_bit, proto), ...]) in answer order
-        compiled = []
+        except PlanFileError as exc:
+            raise PlanFileError(exc.message, file=source, field=exc.field, fix=exc.fix) from None
+        self._rt = rt
+        self.used: tuple[str, ...] = tuple(rt.used)
+        self.ingress: str | None = rt.ingress
+        # the servers whose state matters: used, then the ingress and relays (bits of the up-mask)
+        self.relevant: tuple[str, ...] = tuple(rt.relevant)
+        self.bit: dict[str, int] = dict(rt.bit)
+        self.full_mask = rt.full_mask
+        upstream_server = rt.upstream_server
         protos = []
-        for key, acc, ups, reps in options:
-            need = ingress_bit
-            for s in ups:
-                need |= self.bit[s]
-            alts = []
-            for lat, comb, srv in reps:
-                servers = ups if srv is None else tuple(dict.fromkeys(ups + (srv,)))
-                comps = tuple((u, upstream_server[u]) for u in key.split("+"))
-                if comb is not None and srv is not None:
-                    comps += ((comb, srv),)
-                protos.append((key, acc, servers, comps, comb, srv, lat))
-                alts.append((0 if srv is None else self.bit[srv], len(protos) - 1))
-            compiled.append((need, alts))
-        self._compiled = compiled
+        for ch in rt.choices:
+            comps = tuple((u, upstream_server[u]) for u in ch.key.split("+"))
+            if ch.combiner is not None and ch.combiner_server is not None:
+                comps += ((ch.combiner, ch.combiner_server),)
+            protos.append((ch.key, ch.accuracy, ch.servers, comps, ch.combiner, ch.combiner_server, ch.latency_ms))
         all_up = self._scan_index(self.full_mask)
         self.accuracy_all_up = 0.0 if all_up < 0 else protos[all_up][1]
         self.routes: tuple[Route, ...] = tuple(
@@ -200,10 +141,11 @@ class RouteLookup:
             )
             for key, acc, servers, comps, comb, srv, lat in protos
         )
+        self._index = {id(r): i for i, r in enumerate(self.routes)}
         self.down_route = Route(
             None, 0.0, (), (), None, None, None, True, self.accuracy_all_up, generation, self.ingress
         )
-        m = len(self.tracked)
+        m = len(self.relevant)
         if m <= eager_max_servers:
             self.table: list[Route] | None = self._build_table()
             self.route_mask: Callable[[int], Route] = self.table.__getitem__
@@ -213,17 +155,16 @@ class RouteLookup:
             self.route_mask = self._route_memo
 
     @property
+    def tracked(self) -> tuple[str, ...]:
+        """Old name of :attr:`relevant`."""
+        return self.relevant
+
+    @property
     def all_up(self) -> Route:
         return self.route_mask(self.full_mask)
 
-    def _scan_index(self, mask: int, skip: Collection[tuple[str, str]] = ()) -> int:
-        for need, alts in self._compiled:
-            if mask & need != need:
-                continue
-            for rbit, idx in alts:
-                if (rbit == 0 or mask & rbit) and not (skip and any(c in skip for c in self.routes[idx].components)):
-                    return idx
-        return -1
+    def _scan_index(self, mask: int) -> int:
+        return self._rt.choice_index(mask)
 
     def _route_memo(self, mask: int) -> Route:
         r = self._memo.get(mask)
@@ -234,36 +175,43 @@ class RouteLookup:
         return r
 
     def _build_table(self) -> list[Route]:
-        import numpy as np
-
-        states = np.arange(1 << len(self.tracked), dtype=np.int64)
-        idx = np.full(states.shape, -1, dtype=np.int64)
-        for need, alts in self._compiled:
-            ok = (states & need) == need
-            for rbit, i in alts:
-                cond = ok & (idx < 0)
-                if rbit:
-                    cond &= (states & rbit) != 0
-                idx[cond] = i
+        idx = self._rt.choice_by_mask()
         pool = list(self.routes) + [self.down_route]  # index -1 -> down
         return [pool[i] for i in idx.tolist()]
 
     def mask_of(self, down: Iterable[str]) -> int:
-        """The up-mask with the given servers down (servers this lookup does not track are ignored)."""
+        """The up-mask with the given servers down (servers that do not matter are ignored)."""
         mask = self.full_mask
         for s in down:
             mask &= ~self.bit.get(s, 0)
         return mask
 
     def route(self, down: Iterable[str] = ()) -> Route:
-        """The route with ``down`` servers down (names outside the placement are ignored)."""
+        """The route with ``down`` servers down (servers that do not matter are ignored)."""
         return self.route_mask(self.mask_of(down))
 
     def route_ready(self, mask: int, pending: Collection[tuple[str, str]]) -> Route:
         """The route for ``mask`` using no (component, server) pair in ``pending`` (started, not ready
-        yet): the most accurate servable subset whose path is ready.  A scan; only while starts are
-        pending."""
+        yet): the first choice in route order whose path is ready and reachable.  A scan; only while
+        starts are pending."""
         if not pending:
             return self.route_mask(mask)
-        i = self._scan_index(mask, frozenset(pending))
-        return self.down_route if i < 0 else self.routes[i]
+        skip = frozenset(pending)
+        for i, r in enumerate(self.routes):
+            if any(c in skip for c in r.components):
+                continue
+            if self._rt.choice_ok(i, mask):
+                return r
+        return self.down_route
+
+    def owns(self, route: Route) -> bool:
+        """Whether ``route`` is one of this lookup's routes (the very object)."""
+        return id(route) in self._index
+
+    def answers(self, route: Route, down: Iterable[str]) -> bool:
+        """Whether ``route`` (one of this lookup's) still answers with the servers in ``down`` down:
+        its path is up and reachable from the ingress (relays included)."""
+        i = self._index.get(id(route))
+        if i is None:
+            return False
+        return self._rt.choice_ok(i, self.mask_of(down))

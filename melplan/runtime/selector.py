@@ -38,7 +38,7 @@ from typing import Any
 
 from melplan.core.catalog import Catalog, Family
 from melplan.core.cluster import Cluster, Server
-from melplan.core.errors import InfeasiblePlanError, InputError, PlanFileError
+from melplan.core.errors import InfeasiblePlanError, PlanFileError, SelectorError
 from melplan.core.evaluate import validate_placement
 from melplan.core.plan import Plan
 from melplan.runtime.reconcile import (
@@ -66,10 +66,6 @@ from melplan.runtime.routes import EAGER_TABLE_MAX_SERVERS, Route, RouteLookup  
 
 _EPS = 1e-12
 Pair = tuple[str, str]  # (component, server)
-
-
-class SelectorError(InputError):
-    """A selector was given a server, plan or option it cannot use (unknown server name, ...)."""
 
 
 # -- records and re-plans -----------------------------------------------------------------------
@@ -373,6 +369,18 @@ class RuntimeSelector:
     def route(self) -> Route:
         """The current route (lock-free: one attribute read)."""
         return self._route
+
+    def answers(self, down: Iterable[str]) -> bool:
+        """Whether the current route still answers when exactly ``down`` servers are down (its path
+        up and reachable from the ingress): what a request sent along it meets."""
+        route = self._route
+        if route.answer is None:
+            return False
+        down = set(down)
+        for lookup in (self._lookup, self._serving):
+            if lookup is not None and lookup.owns(route):
+                return lookup.answers(route, down)
+        return False
 
     def route_for(self, down: Iterable[str]) -> Route:
         """What would answer on the current placement, every component ready, with exactly ``down``
@@ -760,7 +768,12 @@ class Selection:
 
 
 def select_route(
-    plan_path: str, down: Sequence[str], *, catalog_dir: str | None = None, cluster_path: str | None = None
+    plan_path: str,
+    down: Sequence[str],
+    *,
+    catalog_dir: str | None = None,
+    cluster_path: str | None = None,
+    service: str | None = None,
 ) -> Selection:
     """Load a plan with its family and cluster (embedded in a v2 plan; from ``catalog_dir`` and
     ``cluster_path`` for a v1 plan) and return the route with ``down`` servers down.
@@ -770,7 +783,7 @@ def select_route(
     """
     from melplan.core.plan import load_plan_bundle
 
-    b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path)
+    b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path, service=service)
     plan, family, cluster = b.plan, b.family, b.cluster
     lookup = RouteLookup(family, plan.placement, cluster, source=str(plan_path))
     known = set(cluster.names) if cluster is not None else set(lookup.used)

@@ -273,7 +273,7 @@ class PlanStrategy(Strategy):
 
     def delivered(self, t: float, true_down: set[str]) -> float:
         route = self.sel.route()
-        if route.answer is None or any(s in true_down for s in route.depends_on):
+        if route.answer is None or not self.sel.answers(true_down):  # path down or cut off from the ingress
             return -1.0
         return route.accuracy
 
