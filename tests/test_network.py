@@ -158,3 +158,43 @@ def test_bad_failure_domains_name_the_field_and_fix(fd, field, words):
     with pytest.raises(ClusterError) as err:
         parse_cluster(_doc(failure_domains=fd), source="c.yaml")
     assert err.value.field == field and words in str(err.value) and err.value.fix and err.value.file == "c.yaml"
+
+
+# -- planner contracts of issue 12 --------------------------------------------------------------------
+
+
+def test_a_tiny_time_limit_still_returns_a_plan_with_a_truthful_status():
+    from melplan.core.clustergen import generate_cluster
+
+    cl = generate_cluster(300, seed=5)
+    cat = [make_family(1, seed=1, fid="single"), make_family(3, seed=4, shared=True, fid="mel-3")]
+    res = plan(cat, cl, PlanOptions(max_failures=2, time_limit_s=1e-6))
+    assert res.plan.family == "single"  # the quick plan of the single model
+    assert res.plan.solver["status"] == "time_limit" and not res.proven_optimal
+    assert res.plan.solver["gap"] is None  # a family was never bounded: the gap is unknown, not 0
+    assert any("NOT proven optimal" in n for n in res.notes)
+
+
+def test_worst_case_ties_are_solved_not_pruned():
+    """Two families with the same worst case: the one with the better expected accuracy wins."""
+    import dataclasses
+
+    base = make_family(2, seed=7, fid="a")
+    better = dataclasses.replace(make_family(2, seed=7, fid="b"), accuracy=dict(base.accuracy))
+    # same worst case (best single survives one failure), b is more accurate with both up
+    better = dataclasses.replace(better, accuracy=dict(base.accuracy, **{"u1+u2": base.accuracy["u1+u2"] + 0.01}))
+    cl = make_cluster(5, seed=7, ingress=False)
+    res = plan([base, better], cl, PlanOptions(objective="worst-case", max_failures=1, gap=0.0))
+    rows = {o.family: o for o in res.considered}
+    assert rows["a"].status != "pruned" and rows["b"].status != "pruned"
+    assert rows["a"].value == pytest.approx(rows["b"].value)
+    assert res.plan.family == "b"
+
+
+def test_progress_goes_to_the_callback_and_a_proven_plan_says_so():
+    lines = []
+    fam, cl = make_family(2, seed=3), make_site(6, seed=3)
+    res = plan([fam], cl, PlanOptions(gap=0.0, progress=lines.append))
+    assert res.proven_optimal and res.plan.solver["status"] == "optimal" and res.plan.solver["gap"] <= 1e-7
+    assert not any("NOT proven" in n for n in res.notes)
+    assert lines == []  # a run this short prints no progress

@@ -9,6 +9,7 @@ from melplan.commands.common import (
     echo_json,
     force_option,
     json_option,
+    quiet_option,
     refuse_overwrite,
     servers_option,
     table,
@@ -97,6 +98,7 @@ class FailuresType(click.ParamType):
     help="Relative optimality gap at which the search may stop [default: 0.0001; 0.01 with --services].",
 )
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the plan (JSON) here.")
+@quiet_option
 @force_option
 @json_option
 @verbose_option
@@ -114,6 +116,7 @@ def plan(
     time_limit,
     gap,
     out_file,
+    quiet,
     force,
     as_json,
 ):
@@ -123,6 +126,10 @@ def plan(
     on the servers that can matter; the best wins.  The accuracy numbers printed and written
     are computed exactly from the placement, not taken from the solver.
     """
+    import sys
+    import time
+
+    started = time.perf_counter()  # --time-limit counts loading too
     from melplan.core.catalog import load_catalog
     from melplan.core.cluster import load_cluster
     from melplan.core.errors import CatalogError, InputError
@@ -174,6 +181,8 @@ def plan(
         time_limit_s=time_limit,
         gap=gap,
         family=family_id,
+        started=started,
+        progress=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
     )
     result = run_plan(catalog, cluster, options)
     if out_file:

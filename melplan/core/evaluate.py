@@ -271,43 +271,82 @@ def relays(cluster: Cluster, terminals: Iterable[str]) -> tuple[str, ...]:
     term = set(terminals)
     if cluster.complete or len(term) < 2:
         return ()
-    import networkx as nx
-
-    g = nx.Graph()
-    g.add_nodes_from(cluster.names)
-    g.add_edges_from((a, b) for a, b, _ in cluster.overrides)
-    blocks = [frozenset(b) for b in nx.biconnected_components(g)]
-    # block-cut tree: nodes ("b", i) and ("c", cut vertex)
-    cuts = set(nx.articulation_points(g))
-    tree = nx.Graph()
-    for i, b in enumerate(blocks):
-        tree.add_node(("b", i))
-        for v in b & cuts:
-            tree.add_edge(("b", i), ("c", v))
+    blocks, cuts, parent, depth, comp = _block_cut_tree(cluster)
     marked = set()
     for t in term:
         if t in cuts:
             marked.add(("c", t))
         else:
-            marked.update(("b", i) for i, b in enumerate(blocks) if t in b)
+            marked.update(("b", i) for i in _blocks_of(cluster, blocks).get(t, ()))
     keep: set = set()
-    for comp in nx.connected_components(tree):
-        mk = [x for x in comp if x in marked]
-        if len(mk) < 2:
+    by_comp: dict[int, list] = {}
+    for x in marked:
+        by_comp.setdefault(comp[x], []).append(x)
+    for xs in by_comp.values():
+        if len(xs) < 2:
             continue
-        sub = tree.subgraph(comp).copy()
-        leaves = [x for x in sub if sub.degree(x) <= 1 and x not in marked]
-        while leaves:
-            sub.remove_nodes_from(leaves)
-            leaves = [x for x in sub if sub.degree(x) <= 1 and x not in marked]
-        keep |= set(sub)
+        anchor = xs[0]
+        keep.add(anchor)
+        for x in xs[1:]:  # the tree path x .. anchor, through their lowest common ancestor
+            a, b = x, anchor
+            keep.add(a)
+            while a != b:
+                if depth[a] >= depth[b]:
+                    a = parent[a]
+                else:
+                    b = parent[b]
+                keep.add(a)
+                keep.add(b)
     nodes: set[str] = set()
     for kind, v in keep:
         if kind == "b":
             nodes |= blocks[v]
         else:
             nodes.add(v)
-    return tuple(s for s in cluster.names if s in nodes and s not in term)
+    return tuple(s for s in sorted(nodes, key=cluster.index.__getitem__) if s not in term)
+
+
+def _block_cut_tree(cluster: Cluster):
+    """(blocks, cut vertices, parent, depth, component) of the block-cut tree of the link graph,
+    rooted per component; computed once per cluster (``cluster.memo``)."""
+    hit = cluster.memo.get("block_cut_tree")
+    if hit is not None:
+        return hit
+    import networkx as nx
+
+    g = nx.Graph()
+    g.add_nodes_from(cluster.names)
+    g.add_edges_from((a, b) for a, b, _ in cluster.overrides)
+    blocks = [frozenset(b) for b in nx.biconnected_components(g)]
+    cuts = set(nx.articulation_points(g))
+    tree = nx.Graph()
+    for i, b in enumerate(blocks):
+        tree.add_node(("b", i))
+        for v in b & cuts:
+            tree.add_edge(("b", i), ("c", v))
+    parent: dict = {}
+    depth: dict = {}
+    comp: dict = {}
+    for ci, nodes in enumerate(nx.connected_components(tree)):
+        root = min(nodes, key=str)
+        parent[root], depth[root], comp[root] = root, 0, ci
+        for u, v in nx.bfs_edges(tree, root):
+            parent[v], depth[v], comp[v] = u, depth[u] + 1, ci
+    out = (blocks, cuts, parent, depth, comp)
+    cluster.memo["block_cut_tree"] = out
+    return out
+
+
+def _blocks_of(cluster: Cluster, blocks) -> dict[str, tuple[int, ...]]:
+    hit = cluster.memo.get("blocks_of")
+    if hit is None:
+        acc: dict[str, list[int]] = {}
+        for i, b in enumerate(blocks):
+            for v in b:
+                acc.setdefault(v, []).append(i)
+        hit = {k: tuple(v) for k, v in acc.items()}
+        cluster.memo["blocks_of"] = hit
+    return hit
 
 
 # -- the table of one placement --------------------------------------------------------------------

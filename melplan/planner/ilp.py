@@ -104,7 +104,11 @@ class FamilyData:
         """The same data restricted to ``servers`` (a subsequence of ``self.servers``)."""
         pos = {s: j for j, s in enumerate(self.servers)}
         idx = np.array([pos[s] for s in servers], dtype=np.int64)
-        pair = {key: v[np.ix_(idx, idx)] for key, v in self.pair_lat.items()}
+        pair = (
+            self.pair_lat.subset(idx)
+            if isinstance(self.pair_lat, PairLatency)
+            else {key: v[np.ix_(idx, idx)] for key, v in self.pair_lat.items()}
+        )
         alone = None if self.combiner_alone is None else self.combiner_alone[idx]
         return FamilyData(
             self.family,
@@ -137,8 +141,8 @@ def family_data(
 ) -> FamilyData:
     """Capacities, loads and path latencies of ``family`` on ``servers`` (default: all), vectorised.
 
-    ``pairs=False`` skips the (servers x servers) latencies of upstream-to-combiner paths (for
-    callers that only read capacities, loads and ``fits`` over many servers)."""
+    Upstream-to-combiner latencies (``pair_lat``) are computed on demand (:class:`PairLatency`), so
+    ``pairs`` (kept for callers) changes nothing: nothing (servers x servers) is built up front."""
     servers = tuple(cluster.names if servers is None else servers)
     idx = np.array([cluster.index[s] for s in servers], dtype=np.int64)
     srv = [cluster.servers[i] for i in idx]
@@ -152,32 +156,26 @@ def family_data(
     comp_w = np.array([c.weight_bytes / MIB for c in comps], dtype=float)
     fits = (comp_mib[:, None] <= mem[None, :]) & (comp_gm[:, None] <= gm[None, :])
 
-    lat_all, bw_all = cluster._paths
-    lat = lat_all[np.ix_(idx, idx)]
-    bw = bw_all[np.ix_(idx, idx)]
     compute_ms = np.array([c.macs for c in comps], dtype=float)[:, None] / (gm[None, :] * 1e9) * 1e3
-    if cluster.ingress is not None:
-        g = cluster.index[cluster.ingress]
-        in_ms = transfer_ms(lat_all[g, idx], bw_all[g, idx], input_bytes(family))
-        out_ms = transfer_ms(lat_all[idx, g], bw_all[idx, g], 4 * int(family.dataset.get("num_classes", 10)))
+    if cluster.ingress is not None:  # paths are symmetric: one Dijkstra from the ingress
+        lat_g, bw_g = cluster.paths_from(cluster.ingress)
+        in_ms = transfer_ms(lat_g[idx], bw_g[idx], input_bytes(family))
+        out_ms = transfer_ms(lat_g[idx], bw_g[idx], 4 * int(family.dataset.get("num_classes", 10)))
     else:
         in_ms = np.zeros(len(idx))
         out_ms = np.zeros(len(idx))
     n = family.n
     single = in_ms[None, :] + compute_ms[:n] + out_ms[None, :]
     slo = cluster.workload.latency_slo_ms
-    pair: dict[tuple[int, int], np.ndarray] = {}
-    for k, members in enumerate(combiner_inputs(family) if pairs else []):
-        for i in members:
-            feat = transfer_ms(lat, bw, family.upstreams[i].feature_bytes)
-            pair[(i, k)] = (in_ms + compute_ms[i])[:, None] + feat + (compute_ms[n + k] + out_ms)[None, :]
+    pair = PairLatency(family, cluster, servers, in_ms, compute_ms, out_ms)
     # a component must be reachable: from the ingress (upstreams take the input, every answer goes
     # back), and the SLO when there is one
     fits[:n] &= np.isfinite(single)
     fits[n:] &= np.isfinite(out_ms)[None, :]
     if slo is not None:
         fits[:n] &= single <= slo
-    p_eff = np.array([1.0 - cluster.up_probability(s) for s in servers], dtype=float)
+    p_eff_all, cls_all = _server_arrays(cluster)
+    p_eff, dom_class = p_eff_all[idx], cls_all[idx]
     return FamilyData(
         family,
         servers,
@@ -194,8 +192,18 @@ def family_data(
         None,
         cluster,
         p_eff,
-        interchange_class(cluster, servers),
+        dom_class,
     )
+
+
+def _server_arrays(cluster: Cluster) -> tuple[np.ndarray, np.ndarray]:
+    """(down probability with domains, interchange class) of every server, once per cluster."""
+    hit = cluster.memo.get("server_arrays")
+    if hit is None:
+        p_eff = np.array([1.0 - cluster.up_probability(s.name) for s in cluster.servers], dtype=float)
+        hit = (p_eff, interchange_class(cluster, cluster.names))
+        cluster.memo["server_arrays"] = hit
+    return hit
 
 
 def interchange_class(cluster: Cluster, servers: Sequence[str]) -> np.ndarray:
@@ -213,6 +221,72 @@ def interchange_class(cluster: Cluster, servers: Sequence[str]) -> np.ndarray:
             key = (doms, nb[0]) if len(nb) == 1 and s != cluster.ingress else (doms, "self", s)
         out[j] = ids.setdefault(key, len(ids))
     return out
+
+
+class PairLatency(Mapping):
+    """``pair[(i, k)][s, t]``: latency of upstream i's branch through combiner k, upstream on server
+    s and combiner on server t, computed on demand: a matrix over the data's servers only when asked
+    (after the reductions, a few dozen candidates), single entries through ``at``.  Paths come from
+    ``Cluster.paths_from`` (one Dijkstra per source server, cached), never all pairs."""
+
+    def __init__(self, family, cluster, servers, in_ms, compute_ms, out_ms) -> None:
+        self.family, self.cluster, self.servers = family, cluster, tuple(servers)
+        self.in_ms, self.compute_ms, self.out_ms = in_ms, compute_ms, out_ms
+        self.idx = np.array([cluster.index[s] for s in self.servers], dtype=np.int64)
+        self.keys_ = [(i, k) for k, members in enumerate(combiner_inputs(family)) for i in members]
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def __iter__(self):
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+    def _branch(self, i: int, k: int, s: np.ndarray, t: np.ndarray, lat: np.ndarray, bw: np.ndarray) -> np.ndarray:
+        n = self.family.n
+        feat = transfer_ms(lat, bw, self.family.upstreams[i].feature_bytes)
+        return (
+            (self.in_ms[s] + self.compute_ms[i, s])[:, None]
+            + feat
+            + (self.compute_ms[n + k, t] + self.out_ms[t])[None, :]
+        )
+
+    def __getitem__(self, key: tuple[int, int]) -> np.ndarray:
+        if key not in self._cache:
+            if key not in self.keys_:
+                raise KeyError(key)
+            m = len(self.servers)
+            lat = np.empty((m, m))
+            bw = np.empty((m, m))
+            for a, name in enumerate(self.servers):
+                la, ba = self.cluster.paths_from(name)
+                lat[a], bw[a] = la[self.idx], ba[self.idx]
+            rows = np.arange(m)
+            for kk in self.keys_:
+                self._cache[kk] = self._branch(kk[0], kk[1], rows, rows, lat, bw)
+        return self._cache[key]
+
+    def at(self, key: tuple[int, int], s: int, t: int) -> float:
+        if key in self._cache:
+            return float(self._cache[key][s, t])
+        la, ba = self.cluster.paths_from(self.servers[s])
+        j = self.idx[t]
+        return float(
+            self._branch(key[0], key[1], np.array([s]), np.array([t]), la[[j]][None, :], ba[[j]][None, :])[0, 0]
+        )
+
+    def subset(self, idx: np.ndarray) -> PairLatency:
+        out = PairLatency(
+            self.family,
+            self.cluster,
+            [self.servers[j] for j in idx],
+            self.in_ms[idx],
+            self.compute_ms[:, idx],
+            self.out_ms[idx],
+        )
+        for key, v in self._cache.items():
+            out._cache[key] = v[np.ix_(idx, idx)]
+        return out
 
 
 def with_used(data: FamilyData, used: Mapping[str, tuple[float, float]]) -> FamilyData:
