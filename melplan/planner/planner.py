@@ -36,998 +36,96 @@ placed, SolverError when the solver fails or finds nothing in time.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
-from melplan.core.catalog import Catalog, Family, subset_key
+from melplan.core.catalog import Catalog, Family
 from melplan.core.cluster import Cluster
-from melplan.core.errors import InfeasiblePlanError, InputError, MelplanError, SolverError
+from melplan.core.errors import InfeasiblePlanError, InputError, SolverError
 from melplan.core.evaluate import (
-    MAX_EXACT_SERVERS,
     RouteTable,
-    best_accuracy_by_state,
-    capacity_violations,
     evaluate_placement,
 )
 from melplan.core.plan import Plan
-from melplan.planner.ilp import (
-    FamilyData,
-    ModelSpec,
-    build_family_model,
-    combiner_inputs,
-    family_data,
-    read_placement,
-    useful_combiners,
+from melplan.planner.bounds import (
+    MAX_HOST_BOUND_TUPLES,
+    Relaxation,
+    best_without,
+    exclusive_subsets,
+    relaxation,
+    relaxation_probabilities,
+    relaxed_value,
+    worst_upper_bound,
 )
-from melplan.planner.solve import SolveResult, choose_solver, solve
-
-OBJECTIVES = ("expected", "worst-case")
-TOL = 1e-9
-MAX_CANDIDATES = 10  # beyond this, the ILP runs on the most promising servers (the bound stays global)
-MAX_HOST_BOUND_TUPLES = 1000  # per-host relaxation bounds only for families with few upstreams
-MAX_PACKING_COMBINERS = 10  # beyond this, capability is compared on raw memory and compute
-MAX_LINK_DOMINANCE = 1500  # beyond this many servers, no dominance on links (under an SLO)
-
-
-# -- options and results -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """What to optimise and how.
-
-    ``max_failures`` (F): the expected-accuracy model counts the failure scenarios with at most F
-    candidate servers down (``None`` = all, exact); for ``worst-case`` it is the number of server
-    failures the plan must survive (default 1).  ``min_accuracy_under_failure``: the accuracy
-    the plan must keep whichever F servers (1 when F is all) fail.  ``gap``: relative optimality
-    gap at which a solve may stop.  ``time_limit_s``: for the whole call.
-
-    Re-plan: ``current`` (component -> servers of the running placement of ``current_family``)
-    and ``migration_weight`` (accuracy points, 1 point = 0.01 of accuracy, given up per MiB of
-    weights started on a server where that component does not run yet; components that stay
-    cost nothing) make the planner prefer what already runs.  ``family`` pins one family.
-    """
-
-    objective: str = "expected"
-    max_failures: int | None = None
-    min_accuracy_under_failure: float | None = None
-    combiner_replicas: int = 1
-    solver: str | None = None
-    time_limit_s: float = 30.0
-    gap: float = 1e-4
-    family: str | None = None
-    current: Mapping[str, Sequence[str]] | None = None
-    current_family: str | None = None
-    migration_weight: float = 0.0
-    threads: int | None = None
-    reduce: bool = True
-
-    def validated(self) -> PlanOptions:
-        """Return self, or raise InputError naming the option that is out of range."""
-        if self.objective not in OBJECTIVES:
-            raise InputError(
-                f"unknown objective {self.objective!r}", field="--objective", fix="use 'expected' or 'worst-case'"
-            )
-        mf = self.max_failures
-        if mf is not None and (isinstance(mf, bool) or not isinstance(mf, int) or mf < 0):
-            raise InputError(
-                f"must be a whole number >= 0 or 'all', got {mf!r}",
-                field="--max-failures",
-                fix="give e.g. --max-failures 2, or --max-failures all",
-            )
-        if self.objective == "worst-case" and mf is not None and mf < 1:
-            raise InputError("the worst case needs at least one failure", field="--max-failures", fix="give 1 or more")
-        a = self.min_accuracy_under_failure
-        if a is not None and not 0.0 <= a <= 1.0:
-            raise InputError(
-                f"must be a fraction in [0, 1], got {a!r}",
-                field="--min-accuracy-under-failure",
-                fix="give accuracy as a fraction, e.g. 0.85",
-            )
-        r = self.combiner_replicas
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise InputError(
-                f"must be a whole number >= 1, got {r!r}",
-                field="--combiner-replicas",
-                fix="give 1 (the default) or more",
-            )
-        if not self.time_limit_s > 0:
-            raise InputError(
-                f"must be > 0 seconds, got {self.time_limit_s!r}", field="--time-limit", fix="give e.g. 30"
-            )
-        if not 0.0 <= self.gap < 1.0:
-            raise InputError(f"must be in [0, 1), got {self.gap!r}", field="--gap", fix="give e.g. 0.0001")
-        if not self.migration_weight >= 0:
-            raise InputError(
-                f"must be >= 0, got {self.migration_weight!r}",
-                field="migration_weight",
-                fix="give accuracy points per MiB moved, e.g. 0.05",
-            )
-        return self
-
-    @property
-    def worst_failures(self) -> int:
-        return self.max_failures if self.max_failures is not None else 1
-
-    @property
-    def failures_label(self) -> str:
-        return "all" if self.max_failures is None else str(self.max_failures)
-
-    @property
-    def move_cost(self) -> float:
-        """Objective units per MiB moved (0 when not re-planning)."""
-        return self.migration_weight / 100.0 if self.current is not None else 0.0
-
-
-@dataclass(frozen=True)
-class Reduction:
-    """How the servers were cut down for one family (all cuts are exact)."""
-
-    servers: int
-    candidates: int
-    cannot_host: int
-    dominated: int
-    bounded: int
-    max_used: int
-    restricted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "servers": self.servers,
-            "candidates": self.candidates,
-            "cannot_host": self.cannot_host,
-            "dominated": self.dominated,
-            "cut_by_bound": self.bounded,
-            "max_servers_per_plan": self.max_used,
-            "restricted": self.restricted,
-        }
-
-
-@dataclass(frozen=True)
-class FamilyOutcome:
-    """One row of the families-considered table.
-
-    ``status``: ``solved`` (its best plan proved within the gap), ``time_limit`` (a plan, not
-    proved), ``pruned`` (its bound cannot beat the chosen plan), ``infeasible`` (``reason`` says
-    why), ``not_solved`` (time ran out first).  ``value``: the requested objective of its best
-    plan, computed exactly; ``bound``: proven upper bound on what the family can reach.
-    """
-
-    family: str
-    n: int
-    role: str
-    status: str
-    value: float | None = None
-    bound: float | None = None
-    expected_accuracy: float | None = None
-    worst_case_accuracy: float | None = None
-    accuracy_all_up: float | None = None
-    moved_mib: float | None = None
-    placement: Mapping[str, tuple[str, ...]] | None = None
-    reason: str = ""
-    solver: Mapping[str, Any] = field(default_factory=dict)
-    reduction: Reduction | None = None
-    failures_modeled: int | None = None
-    modeled_mass: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "family": self.family,
-            "n": self.n,
-            "role": self.role,
-            "status": self.status,
-            "value": _r(self.value),
-            "bound": _r(self.bound),
-            "expected_accuracy": _r(self.expected_accuracy),
-            "worst_case_accuracy": _r(self.worst_case_accuracy),
-            "accuracy_all_up": _r(self.accuracy_all_up),
-            "reason": self.reason,
-        }
-        if self.moved_mib is not None:
-            d["moved_mib"] = _r(self.moved_mib)
-        if self.solver:
-            d["solver"] = dict(self.solver)
-        if self.reduction is not None:
-            d["candidates"] = self.reduction.to_dict()
-        if self.failures_modeled is not None:
-            d["failures_modeled"] = self.failures_modeled
-        return d
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    """The chosen plan, the families considered, and the best single-model deployment."""
-
-    plan: Plan
-    considered: tuple[FamilyOutcome, ...]
-    chosen: FamilyOutcome
-    best_single: FamilyOutcome | None
-    proven_optimal: bool
-    gap: float
-    notes: tuple[str, ...]
-    wall_s: float
-
-    @property
-    def gain_over_single(self) -> float | None:
-        if self.best_single is None or self.best_single.value is None or self.chosen.value is None:
-            return None
-        return self.chosen.value - self.best_single.value
-
-
-def _r(v: float | None, nd: int = 6) -> float | None:
-    return None if v is None else round(float(v), nd)
-
-
-def role_of(family: Family) -> str:
-    """The catalog's ``role`` field, else ``mel`` for n > 1 and ``single`` for n == 1."""
-    role = family.extra.get("role")
-    if isinstance(role, str) and role:
-        return role
-    return "mel" if family.n > 1 else "single"
-
-
-# -- exact values of a placement --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ObjectiveValue:
-    expected: float  # exact expected accuracy
-    expected_f: float  # counting only the states with at most F used servers down
-    covered: float  # probability of those states
-    worst: float  # min accuracy over every way F used servers fail (0 if fewer are used)
-    all_up: float
-    used: int
-
-
-def objective_value(
-    family: Family,
-    placement: Mapping[str, Sequence[str]],
-    cluster: Cluster,
-    failures: int | None = None,
-    worst_failures: int = 1,
-) -> ObjectiveValue:
-    """Exact expected (all states, and F-truncated) and worst-case accuracy by enumeration.
-
-    Built on evaluate.RouteTable and evaluate.best_accuracy_by_state, independent of the ILP.
-    """
-    table = RouteTable(family, placement, cluster)
-    best = best_accuracy_by_state(table)
-    m = len(table.used)
-    states = np.arange(1 << m, dtype=np.int64)
-    prob = np.ones(1 << m)
-    ndown = np.zeros(1 << m, dtype=np.int64)
-    for i, s in enumerate(table.used):
-        p = cluster.server(s).failure_prob
-        up = (states >> i) & 1
-        prob *= np.where(up == 1, 1.0 - p, p)
-        ndown += 1 - up
-    keep = ndown <= (m if failures is None else failures)
-    kw = min(worst_failures, m)
-    worst = float(best[ndown == kw].min()) if m else 0.0
-    return ObjectiveValue(
-        float(prob @ best),
-        float(prob[keep] @ best[keep]),
-        float(prob[keep].sum()),
-        worst,
-        float(best[-1]) if m else 0.0,
-        m,
-    )
-
-
-def moved_mib(
-    family: Family, placement: Mapping[str, Sequence[str]], current: Mapping[str, Sequence[str]] | None
-) -> float:
-    """MiB of weights started on servers where the component does not run now."""
-    cur = current or {}
-    total = 0
-    for comp, servers in placement.items():
-        had = set(cur.get(comp, ()))
-        total += sum(family.component(comp).weight_bytes for s in servers if s not in had)
-    return total / float(1 << 20)
-
-
-def plan_score(
-    family: Family,
-    placement: Mapping[str, Sequence[str]],
-    cluster: Cluster,
-    options: PlanOptions,
-    current: Mapping[str, Sequence[str]] | None,
-) -> tuple[float, ObjectiveValue, float | None]:
-    """(score, values, MiB moved): the score is what families are ranked by, computed exactly.
-
-    Expected: exact expected accuracy; worst-case: worst accuracy with F servers down; minus
-    ``migration_weight`` points per MiB moved when re-planning.
-    """
-    ov = objective_value(family, placement, cluster, options.max_failures, options.worst_failures)
-    base = ov.expected if options.objective == "expected" else ov.worst
-    mv = moved_mib(family, placement, current) if options.current is not None else None
-    return base - options.move_cost * (mv or 0.0), ov, mv
-
-
-# -- bounds ---------------------------------------------------------------------------------------
-
-
-def best_without(family: Family, exclude: frozenset[str] = frozenset()) -> dict[frozenset, float]:
-    """A(-W): the best accuracy of a subset avoiding the upstreams in W (and not in ``exclude``)."""
-    acc = family.accuracy
-    names = family.upstream_names
-    out = {}
-    for r in range(len(names) + 1):
-        for W in itertools.combinations(names, r):
-            rest = [s for s in family.subsets() if not set(s) & set(W) and subset_key(s) not in exclude]
-            out[frozenset(W)] = max((acc[subset_key(s)] for s in rest), default=0.0)
-    return out
-
-
-def exclusive_subsets(family: Family) -> list[frozenset[str]]:
-    """For each combiner, the subset keys that no other combiner serves."""
-    out = []
-    for c in family.combiners:
-        keys = set()
-        for s in c.serves:
-            key = subset_key(s)
-            if len(family.combiners_serving(key)) == 1:
-                keys.add(key)
-        out.append(frozenset(keys))
-    return out
-
-
-def relaxed_value(family: Family, p_of: np.ndarray, aw: Mapping[frozenset, float]) -> np.ndarray:
-    """``sum_W P(exactly W down) * A(-W)`` for rows of upstream down-probabilities ``p_of`` (T, n)."""
-    names = family.upstream_names
-    n = len(names)
-    p_of = np.atleast_2d(p_of)
-    total = np.zeros(p_of.shape[0])
-    for mask in range(1 << n):
-        W = frozenset(names[i] for i in range(n) if mask >> i & 1)
-        pr = np.ones(p_of.shape[0])
-        for i in range(n):
-            pr *= p_of[:, i] if mask >> i & 1 else 1.0 - p_of[:, i]
-        total += pr * aw[W]
-    return total
-
-
-@dataclass(frozen=True)
-class Relaxation:
-    """The upstream-tuple relaxation of one family (expected objective)."""
-
-    bound: float  # over every placement of the family
-    tuple_: tuple[int, ...]  # best upstream servers (indices into the data's servers)
-    host_bound: np.ndarray  # (n, servers): bound for plans with upstream i on server j
-    without: tuple[float, ...]  # per combiner: the bound when its exclusive subsets never answer
-
-
-def relaxation(family: Family, data: FamilyData) -> Relaxation | None:
-    """Bounds from the relaxation where combiners are free and always up (None if a host is missing).
-
-    The value only falls as an upstream's server gets less reliable, so an optimal tuple puts each
-    upstream on one of its n most reliable hosts: at most n-1 of those are taken by the others.
-    """
-    n = family.n
-    aw = best_without(family)
-    hosts = [np.flatnonzero(data.fits[i]) for i in range(n)]
-    if any(len(h) == 0 for h in hosts):
-        return None
-    top = [h[np.argsort(data.p[h], kind="stable")][:n] for h in hosts]
-    tuples = [t for t in itertools.product(*top) if len(set(t)) == n]
-    if not tuples:
-        return None
-    P = data.p[np.array(tuples)]
-    vals = relaxed_value(family, P, aw)
-    best = int(np.argmax(vals))
-    best_v, best_t = float(vals[best]), tuples[best]
-    without = tuple(
-        float(relaxed_value(family, P, best_without(family, ex)).max()) if ex else best_v
-        for ex in exclusive_subsets(family)
-    )
-    m = len(data.servers)
-    host_bound = np.full((n, m), np.inf)  # no per-host bound: nothing is cut
-    if n ** (n - 1) > MAX_HOST_BOUND_TUPLES:
-        return Relaxation(best_v, tuple(int(j) for j in best_t), host_bound, without)
-    host_bound[:] = -np.inf
-    for i in range(n):
-        others = [k for k in range(n) if k != i]
-        cols = hosts[i]
-        vals = np.full(len(cols), -np.inf)
-        # the others on their best hosts (distinct among themselves; sharing i's server only
-        # loosens the bound), i on each of its hosts
-        for combo in itertools.product(*[top[k] for k in others]):
-            if len(set(combo)) < len(combo):
-                continue
-            P = np.empty((len(cols), n))
-            P[:, i] = data.p[cols]
-            for k, j in zip(others, combo):
-                P[:, k] = data.p[j]
-            vals = np.maximum(vals, relaxed_value(family, P, aw))
-        host_bound[i, cols] = vals
-    return Relaxation(best_v, tuple(int(j) for j in best_t), host_bound, without)
-
-
-def worst_upper_bound(family: Family, failures: int) -> float:
-    """The worst case cannot beat: for the worst F upstreams down, the best subset of the others."""
-    aw = best_without(family)
-    F = min(failures, family.n)
-    return min(aw[frozenset(W)] for W in itertools.combinations(family.upstream_names, F))
-
-
-# -- server reduction -------------------------------------------------------------------------
-
-
-def max_servers_per_plan(family: Family, replicas: int) -> int:
-    return min(family.n + replicas * len(family.combiners), MAX_EXACT_SERVERS)
-
-
-def _capability(data: FamilyData, with_upstream: bool) -> np.ndarray:
-    """sup[s, t]: every set of components of the role (one upstream with any combiners, or
-    combiners only) that fits on t also fits on s."""
-    n, nc = data.n, data.n_comb
-    comps = range(n + nc) if with_upstream else range(n, n + nc)
-    if nc > MAX_PACKING_COMBINERS:
-        # sufficient, if coarser: more memory, more compute, and every component that fits on t fits on s
-        sup = (data.mem_mib[:, None] >= data.mem_mib[None, :]) & (data.gmacs[:, None] >= data.gmacs[None, :])
-        for c in comps:
-            sup &= data.fits[c][:, None] | ~data.fits[c][None, :]
-        return sup
-    masks = np.arange(1 << nc, dtype=np.int64)
-    bits = ((masks[:, None] >> np.arange(nc)) & 1).astype(float) if nc else np.zeros((1, 0))
-    cmem = bits @ data.comp_mib[n:] if nc else np.zeros(1)
-    cgm = bits @ data.comp_gmacs[n:] if nc else np.zeros(1)
-    cfit = np.ones((len(masks), len(data.servers)), dtype=bool)
-    for k in range(nc):
-        cfit &= ~(bits[:, k : k + 1] > 0) | data.fits[n + k][None, :]
-    rows = []
-    for i in range(n) if with_upstream else [None]:
-        mem = cmem + (0.0 if i is None else data.comp_mib[i])
-        gm = cgm + (0.0 if i is None else data.comp_gmacs[i])
-        ok = (mem[:, None] <= data.mem_mib[None, :]) & (gm[:, None] <= data.gmacs[None, :]) & cfit
-        if i is not None:
-            ok &= data.fits[i][None, :]
-        rows.append(ok)
-    return _superset(np.concatenate(rows, axis=0).T)
-
-
-def _superset(feas: np.ndarray, block: int = 16) -> np.ndarray:
-    """sup[s, t]: every packing feasible on t (a row of ``feas``) is feasible on s."""
-    uniq, inv = np.unique(feas, axis=0, return_inverse=True)
-    inv = np.asarray(inv).reshape(-1)
-    u = len(uniq)
-    sup = np.zeros((u, u), dtype=bool)
-    for a in range(0, u, block):
-        sup[a : a + block] = ~((~uniq[a : a + block, None, :]) & uniq[None, :, :]).any(axis=2)
-    return sup[inv[:, None], inv[None, :]]
-
-
-def link_dominance(cluster: Cluster) -> np.ndarray | None:
-    """ok[s, t] over all servers: s is no further and no narrower than t from every other server.
-
-    None (no server stands in for another on links) beyond MAX_LINK_DOMINANCE servers, where the
-    comparison would cost more than it saves."""
-    m = len(cluster.servers)
-    if m > MAX_LINK_DOMINANCE:
-        return None
-    lat, bw = cluster._paths
-    block = max(1, int(2e7 // max(1, m * m)))
-    out = np.zeros((m, m), dtype=bool)
-    cols = np.arange(m)
-    for a in range(0, m, block):
-        rows = np.arange(a, min(m, a + block))
-        ok = (lat[rows, None, :] <= lat[None, :, :] + 1e-12) & (bw[rows, None, :] >= bw[None, :, :] * (1 - 1e-12))
-        ok[np.arange(len(rows)), :, rows] = True  # column s itself
-        ok[:, cols, cols] = True  # column t itself
-        out[rows] = ok.all(axis=2)
-    if cluster.ingress is not None:
-        out[:, cluster.index[cluster.ingress]] = False  # nothing stands in for the ingress
-        out[cluster.index[cluster.ingress], cluster.index[cluster.ingress]] = True
-    return out
-
-
-def _dominated(
-    data: FamilyData, capable: np.ndarray, links: np.ndarray | None, eligible: np.ndarray, threshold: int
-) -> np.ndarray:
-    """drop[t]: t has at least ``threshold`` strict dominators among the eligible servers
-    (``capable[s, t]``: s can hold whatever t can)."""
-    m = len(data.servers)
-    weak = capable & (data.p[:, None] <= data.p[None, :])
-    if data.slo_ms is not None:
-        weak &= data.gmacs[:, None] >= data.gmacs[None, :]
-        if links is None:  # links not compared (too many servers): drop nothing
-            return np.zeros(m, dtype=bool)
-        weak &= links
-    weak &= eligible[:, None] & eligible[None, :]
-    idx = np.arange(m)
-    dom = (weak & ~weak.T) | (weak & weak.T & (idx[:, None] < idx[None, :]))
-    np.fill_diagonal(dom, False)
-    return eligible & (dom.sum(axis=0) >= threshold)
-
-
-# -- one family ---------------------------------------------------------------------------------
-
-
-@dataclass
-class _Context:
-    """What every family's solve shares: the cluster, the options, the deadline, the servers
-    never to drop (running the current placement), and the link dominance matrix (with an SLO)."""
-
-    cluster: Cluster
-    options: PlanOptions
-    solver: str
-    deadline: float
-    protected: frozenset[str]
-    links: np.ndarray | None
-
-
-@dataclass
-class _Reduced:
-    """The servers a family's model keeps, a starting plan, and how they were cut."""
-
-    data: FamilyData
-    reduction: Reduction
-    incumbent: dict[str, tuple[str, ...]] | None
-    inc_score: float
-
-
-def _reduce(
-    family: Family,
-    data_all: FamilyData,
-    ctx: _Context,
-    relax: Relaxation | None,
-    current: Mapping[str, tuple[str, ...]] | None,
-) -> _Reduced:
-    """Cut the servers of ``data_all`` for one family (the steps of the module docstring)."""
-    opts, cluster = ctx.options, ctx.cluster
-    n, m = family.n, len(data_all.servers)
-    max_used = max_servers_per_plan(family, opts.combiner_replicas)
-
-    # 1-2. who may host what: fit, then dominance per role
-    fits = data_all.fits.copy()
-    alone = np.ones(m, dtype=bool)  # False: combiners only beside an upstream on that server
-    cannot = int((~fits.any(axis=0)).sum())
-    protected = np.array([s in ctx.protected for s in data_all.servers])
-    dominated = 0
-    if opts.reduce and m > max_used:
-        pos = [cluster.index[s] for s in data_all.servers]
-        links = None if ctx.links is None else ctx.links[np.ix_(pos, pos)]
-        up_host = fits[:n].any(axis=0)
-        drop_up = _dominated(data_all, _capability(data_all, True), links, up_host, max_used) & ~protected
-        comb_host = fits[n:].any(axis=0) if family.combiners else np.zeros(m, dtype=bool)
-        drop_cb = _dominated(data_all, _capability(data_all, False), links, comb_host, max_used) & ~protected
-        fits[:n, drop_up] = False
-        alone = ~drop_cb
-        fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
-        dominated = int((data_all.fits.any(axis=0) & ~fits.any(axis=0)).sum())
-
-    # 3. starting plans, and the relaxation bound on hosts
-    incumbent: dict[str, tuple[str, ...]] | None = None
-    inc_score = -math.inf
-    bounded = 0
-    if current and _placement_fits(family, current, cluster) and _meets_floor(family, current, cluster, opts):
-        incumbent, inc_score = dict(current), plan_score(family, current, cluster, opts, current)[0]
-    if relax is not None and opts.objective == "expected":
-        starts = [_greedy(family, data_all, relax.tuple_, cluster)]
-        if current:
-            starts.append(_repair(family, data_all, current, cluster))
-        for start in starts:
-            if start is not None and _meets_floor(family, start, cluster, opts):
-                sc = plan_score(family, start, cluster, opts, current)[0]
-                if sc > inc_score:
-                    incumbent, inc_score = start, sc
-        if incumbent is not None and opts.reduce:
-            keep = np.array([s in {x for v in incumbent.values() for x in v} for s in data_all.servers])
-            before = fits.any(axis=0)
-            # a plan with component c on server j reaches at most its bound there, minus the price
-            # of starting c on j when re-planning
-            penalty = np.zeros((n + len(family.combiners), m))
-            if opts.move_cost > 0:
-                for c, name in enumerate(family.component_names()):
-                    here = set((current or {}).get(name, ()))
-                    penalty[c] = [
-                        0.0 if s in here else opts.move_cost * data_all.comp_weight_mib[c] for s in data_all.servers
-                    ]
-            fits[:n] &= ~((relax.host_bound - penalty[:n] < inc_score + TOL) & ~keep[None, :])
-            # a combiner alone on a server (its only replica when R = 1) is lost whenever that
-            # server is down: E <= q_t * bound + p_t * bound(without the subsets only it serves)
-            if opts.combiner_replicas == 1:
-                only_cb = ~fits[:n].any(axis=0)
-                for k in range(len(family.combiners)):
-                    ubk = relax.bound - data_all.p * (relax.bound - relax.without[k]) - penalty[n + k]
-                    fits[n + k] &= ~(only_cb & (ubk < inc_score + TOL) & ~keep)
-            fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
-            bounded = int((before & ~fits.any(axis=0)).sum())
-
-    # 6. too many left: search the most promising (not exact; the bound stays global)
-    restricted = int(fits.any(axis=0).sum()) > MAX_CANDIDATES
-    if restricted:
-        fits = _restrict(family, data_all, fits, relax, incumbent, opts)
-        fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
-    cand = [s for j, s in enumerate(data_all.servers) if fits[:, j].any()]
-    data = replace(data_all, fits=fits, combiner_alone=alone).subset(cand)
-    return _Reduced(
-        data, Reduction(m, len(cand), cannot, dominated, bounded, max_used, restricted), incumbent, inc_score
-    )
-
-
-def _solve_family(
-    family: Family, data_all: FamilyData, ctx: _Context, ub: float, relax: Relaxation | None
-) -> FamilyOutcome:
-    """Reduce, start, search and score one family; the row of the families table."""
-    opts = ctx.options
-    cluster = ctx.cluster
-    role = role_of(family)
-    n = family.n
-    current = None
-    if opts.current is not None:
-        current = {k: tuple(v) for k, v in opts.current.items()} if opts.current_family == family.id else {}
-    reduced = _reduce(family, data_all, ctx, relax, current)
-    data, red = reduced.data, reduced.reduction
-    incumbent, inc_score = reduced.incumbent, reduced.inc_score
-    restricted = red.restricted
-    cand = data.servers
-    max_used = red.max_used
-    spec = ModelSpec(
-        objective=opts.objective,
-        failures=opts.max_failures if opts.objective == "expected" else None,
-        worst_failures=opts.worst_failures,
-        combiner_replicas=opts.combiner_replicas,
-        min_worst=opts.min_accuracy_under_failure,
-        max_used=max_used if n + opts.combiner_replicas * len(family.combiners) > MAX_EXACT_SERVERS else None,
-        current=current,
-        move_cost=opts.move_cost,
-    )
-    notes: list[str] = []
-    model = None
-    if incumbent is not None and inc_score >= ub - TOL * max(1.0, abs(ub)) and opts.objective == "expected":
-        # the starting plan reaches the family's bound: proved, the search would only confirm it
-        result, placement = None, None
-        notes.append("the starting plan reaches the relaxation bound (proved without search)")
-    else:
-        model = build_family_model(data, spec)
-        result, placement = _run(model, family, ctx)
-    if placement is not None and opts.objective == "worst-case":
-        # stage 2: among the plans with this worst case, the most accurate on average
-        t_star = objective_value(family, placement, cluster, None, opts.worst_failures).worst
-        if time.perf_counter() < ctx.deadline:
-            floor = max(t_star, opts.min_accuracy_under_failure or 0.0) - 1e-9
-            model2 = build_family_model(data, replace(spec, objective="expected", failures=None, min_worst=floor))
-            r2, p2 = _run(model2, family, ctx)
-            if (
-                p2 is not None
-                and objective_value(family, p2, cluster, None, opts.worst_failures).worst >= t_star - 1e-9
-            ):
-                placement = p2
-                notes.append(
-                    "ties on the worst case broken by expected accuracy"
-                    + ("" if r2 is not None and r2.optimal else " (tie-break not proved: time limit)")
-                )
-
-    solver_info = result.to_dict() if result is not None else {}
-    if placement is None and incumbent is None:
-        status = "not_solved" if result is None else result.status
-        if status == "infeasible":
-            reason = "no placement meets the constraints"
-            if opts.min_accuracy_under_failure is not None:
-                reason = (
-                    f"no placement keeps accuracy {opts.min_accuracy_under_failure:g} with "
-                    f"{opts.worst_failures} server(s) down"
-                )
-            return FamilyOutcome(family.id, n, role, "infeasible", reason=reason, solver=solver_info, reduction=red)
-        return FamilyOutcome(
-            family.id,
-            n,
-            role,
-            "time_limit" if result is not None else "not_solved",
-            bound=ub,
-            reason="no plan found within the time limit",
-            solver=solver_info,
-            reduction=red,
-        )
-
-    best = placement
-    score_ilp = -math.inf
-    if placement is not None:
-        score_ilp = plan_score(family, placement, cluster, opts, current)[0]
-    if incumbent is not None and inc_score > score_ilp + TOL:
-        best = incumbent
-        if result is not None:
-            notes.append("the starting plan was not improved on")
-    value, ov, mv = plan_score(family, best, cluster, opts, current)
-
-    # what is proved about the family
-    bound = ub
-    proved = result is not None and result.optimal
-    if model is not None and result is not None and result.bound is not None and not restricted:
-        tail = 0.0
-        if opts.objective == "expected":
-            tail = (1.0 - model.modeled_mass) * max(family.accuracy.values())
-        bound = min(ub, max(value, result.bound + tail))
-    elif result is None or not result.has_solution:
-        proved = False
-    rel_gap = max(0.0, bound - value) / max(abs(bound), 1e-12)
-    if rel_gap <= max(opts.gap, 1e-7) + 1e-9 and (proved or bound <= value + TOL):
-        status = "solved"
-    elif result is None or result.status == "time_limit":
-        status = "time_limit"
-    else:
-        status = "unproven"
-    if restricted and result is not None:
-        notes.append(
-            f"searched {len(cand)} of the servers left after the exact cuts "
-            f"(the most promising; the bound still covers every server)"
-        )
-    searched = model is not None and result is not None
-    if (
-        searched
-        and opts.objective == "expected"
-        and model.failures_modeled is not None
-        and model.modeled_mass < 1.0 - 1e-12
-    ):
-        notes.append(
-            f"model counts states with <= {model.failures_modeled} of {len(cand)} candidates down "
-            f"(probability {model.modeled_mass:.6f})"
-        )
-    return FamilyOutcome(
-        family.id,
-        n,
-        role,
-        status,
-        value=value,
-        bound=bound,
-        expected_accuracy=ov.expected,
-        worst_case_accuracy=ov.worst,
-        accuracy_all_up=ov.all_up,
-        moved_mib=mv,
-        placement={k: tuple(v) for k, v in best.items()},
-        reason="; ".join(notes),
-        solver=solver_info,
-        reduction=red,
-        failures_modeled=model.failures_modeled if searched else None,
-        modeled_mass=model.modeled_mass if searched else None,
-    )
-
-
-def _restrict(
-    family: Family,
-    data: FamilyData,
-    fits: np.ndarray,
-    relax: Relaxation | None,
-    incumbent: Mapping[str, Sequence[str]] | None,
-    opts: PlanOptions,
-) -> np.ndarray:
-    """Keep at most MAX_CANDIDATES servers: the incumbent's, then each upstream's best hosts in
-    turn (by relaxation bound, else by reliability), then a few reliable servers for combiners."""
-    n, m = family.n, len(data.servers)
-    pos = {s: j for j, s in enumerate(data.servers)}
-    chosen: list[int] = []
-    for v in (incumbent or {}).values():
-        for s in v:
-            if pos[s] not in chosen:
-                chosen.append(pos[s])
-    n_cb = min(opts.combiner_replicas * len(family.combiners), 3)
-    room_up = max(n, MAX_CANDIDATES - n_cb)
-    ranked = []
-    for i in range(n):
-        hosts = np.flatnonzero(fits[i])
-        key = -relax.host_bound[i, hosts] if relax is not None else data.p[hosts]
-        ranked.append([int(j) for j in hosts[np.lexsort((data.p[hosts], key))]])
-    depth = 0
-    while len(chosen) < room_up and any(depth < len(r) for r in ranked):
-        for r in ranked:
-            if depth < len(r) and r[depth] not in chosen and len(chosen) < room_up:
-                chosen.append(r[depth])
-        depth += 1
-    if family.combiners:
-        cb_hosts = [int(j) for j in np.argsort(data.p, kind="stable") if fits[n:, j].any() and j not in chosen]
-        chosen += cb_hosts[: max(0, MAX_CANDIDATES - len(chosen))]
-    keep = np.zeros(m, dtype=bool)
-    keep[chosen] = True
-    return fits & keep[None, :]
-
-
-def _run(model, family: Family, ctx: _Context) -> tuple[SolveResult | None, dict[str, tuple[str, ...]] | None]:
-    left = ctx.deadline - time.perf_counter()
-    if left <= 0.01:
-        return None, None
-    opts = ctx.options
-    res = solve(
-        model.problem,
-        solver=ctx.solver,
-        time_limit_s=left,
-        gap_rel=max(opts.gap, 0.0),
-        gap_abs=1e-9,
-        threads=opts.threads,
-    )
-    if not res.has_solution:
-        return res, None
-    placement = read_placement(model)
-    if not all(len(placement.get(u, ())) == 1 for u in family.upstream_names):
-        raise SolverError(
-            f"the solver returned an incomplete placement for family {family.id}",
-            fix="try the other --solver, or report this as a bug",
-        )
-    problems = capacity_violations(family, placement, ctx.cluster)
-    if problems:
-        raise SolverError(
-            f"the solver's placement for {family.id} breaks a constraint ({problems[0]})",
-            fix="try the other --solver, or report this as a bug",
-        )
-    return res, placement
-
-
-def _repair(
-    family: Family, data: FamilyData, current: Mapping[str, Sequence[str]], cluster: Cluster
-) -> dict[str, tuple[str, ...]] | None:
-    """The running placement with what sat on missing servers moved: each lost upstream to the most
-    reliable free host, each lost combiner greedily (a cheap starting plan for a re-plan)."""
-    n = family.n
-    pos = {s: j for j, s in enumerate(data.servers)}
-    taken: set[int] = set()
-    tup: list[int | None] = []
-    for i, u in enumerate(family.upstream_names):
-        j = pos.get((current.get(u) or (None,))[0])
-        if j is not None and data.fits[i, j] and j not in taken:
-            tup.append(j)
-            taken.add(j)
-        else:
-            tup.append(None)
-    for i in range(n):
-        if tup[i] is None:
-            hosts = [j for j in np.argsort(data.p, kind="stable") if data.fits[i, j] and j not in taken]
-            if not hosts:
-                return None
-            tup[i] = int(hosts[0])
-            taken.add(int(hosts[0]))
-    keep = {c.name: tuple(s for s in current.get(c.name, ()) if s in pos) for c in family.combiners}
-    return _greedy(family, data, tuple(tup), cluster, keep={k: v for k, v in keep.items() if v})
-
-
-def _reaches(data: FamilyData, i: int, k: int, s: int, t: int) -> bool:
-    """Upstream i on server s can feed combiner k on server t (a path exists, within the SLO)."""
-    lat = data.pair_lat[(i, k)][s, t]
-    return bool(np.isfinite(lat) and (data.slo_ms is None or lat <= data.slo_ms))
-
-
-def _placement_fits(family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster) -> bool:
-    """Whether a given placement (a running one) is valid on ``cluster``: known servers, capacity,
-    anti-affinity, SLO, and a path for every answer."""
-    if not all(s in cluster.index for v in placement.values() for s in v):
-        return False
-    if not all(len(placement.get(u, ())) == 1 for u in family.upstream_names):
-        return False
-    if set(placement) - set(family.component_names()):
-        return False
-    try:
-        if capacity_violations(family, placement, cluster):
-            return False
-        table = RouteTable(family, placement, cluster)
-    except MelplanError:
-        return False
-    return all(math.isfinite(lat) for _, _, _, reps in table.options for lat, _, _ in reps)
-
-
-def _meets_floor(family: Family, placement, cluster: Cluster, opts: PlanOptions) -> bool:
-    if opts.min_accuracy_under_failure is None:
-        return True
-    ov = objective_value(family, placement, cluster, None, opts.worst_failures)
-    return ov.worst >= opts.min_accuracy_under_failure - 1e-12
-
-
-def _greedy(
-    family: Family,
-    data: FamilyData,
-    tup: tuple[int, ...],
-    cluster: Cluster,
-    keep: Mapping[str, tuple[str, ...]] | None = None,
-) -> dict[str, tuple[str, ...]] | None:
-    """Upstreams on ``tup``; each combiner (unless ``keep`` places it) on the most reliable member
-    server with room, else on the most reliable server that takes it (capacity and SLO), else left
-    out.  None when the result breaks a constraint."""
-    n = family.n
-    placement: dict[str, tuple[str, ...]] = {family.upstreams[i].name: (data.servers[j],) for i, j in enumerate(tup)}
-    mem_left = data.mem_mib.copy()
-    cpu_left = data.gmacs.copy()
-    for i, j in enumerate(tup):
-        mem_left[j] -= data.comp_mib[i]
-        cpu_left[j] -= data.comp_gmacs[i]
-    pos = {s: j for j, s in enumerate(data.servers)}
-    inputs = combiner_inputs(family)
-    for name, servers in (keep or {}).items():
-        k = [cb.name for cb in family.combiners].index(name)
-        c = n + k
-        servers = tuple(
-            s for s in servers if data.fits[c, pos[s]] and all(_reaches(data, i, k, tup[i], pos[s]) for i in inputs[k])
-        )
-        if not servers:
-            continue
-        placement[name] = servers
-        for s in servers:
-            mem_left[pos[s]] -= data.comp_mib[c]
-            cpu_left[pos[s]] -= data.comp_gmacs[c]
-    order = sorted(range(len(family.combiners)), key=lambda k: -len(family.combiners[k].serves[0]))
-    useful = useful_combiners(family)
-    for k in order:
-        if family.combiners[k].name in placement or not useful[k]:
-            continue
-        c = n + k
-        members = set(tup[i] for i in inputs[k])
-        ranked = sorted(range(len(data.servers)), key=lambda j: (j not in members, j not in tup, data.p[j], j))
-        for j in ranked:
-            if (
-                not data.fits[c, j]
-                or data.comp_mib[c] > mem_left[j] + 1e-12
-                or data.comp_gmacs[c] > cpu_left[j] + 1e-12
-            ):
-                continue
-            if not all(_reaches(data, i, k, tup[i], j) for i in inputs[k]):
-                continue
-            placement[family.combiners[k].name] = (data.servers[j],)
-            mem_left[j] -= data.comp_mib[c]
-            cpu_left[j] -= data.comp_gmacs[c]
-            break
-        if len(placement) > 40:  # pragma: no cover - defensive
-            break
-    return placement if not capacity_violations(family, placement, cluster) else None
-
-
-# -- feasibility ------------------------------------------------------------------------------------
-
-
-def infeasibility_reason(family: Family, cluster: Cluster, data: FamilyData) -> str | None:
-    """Why no placement of ``family`` exists on the cluster (None when one does)."""
-    n = family.n
-    m = len(cluster.servers)
-    if n > m:
-        return f"needs {n} servers (one per upstream), the cluster has {m}"
-    for i, u in enumerate(family.upstreams):
-        if data.fits[i].any():
-            continue
-        mem_ok = data.comp_mib[i] <= data.mem_mib
-        cpu_ok = data.comp_gmacs[i] <= data.gmacs
-        if not mem_ok.any():
-            return (
-                f"no server can hold upstream {u.name} ({data.comp_mib[i]:.2f} MiB; "
-                f"the largest server has {data.mem_mib.max():g} MiB)"
-            )
-        if not (mem_ok & cpu_ok).any():
-            return (
-                f"no server with the memory can run upstream {u.name} at {cluster.workload.rate_rps:g} "
-                f"requests/s ({data.comp_gmacs[i]:.3g} GMAC/s needed, at most {data.gmacs[mem_ok].max():g})"
-            )
-        best = float(data.single_lat[i][mem_ok & cpu_ok].min())
-        return f"upstream {u.name} alone cannot meet the {data.slo_ms:g} ms SLO (fastest path {best:.2f} ms)"
-    hosts = [set(np.flatnonzero(data.fits[i]).tolist()) for i in range(n)]
-    matched = _matching(hosts)
-    if matched < n:
-        union = set().union(*hosts)
-        return (
-            f"needs {n} different servers that can each hold an upstream; {len(union)} server(s) can hold "
-            f"one and at most {matched} upstream(s) can be placed at once"
-        )
-    return None
-
-
-def _matching(hosts: list[set[int]]) -> int:
-    """Size of a maximum matching of upstreams to distinct servers (augmenting paths)."""
-    owner: dict[int, int] = {}
-
-    def augment(i: int, seen: set[int]) -> bool:
-        for j in sorted(hosts[i]):
-            if j in seen:
-                continue
-            seen.add(j)
-            if j not in owner or augment(owner[j], seen):
-                owner[j] = i
-                return True
-        return False
-
-    return sum(1 for i in range(len(hosts)) if augment(i, set()))
-
-
-# -- the planner ----------------------------------------------------------------------------------
+from melplan.planner.family import (
+    MAX_CANDIDATES,
+    _Context,
+    _greedy,
+    _out_of_time,
+    _solve_family,
+    infeasibility_reason,
+)
+from melplan.planner.ilp import (
+    family_data,
+    with_used,
+)
+from melplan.planner.outcome import (
+    OBJECTIVES,
+    PROGRESS_AFTER_S,
+    TOL,
+    FamilyOutcome,
+    ObjectiveValue,
+    PlanOptions,
+    PlanResult,
+    Reduction,
+    _r,
+    moved_mib,
+    objective_value,
+    plan_score,
+    role_of,
+)
+from melplan.planner.reductions import (
+    MAX_LINK_DOMINANCE,
+    MAX_PACKING_COMBINERS,
+    link_dominance,
+    max_servers_per_plan,
+)
+from melplan.planner.solve import choose_solver
+
+# the planner's API, re-exported from the modules it is split into (callers import from here)
+__all__ = [
+    "FamilyOutcome",
+    "MAX_CANDIDATES",
+    "MAX_HOST_BOUND_TUPLES",
+    "MAX_LINK_DOMINANCE",
+    "MAX_PACKING_COMBINERS",
+    "OBJECTIVES",
+    "ObjectiveValue",
+    "PROGRESS_AFTER_S",
+    "PlanOptions",
+    "PlanResult",
+    "Reduction",
+    "Relaxation",
+    "TOL",
+    "_greedy",
+    "_solve_family",
+    "best_without",
+    "exclusive_subsets",
+    "infeasibility_reason",
+    "link_dominance",
+    "max_servers_per_plan",
+    "moved_mib",
+    "objective_value",
+    "plan",
+    "plan_score",
+    "relaxation",
+    "relaxation_probabilities",
+    "relaxed_value",
+    "role_of",
+    "worst_upper_bound",
+]
 
 
 def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOptions | None = None) -> PlanResult:
@@ -1039,7 +137,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     the message names the cause), SolverError (the solver failed or found nothing in time).
     """
     options = (options or PlanOptions()).validated()
-    start = time.perf_counter()
+    start = options.started if options.started is not None else time.perf_counter()
     families = list(catalog)
     if options.family is not None:
         pinned = [f for f in families if f.id == options.family]
@@ -1062,7 +160,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
                     fix=f"use {', '.join(cur_fam.component_names())}",
                 )
     solver = choose_solver(options.solver)
-    protected = set()
+    protected = {cluster.ingress} if cluster.ingress is not None else set()  # nothing stands in for it
     if options.current is not None:
         protected |= {s for v in options.current.values() for s in v if s in cluster.index}
     links = link_dominance(cluster) if cluster.workload.latency_slo_ms is not None and options.reduce else None
@@ -1070,16 +168,23 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
 
     outcomes: dict[str, FamilyOutcome] = {}
     queue = []
-    for fam in families:
+    hard_stop = ctx.deadline + 0.5  # quick plans after the limit, then nothing
+    # single models first: their data and a quick plan are cheap, so some plan exists early
+    families_ordered = sorted(families, key=lambda f: f.n != 1)
+    for fam in families_ordered:
         if time.perf_counter() >= ctx.deadline:
-            outcomes[fam.id] = FamilyOutcome(
-                fam.id, fam.n, role_of(fam), "not_solved", reason="the time limit ran out before its turn"
-            )
+            # past the limit: quick plans of single models, always until one plan exists
+            none_yet = not any(o.value is not None for o in outcomes.values())
+            late = time.perf_counter() >= hard_stop and not none_yet
+            data = family_data(fam, cluster) if fam.n == 1 and not late else None
+            outcomes[fam.id] = _out_of_time(fam, data, None, ctx, math.inf if none_yet else hard_stop)
             continue
         data = family_data(fam, cluster)
+        if options.used:
+            data = with_used(data, options.used)
         why = infeasibility_reason(fam, cluster, data)
         if why is None and options.min_accuracy_under_failure is not None:
-            wub = worst_upper_bound(fam, options.worst_failures)
+            wub = worst_upper_bound(fam, options.worst_failures, cluster.ingress is not None)
             if wub < options.min_accuracy_under_failure:
                 why = (
                     f"cannot keep accuracy {options.min_accuracy_under_failure:g} with {options.worst_failures} "
@@ -1094,9 +199,9 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
             if options.move_cost > 0 and fam.id != options.current_family:
                 ub -= options.move_cost * sum(u.weight_bytes for u in fam.upstreams) / float(1 << 20)
         else:
-            ub = worst_upper_bound(fam, options.worst_failures)
+            ub = worst_upper_bound(fam, options.worst_failures, cluster.ingress is not None)
         queue.append((fam, data, ub, relax))
-    if not queue:
+    if not queue and not any(o.value is not None for o in outcomes.values()):
         if any(o.status == "not_solved" for o in outcomes.values()):
             raise SolverError(
                 f"no plan found within the time limit of {options.time_limit_s:g} s",
@@ -1108,8 +213,12 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     # single models first (cheap, and needed for the comparison), then the most promising
     queue.sort(key=lambda t: (t[0].n != 1, -t[2], t[0].id))
     best_value = -math.inf
+    done = 0
     for fam, data, ub, relax in queue:
-        if fam.n > 1 and ub <= best_value + TOL:
+        # a bound equal to the best value may still win the worst-case tie-break (by expected
+        # accuracy): only a bound strictly below prunes there
+        cannot_beat = ub < best_value - TOL if options.objective == "worst-case" else ub <= best_value + TOL
+        if fam.n > 1 and cannot_beat:
             outcomes[fam.id] = FamilyOutcome(
                 fam.id,
                 fam.n,
@@ -1120,14 +229,22 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
             )
             continue
         if time.perf_counter() >= ctx.deadline:
-            outcomes[fam.id] = FamilyOutcome(
-                fam.id, fam.n, role_of(fam), "not_solved", bound=ub, reason="the time limit ran out before its turn"
-            )
-            continue
-        out = _solve_family(fam, data, ctx, ub, relax)
+            out = _out_of_time(fam, data, ub, ctx, hard_stop if best_value == -math.inf or fam.n == 1 else 0.0)
+        else:
+            out = _solve_family(fam, data, ctx, ub, relax)
         outcomes[fam.id] = out
         if out.value is not None:
             best_value = max(best_value, out.value)
+        done += 1
+        elapsed = time.perf_counter() - start
+        if options.progress is not None and elapsed > PROGRESS_AFTER_S:
+            top_bound = max(
+                [o.bound for o in outcomes.values() if o.bound is not None and o.status != "pruned"] or [best_value]
+            )
+            options.progress(
+                f"[{elapsed:6.1f} s] {done}/{len(queue)} families searched ({fam.id}: {out.status}); "
+                f"best {best_value:.5f}, bound {max(top_bound, best_value):.5f}"
+            )
 
     feasible = [o for o in outcomes.values() if o.value is not None]
     if not feasible:
@@ -1150,7 +267,10 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     gap = max(0.0, top - chosen.value) / max(abs(top), 1e-12)
     open_ = [o for o in outcomes.values() if o.status not in ("solved", "pruned", "infeasible")]
     timed_out = [o for o in open_ if o.status in ("time_limit", "not_solved")]
-    proven = not open_ and gap <= max(options.gap, 1e-7) + 1e-9
+    # proved when every family is settled or carries a bound, and no bound beats the chosen plan by
+    # more than the gap (a family left open whose bound is met does not make the plan unproven)
+    unbounded = [o for o in open_ if o.bound is None]
+    proven = not unbounded and gap <= max(options.gap, 1e-7) + 1e-9
 
     fam = next(f for f in families if f.id == chosen.family)
     ev = evaluate_placement(fam, chosen.placement, cluster)
@@ -1162,7 +282,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     solver_block = {
         "name": "HiGHS" if solver == "highs" else "CBC",
         "status": status,
-        "gap": round(gap, 8),
+        "gap": None if unbounded else round(gap, 8),  # unknown while a family has no bound
         "wall_s": round(wall, 4),
         "time_limit_s": options.time_limit_s,
     }
@@ -1202,16 +322,15 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
         solver=solver_block,
         servers=ev.servers,
         latency_ms=ev.latency_ms,
-        extra={"dataset": fam.dataset.get("name"), "planner": planner_block},
+        extra={"dataset": fam.dataset.get("name"), "planner": planner_block, "network": ev.network_dict()},
     )
     the_plan = the_plan.embed(fam, cluster, catalog_dir=getattr(catalog, "root", None))
     considered = tuple(outcomes[f.id] for f in _ordered(families, outcomes))
-    return PlanResult(the_plan, considered, chosen, best_single, proven, gap, notes, wall)
+    return PlanResult(the_plan, considered, chosen, best_single, proven, math.inf if unbounded else gap, notes, wall)
 
 
 def _all_up_route(family: Family, placement, cluster: Cluster) -> dict[str, Any]:
-    table = RouteTable(family, placement, cluster)
-    r = table.route(table.used)
+    r = RouteTable(family, placement, cluster).route_down(())
     return {"answer": r.answer, "accuracy": r.accuracy, "servers": list(r.servers)}
 
 
@@ -1271,7 +390,11 @@ def _notes(
     if proven:
         notes.append(f"proven optimal for the whole instance (relative gap {gap:.1e} <= {max(options.gap, 1e-7):.0e})")
     else:
-        notes.append(f"NOT proven optimal: the best bound is {gap:.3%} above the chosen plan")
+        open_ = [o.family for o in outcomes.values() if o.status not in ("solved", "pruned", "infeasible")]
+        if gap > max(options.gap, 1e-7) + 1e-9:
+            notes.append(f"NOT proven optimal: the best bound is {gap:.3g} (relative) above the chosen plan")
+        else:
+            notes.append(f"NOT proven optimal: {', '.join(open_[:3])} has no bound (the time limit ran out first)")
     return tuple(notes)
 
 
@@ -1289,7 +412,9 @@ def _infeasible(
     mem_max = max(s.memory_mb for s in cluster.servers)
     gm_max = max(s.compute_gmacs for s in cluster.servers)
     if options.min_accuracy_under_failure is not None and all(("keep accuracy" in r) for r in reasons.values()):
-        best = max((worst_upper_bound(f, options.worst_failures) for f in families), default=0.0)
+        best = max(
+            (worst_upper_bound(f, options.worst_failures, cluster.ingress is not None) for f in families), default=0.0
+        )
         return InfeasiblePlanError(
             f"no family keeps accuracy {options.min_accuracy_under_failure:g} with {options.worst_failures} "
             f"server(s) down (at best {best:.4f})",
