@@ -95,18 +95,18 @@ def test_binary_header_outside_body():
 def test_preprocessing_record_checks():
     rec = {
         "modality": "image",
-        "channels": 1,
-        "size": [28, 28],
-        "resize": None,
-        "scale": 1 / 255,
+        "raw_channels": 1,
+        "raw_size": [28, 28],
+        "scale": 255.0,
         "mean": [0.286],
         "std": [0.353],
-        "pad": 2,
-        "replicate_to": 3,
+        "size": [32, 32],
+        "pad_value": 0.0,
+        "channels": 3,
     }
     pp = from_record(rec)
     assert pp.apply(np.zeros((1, 28, 28), np.uint8)).shape == (1, 3, 32, 32)
-    assert pp.apply(np.zeros((2, 1, 28, 28), np.uint8)).shape == (2, 3, 32, 32)
+    assert pp.apply(np.zeros((2, 1, 32, 32), np.uint8)).shape == (2, 3, 32, 32)
     assert pp.apply(np.full((1, 28, 28), 255, np.uint8))[0, 0, 5, 5] == np.float32((1 - 0.286) / 0.353)
     with pytest.raises(InputError):
         pp.apply(np.zeros((1, 27, 28), np.uint8))

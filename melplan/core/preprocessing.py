@@ -1,20 +1,16 @@
 """Turn raw client input into a model's input, as the catalog entry records it (numpy, no torch).
 
-A family's entry carries ``dataset.preprocessing``, written by training
-(:func:`melplan.train.data.image_preprocessing` and the loaders in ``melplan.train.datasets``) from the
-same numbers it used, so serving applies exactly what training did.  For images
-(``"modality": "image"``)::
+A family's entry carries ``dataset.preprocessing``, written by training from the same numbers it
+used, so serving applies exactly what training did.  For images (``"modality": "image"``)::
 
-    {"modality": "image", "channels": 1, "size": [28, 28], "resize": null, "scale": 0.00392156862745098,
-     "mean": [0.286], "std": [0.353], "pad": 2, "replicate_to": 3}
+    {"modality": "image", "raw_channels": 1, "raw_size": [28, 28], "scale": 255.0,
+     "mean": [0.286], "std": [0.353], "size": [32, 32], "pad_value": 0, "channels": 3}
 
-Raw ``UINT8`` pixels ``[N, H, W]`` (one channel) or ``[N, channels, H, W]`` with ``H x W = size``
-become ``FP32 [N, replicate_to, H + 2 pad, W + 2 pad]``: ``x * scale``, then ``(x - mean) / std`` per
-channel, then ``pad`` pixels on every side with the value of a black pixel (normalised the same
-way), then grey images repeated to ``replicate_to`` channels.  ``resize`` (imagefolder entries)
-happened when the images were stored: clients send pixels already at ``size``.  This is
-:func:`melplan.train.data.to_input` without torch; a test checks the two agree bit for bit.
-Other modalities (audio, text) are added here by their owners.
+Raw ``UINT8`` pixels ``[N, H, W]`` or ``[N, raw_channels, H, W]`` become ``FP32 [N, channels, size]``:
+``x / scale``, then ``(x - mean) / std`` per channel, then a centred pad to ``size`` with the raw
+pixel value ``pad_value`` (normalised the same way), then grey images repeated to ``channels``.
+This is :func:`melplan.train.data.to_input` without torch; a test checks the two agree bit for bit.
+Other modalities (audio, text) add their own ``"modality"`` here.
 """
 
 from __future__ import annotations
@@ -32,31 +28,31 @@ MODALITIES = ("image",)
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
-    channels: int
-    size: tuple[int, int]
+    raw_channels: int
+    raw_size: tuple[int, int]
     scale: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    pad: int
-    replicate_to: int
-    resize: Any = None
+    size: tuple[int, int]
+    pad_value: float
+    channels: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "modality": "image",
-            "channels": self.channels,
-            "size": list(self.size),
-            "resize": self.resize,
+            "raw_channels": self.raw_channels,
+            "raw_size": list(self.raw_size),
             "scale": self.scale,
             "mean": list(self.mean),
             "std": list(self.std),
-            "pad": self.pad,
-            "replicate_to": self.replicate_to,
+            "size": list(self.size),
+            "pad_value": self.pad_value,
+            "channels": self.channels,
         }
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (self.replicate_to, self.size[0] + 2 * self.pad, self.size[1] + 2 * self.pad)
+        return (self.channels, *self.size)
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         """Whether raw pixels of this shape (batch first) can be turned into model input."""
@@ -66,37 +62,54 @@ class ImagePreprocessing:
             hw, c = shape[2:], shape[1]
         else:
             return False
-        return c == self.channels and tuple(hw) == self.size
+        return c == self.raw_channels and tuple(hw) in (self.raw_size, self.size)
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
-        """UINT8 ``[N, H, W]`` or ``[N, C, H, W]`` -> FP32 ``[N, *input_shape]``.
+        """UINT8 ``[N, H, W]`` or ``[N, C, H, W]`` -> FP32 ``[N, channels, *size]``.
 
         Raises InputError for a shape it does not accept (the caller says which input)."""
         shape = tuple(int(d) for d in pixels.shape)
         if not self.accepts(shape):
-            h, w = self.size
-            one = f"[N, {h}, {w}] or " if self.channels == 1 else ""
             raise InputError(
                 f"raw pixels of shape {list(shape)} do not fit this model",
                 field="input",
-                fix=f"send {one}[N, {self.channels}, {h}, {w}]",
+                fix=f"send [N, {self.raw_size[0]}, {self.raw_size[1]}] or [N, {self.raw_channels}, H, W] "
+                f"with H x W = {self.raw_size[0]}x{self.raw_size[1]} or {self.size[0]}x{self.size[1]}",
             )
         x = pixels.astype(np.float32)
         if x.ndim == 3:
             x = x[:, None]
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        x = (x / np.float32(1.0 / self.scale) - mean) / std  # as training: pixels / 255
-        if self.pad:
-            p = self.pad
-            n, c, h, w = x.shape
-            out = np.empty((n, c, h + 2 * p, w + 2 * p), dtype=np.float32)
-            out[...] = ((np.float32(0.0) - mean) / std).astype(np.float32)
-            out[:, :, p : p + h, p : p + w] = x
+        x = (x / np.float32(self.scale) - mean) / std
+        h, w = x.shape[2:]
+        th, tw = self.size
+        if (h, w) != (th, tw):
+            pad = ((np.float32(self.pad_value) / np.float32(self.scale) - mean) / std).astype(np.float32)
+            out = np.empty((x.shape[0], x.shape[1], th, tw), dtype=np.float32)
+            out[...] = pad
+            top, left = (th - h) // 2, (tw - w) // 2
+            out[:, :, top : top + h, left : left + w] = x
             x = out
-        if x.shape[1] != self.replicate_to:
-            x = np.repeat(x, self.replicate_to // x.shape[1], axis=1)
+        if x.shape[1] != self.channels:
+            x = np.repeat(x, self.channels // x.shape[1], axis=1)
         return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def image_record(
+    *, raw_channels: int, raw_size: tuple[int, int], mean, std, size=(32, 32), channels: int = 3
+) -> dict[str, Any]:
+    """The ``dataset.preprocessing`` record training writes for an image dataset."""
+    return ImagePreprocessing(
+        int(raw_channels),
+        (int(raw_size[0]), int(raw_size[1])),
+        255.0,
+        tuple(round(float(m), 6) for m in mean),
+        tuple(round(float(s), 6) for s in std),
+        (int(size[0]), int(size[1])),
+        0.0,
+        int(channels),
+    ).to_dict()
 
 
 def from_record(record: Any, *, source: str | None = None) -> ImagePreprocessing:
@@ -114,27 +127,28 @@ def from_record(record: Any, *, source: str | None = None) -> ImagePreprocessing
         raise fail("", "the entry records no preprocessing, so raw input cannot be served (send FP32 input)")
     modality = record.get("modality")
     if modality not in MODALITIES:
-        raise fail("modality", f"raw {modality!r} input cannot be served by this version (send FP32 input)")
+        raise fail("modality", f"unsupported modality {modality!r}; this version knows {', '.join(MODALITIES)}")
     try:
-        size = tuple(int(v) for v in record["size"])
         rec = ImagePreprocessing(
-            int(record["channels"]),
-            (size[0], size[1]),
-            float(record.get("scale", 1 / 255)),
+            int(record["raw_channels"]),
+            tuple(int(v) for v in record["raw_size"]),  # type: ignore[arg-type]
+            float(record.get("scale", 255.0)),
             tuple(float(v) for v in record["mean"]),
             tuple(float(v) for v in record["std"]),
-            int(record.get("pad") or 0),
-            int(record.get("replicate_to") or record["channels"]),
-            record.get("resize"),
+            tuple(int(v) for v in record["size"]),  # type: ignore[arg-type]
+            float(record.get("pad_value", 0.0)),
+            int(record["channels"]),
         )
     except KeyError as exc:
         raise fail(str(exc.args[0]), "missing") from None
-    except (TypeError, ValueError, IndexError) as exc:
+    except (TypeError, ValueError) as exc:
         raise fail("", f"malformed ({exc})") from None
-    if len(size) != 2:
-        raise fail("size", "size must be [height, width]")
-    if len(rec.mean) != rec.channels or len(rec.std) != rec.channels or min(rec.std) <= 0:
-        raise fail("std", "mean and std need one value per channel, std > 0")
-    if rec.replicate_to % rec.channels or rec.scale <= 0 or rec.pad < 0:
-        raise fail("replicate_to", "replicate_to must be a multiple of channels, scale > 0, pad >= 0")
+    if len(rec.raw_size) != 2 or len(rec.size) != 2:
+        raise fail("size", "raw_size and size must be [height, width]")
+    if len(rec.mean) != rec.raw_channels or len(rec.std) != rec.raw_channels or min(rec.std) <= 0:
+        raise fail("std", "mean and std need one value per raw channel, std > 0")
+    if rec.channels % rec.raw_channels or rec.scale <= 0:
+        raise fail("channels", "channels must be a multiple of raw_channels, scale > 0")
+    if rec.size[0] < rec.raw_size[0] or rec.size[1] < rec.raw_size[1]:
+        raise fail("size", "size must be at least raw_size (images are padded, never cropped)")
     return rec

@@ -27,6 +27,7 @@ prints both side by side (see docs/serve.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import sys
@@ -158,6 +159,10 @@ class Gateway:
         self._ejections: dict[str, deque[float]] = {}
         self._pending: frozenset[str] = frozenset()
         self._on_replan = on_replan
+        if cluster is not None and cluster.ingress is not None:
+            # the gateway is the ingress and is up while it answers: a dead component process on the
+            # ingress server takes that server's components out of the route, not the whole service
+            cluster = dataclasses.replace(cluster, ingress=None)
         self.selector = RuntimeSelector(
             plan,
             family,
@@ -451,8 +456,8 @@ class Gateway:
         if not pp.accepts(tuple(int(d) for d in x.shape)):
             raise ProtocolError(
                 f"UINT8 input 'input' has shape {list(x.shape)}; expected "
-                + (f"[N, {pp.size[0]}, {pp.size[1]}] or " if pp.channels == 1 else "")
-                + f"[N, {pp.channels}, {pp.size[0]}, {pp.size[1]}]"
+                + (f"[N, {pp.raw_size[0]}, {pp.raw_size[1]}] or " if pp.raw_channels == 1 else "")
+                + f"[N, {pp.raw_channels}, {pp.raw_size[0]}, {pp.raw_size[1]}]"
             )
         return pp.apply(x), req
 
@@ -480,7 +485,7 @@ class Gateway:
         pp = self.preprocessing
         inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}]
         if pp is not None:
-            inputs.insert(0, {"name": "input", "datatype": "UINT8", "shape": [-1, pp.channels, *pp.size]})
+            inputs.insert(0, {"name": "input", "datatype": "UINT8", "shape": [-1, pp.raw_channels, *pp.raw_size]})
         r = self.route()
         return {
             "name": self.model,
