@@ -436,14 +436,9 @@ def load_weights(family: Family) -> MELNet:
 def sweep_specs(path: str | Path) -> list[tuple[FamilySpec, bool]]:
     """Read a sweep YAML: ``defaults:`` and ``families:`` (overrides of FamilySpec fields, plus
     ``save_weights``). Returns (spec, save_weights) pairs."""
-    import yaml
+    from melplan.core.fileio import load_yaml_file
 
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(
-            f"cannot read the sweep file ({exc})", file=str(path), fix="check the path and YAML syntax"
-        ) from None
+    data = load_yaml_file(path, error=InputError, fix="check the path of the sweep file")
     if not isinstance(data, dict) or not isinstance(data.get("families"), list):
         raise InputError(
             "expected 'defaults:' and a 'families:' list",
@@ -497,9 +492,9 @@ def run_sweep(
     A family whose entry exists with the same spec digest is skipped; afterwards every MEL family
     in the catalog gets the reference entry's numbers (``attach_reference``).
     """
-    import yaml
+    from melplan.core.fileio import load_yaml_file
 
-    specs, options = sweep_specs(path), yaml.safe_load(Path(path).read_text())
+    specs, options = sweep_specs(path), load_yaml_file(path, error=InputError)
     catalog_dir = Path(catalog_dir or options.get("catalog") or "catalog")
     ids = [spec.family_id or spec.default_id(len(build_base(spec.base, num_classes=2).blocks)) for spec, _ in specs]
     unknown = sorted(set(only) - set(ids))
