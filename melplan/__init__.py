@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["RuntimeSelector", "load_catalog", "load_cluster", "load_plan", "__version__"]
+__all__ = ["RuntimeSelector", "load_catalog", "load_cluster", "load_plan", "load_plan_bundle", "__version__"]
 
 
 def __getattr__(name: str):
@@ -27,4 +27,8 @@ def __getattr__(name: str):
         from melplan.core.plan import load_plan
 
         return load_plan
+    if name == "load_plan_bundle":
+        from melplan.core.plan import load_plan_bundle
+
+        return load_plan_bundle
     raise AttributeError(f"module 'melplan' has no attribute {name!r}")

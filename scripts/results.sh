@@ -15,13 +15,13 @@ m="python3 -m melplan"
 run catalog-list      $m catalog list --catalog catalog/fashion-mnist
 run catalog-report    $m catalog report --catalog catalog/fashion-mnist
 [ -f catalog/fashion-mnist/fmnist-effb0-full-e4-s0.json ] && run catalog-report-e4 $m catalog report --catalog catalog/fashion-mnist --reference fmnist-effb0-full-e4-s0
-run pareto            $m pareto --catalog catalog/fashion-mnist --plot $out/front.png
+run pareto            $m pareto --catalog catalog/fashion-mnist --plot $out/front.png --force
 run pareto-pick       $m pareto --catalog catalog/fashion-mnist --pick "params<=0.4*reference" --prefer acc_all_up
-run plan-cluster-4    $m plan --servers examples/cluster-4.yaml --catalog catalog/fashion-mnist --out $out/plan-cluster-4.json
-run plan-edge-site-12 $m plan --servers examples/edge-site-12.yaml --catalog catalog/fashion-mnist --out $out/plan-edge-site-12.json
+run plan-cluster-4    $m plan --servers examples/cluster-4.yaml --catalog catalog/fashion-mnist --out $out/plan-cluster-4.json --force
+run plan-edge-site-12 $m plan --servers examples/edge-site-12.yaml --catalog catalog/fashion-mnist --out $out/plan-edge-site-12.json --force
 run plan-worst-case   $m plan --servers examples/edge-site-12.yaml --catalog catalog/fashion-mnist --objective worst-case --max-failures 1
-run simulate-cluster-4  $m simulate --plan $out/plan-cluster-4.json --servers examples/cluster-4.yaml --catalog catalog/fashion-mnist --hours 8760 --seed 0 --plot $out/simulate-cluster-4.png
-run simulate-edge-site-12 $m simulate --plan $out/plan-edge-site-12.json --servers examples/edge-site-12.yaml --catalog catalog/fashion-mnist --hours 8760 --seed 0 --plot $out/simulate-edge-site-12.png
+run simulate-cluster-4  $m simulate --plan $out/plan-cluster-4.json --servers examples/cluster-4.yaml --catalog catalog/fashion-mnist --hours 8760 --seed 0 --plot $out/simulate-cluster-4.png --force
+run simulate-edge-site-12 $m simulate --plan $out/plan-edge-site-12.json --servers examples/edge-site-12.yaml --catalog catalog/fashion-mnist --hours 8760 --seed 0 --plot $out/simulate-edge-site-12.png --force
 run bench-plan-scale  python3 benchmarks/plan_scale.py
 run bench-selector    python3 benchmarks/selector.py --replan
 run bench-train-step  python3 benchmarks/train_step.py

@@ -112,3 +112,42 @@ def make_single(fid: str, *, params: int, accuracy: float, role: str, dataset: d
         accuracy={"u1": accuracy},
         extra={"role": role},
     )
+
+
+def make_site(
+    m: int = 6,
+    *,
+    seed: int = 0,
+    rate: float = 10.0,
+    slo: float | None = None,
+    memory: tuple[float, float] = (0.5, 8.0),
+    domains: bool = True,
+    ingress: bool = True,
+) -> Cluster:
+    """A sparse site (``links.default: null``): two zones, each a star around its gateway (s0 and
+    s1, linked to each other), so traffic from zone b to the ingress s0 is relayed by s1; with
+    ``domains`` each zone is a failure domain."""
+    from melplan.core.cluster import FailureDomain
+
+    rng = random.Random(seed)
+    servers = tuple(
+        Server(
+            name=f"s{i}",
+            memory_mb=round(rng.uniform(*memory), 3),
+            compute_gmacs=round(rng.uniform(0.5, 20.0), 3),
+            failure_prob=round(rng.uniform(0.0, 0.25), 3),
+            labels={"zone": "a" if i % 2 == 0 else "b"},
+        )
+        for i in range(m)
+    )
+    links = [("s0", "s1", Link(rng.uniform(2, 10), 100.0))]
+    for i in range(2, m):
+        links.append((f"s{i % 2}", f"s{i}", Link(rng.uniform(0.2, 2), 1000.0)))
+    if m > 4 and rng.random() < 0.5:  # sometimes a second path inside zone a
+        links.append(("s2", "s4", Link(1.0, 1000.0)))
+    doms = (
+        (FailureDomain("zone", "a", round(rng.uniform(0.005, 0.08), 3)), FailureDomain("zone", "b", 0.05))
+        if domains
+        else ()
+    )
+    return Cluster(servers, Workload(rate, slo), None, tuple(links), "s0" if ingress else None, None, doms)

@@ -64,6 +64,7 @@ def make_plan(family: Family, placement: dict, cluster: Cluster) -> Plan:
         solver={"name": "hand", "status": "given"},
         servers=ev.servers,
         latency_ms=ev.latency_ms,
+        cluster=cluster,  # self-sufficient: the selector needs the ingress and links (reachability)
     )
 
 

@@ -1,107 +1,37 @@
-"""The placement ILP against a brute-force oracle built only on melplan.core.evaluate.
+"""The placement ILP against the brute-force oracle of tests/oracle.py.
 
 The oracle enumerates every placement (each upstream on its own server, each combiner on any
-0..R servers), keeps those that respect memory, compute and the SLO (checked here by hand and with
-``evaluate.path_latency_ms``), scores them with ``evaluate.best_accuracy_by_state`` and returns the
-best.  The planner, pinned to one family, must reach the same value on every instance.
+0..R servers), keeps the valid ones, scores them over every state of every server and failure
+domain with its own reachability (networkx) and returns the best.  The planner, pinned to one
+family, must reach the same value on every instance, ingress, relays, sparse links and failure
+domains included.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 
-import numpy as np
+import oracle
 import pulp
 import pytest
 from factories import make_cluster, make_family
 
 from melplan.core.catalog import subset_key
-from melplan.core.evaluate import (
-    RouteTable,
-    best_accuracy_by_state,
-    capacity_violations,
-    evaluate_placement,
-    path_latency_ms,
-)
+from melplan.core.evaluate import capacity_violations, evaluate_placement, path_latency_ms
 from melplan.planner.ilp import ModelSpec, build_family_model, family_data, read_placement, useful_subsets
 from melplan.planner.planner import PlanOptions, objective_value, plan
 from melplan.planner.solve import solve
 
-# -- the oracle -----------------------------------------------------------------------------------
-
-
-def _replica_sets(servers, r):
-    return [c for k in range(r + 1) for c in itertools.combinations(servers, k)]
-
-
-def _valid(family, placement, cluster) -> bool:
-    """Memory, compute and SLO, computed directly from the catalog and cluster numbers."""
-    rate = cluster.workload.rate_rps
-    load_mem: dict[str, float] = {}
-    load_cpu: dict[str, float] = {}
-    for comp, servers in placement.items():
-        c = family.component(comp)
-        for s in servers:
-            load_mem[s] = load_mem.get(s, 0.0) + c.memory_bytes
-            load_cpu[s] = load_cpu.get(s, 0.0) + c.macs * rate
-    for s in load_mem:
-        srv = cluster.server(s)
-        if load_mem[s] > srv.memory_bytes or load_cpu[s] > srv.compute_gmacs * 1e9:
-            return False
-    slo = cluster.workload.latency_slo_ms
-    if slo is None:
-        return True
-    ups = {u: placement[u][0] for u in family.upstream_names}
-    for u in family.upstream_names:
-        if path_latency_ms(family, cluster, u, ups, None, None) > slo:
-            return False
-    for c in family.combiners:
-        for srv in placement.get(c.name, ()):
-            for s in c.serves:
-                if path_latency_ms(family, cluster, subset_key(s), ups, c.name, srv) > slo:
-                    return False
-    return True
+# -- the oracle: tests/oracle.py (independent of melplan.core.evaluate) -----------------------------
 
 
 def scores(family, placement, cluster, failures):
-    """(exact expected, worst with ``failures`` used servers down) by full enumeration."""
-    table = RouteTable(family, placement, cluster)
-    best = best_accuracy_by_state(table)
-    m = len(table.used)
-    states = np.arange(1 << m)
-    prob = np.ones(1 << m)
-    ndown = np.zeros(1 << m, dtype=int)
-    for i, s in enumerate(table.used):
-        p = cluster.server(s).failure_prob
-        up = (states >> i) & 1
-        prob *= np.where(up == 1, 1 - p, p)
-        ndown += 1 - up
-    worst = float(best[ndown == min(failures, m)].min())
-    return float(prob @ best), worst
+    return oracle.scores(family, placement, cluster, failures)
 
 
-def brute_force(family, cluster, *, objective="expected", failures=1, replicas=1, min_worst=None):
-    """The best value of the objective over every valid placement, and one placement reaching it."""
-    best_v, best_p = -math.inf, None
-    names = cluster.names
-    for ups in itertools.permutations(names, family.n):
-        base = {u: (s,) for u, s in zip(family.upstream_names, ups)}
-        for combo in itertools.product(*[_replica_sets(names, replicas) for _ in family.combiners]):
-            placement = dict(base)
-            placement.update({c.name: reps for c, reps in zip(family.combiners, combo) if reps})
-            if not _valid(family, placement, cluster):
-                continue
-            e, w = scores(family, placement, cluster, failures)
-            if min_worst is not None and w < min_worst - 1e-12:
-                continue
-            v = e if objective == "expected" else w
-            if objective == "worst-case":
-                v = (w, e)  # the planner breaks worst-case ties by expected accuracy
-            if best_p is None or v > best_v:
-                best_v, best_p = v, placement
-    return best_v, best_p
+def brute_force(family, cluster, **kw):
+    return oracle.brute_force(family, cluster, **kw)
 
 
 # -- instances ----------------------------------------------------------------------------------
@@ -144,7 +74,7 @@ def test_ilp_alone_expected_equals_brute_force_every_scenario(case):
     fam, cl = _family(fkw), make_cluster(**ckw)
     want, _ = brute_force(fam, cl, replicas=reps)
     res, pl, model = _solve_alone(fam, cl, combiner_replicas=reps)
-    assert model.failures_modeled == len(cl.servers) and model.modeled_mass == pytest.approx(1.0)
+    assert model.modeled_mass == pytest.approx(1.0)
     assert res.objective == pytest.approx(want, abs=1e-5)  # the model's value is the exact one ...
     assert scores(fam, pl, cl, 1)[0] == pytest.approx(want, abs=1e-9)  # ... and so is its placement's
 

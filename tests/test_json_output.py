@@ -68,10 +68,12 @@ def test_verbose_sends_solver_logs_to_stderr_only(workdir):
         ("simulate", "--plan", "plan.json", "--hours", "24", "--seed", "1"),
         ("select", "--plan", "plan.json", "--down", "edge-a"),
         ("catalog", "list"),
+        ("catalog", "show", "fmnist-effb0-b4-s0"),
+        ("export", "--plan", "plan.json", "--format", "json", "--out", "deploy"),
         ("pareto",),
         ("cluster", "check", CLUSTER4),
     ],
-    ids=lambda a: a[0] if a[0] != "cluster" else "cluster-check",
+    ids=lambda a: "-".join(a[:2]) if a[0] in ("cluster", "catalog") else a[0],
 )
 def test_json_of_every_command_is_strict(workdir, args):
     r = melplan(*args, "--json", cwd=workdir)

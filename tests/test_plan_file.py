@@ -182,3 +182,41 @@ def test_strict_json_maps_non_finite_to_null():
     text = dumps_strict(obj)
     assert "NaN" not in text and "Infinity" not in text
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict constant {c}"))
+
+
+CLUSTER_FILES = sorted(
+    p for p in (ROOT / "examples").glob("*.yaml") if "services:" not in p.read_text()
+)  # not services files
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_embedded_cluster_loses_nothing(path, tmp_path):
+    """Whatever a cluster file can say (labels, links, ingress, and fields added later) survives the plan."""
+    from melplan.core.cluster import parse_cluster
+
+    cluster = load_cluster(path)
+    fam = make_family(1, seed=1, fid="one")
+    plan = Plan("one", {"u1": (cluster.names[0],)}, "expected", 0.0, 0.0, {}).embed(fam, cluster)
+    plan.save(tmp_path / "p.json")
+    back = load_plan(tmp_path / "p.json")
+    assert back.cluster == cluster and parse_cluster(cluster.to_dict()) == cluster
+    assert back.family_entry == fam
+
+
+def test_embedded_cluster_keeps_failure_domains(tmp_path):
+    data = yaml.safe_load(CLUSTER4.read_text())
+    data["servers"][0]["labels"] = {"zone": "north"}
+    data["servers"][1]["labels"] = {"zone": "north"}
+    data["failure_domains"] = {"zone": {"north": {"failure_prob": 0.005}}}
+    path = tmp_path / "fd.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cluster = load_cluster(path)
+    assert cluster.failure_domains
+    r = run("plan", "--servers", path, "--out", tmp_path / "plan.json")
+    assert r.exit_code == 0, r.output
+    plan = load_plan(tmp_path / "plan.json")
+    assert plan.cluster == cluster and plan.cluster.failure_domains == cluster.failure_domains
+    # select, given only the plan, sees the same cluster (same route as with --servers)
+    a = run("select", "--plan", tmp_path / "plan.json", "--down", plan.used_servers[0], "--json")
+    b = run("select", "--plan", tmp_path / "plan.json", "--down", plan.used_servers[0], "--json", "--servers", path)
+    assert a.exit_code == 0 and json.loads(a.output) == json.loads(b.output)

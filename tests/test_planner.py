@@ -127,8 +127,14 @@ def test_max_failures_reports_the_probability_left_out_and_exact_numbers():
 
 
 def test_worst_case_with_more_failures_than_a_single_model_can_survive():
-    res = plan([make_family(1, seed=1)], make_cluster(4, seed=1), PlanOptions(objective="worst-case"))
+    fam = make_family(1, seed=1)
+    res = plan([fam], make_cluster(4, seed=1, ingress=False), PlanOptions(objective="worst-case"))
     assert res.chosen.value == 0.0  # one server down can take the only model out
+    # the worst case counts failures among the servers other than the ingress: a model on the
+    # ingress survives them (the ingress's own outages are its share, reported apart)
+    res = plan([fam], make_cluster(4, seed=1), PlanOptions(objective="worst-case"))
+    assert res.plan.placement["u1"] == ("s0",) and res.chosen.value == fam.accuracy["u1"]
+    assert res.plan.extra["network"]["ingress_down_probability"] > 0
 
 
 def test_all_failures_is_not_a_worst_case():

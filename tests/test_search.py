@@ -181,17 +181,21 @@ def test_space_size_matches_enumeration():
 
 
 @pytest.mark.parametrize(
-    "space,field",
+    "kwargs,field",
     [
-        (S.SearchSpace(max_upstreams=5), "--max-upstreams"),
-        (S.SearchSpace(min_blocks=5, max_blocks=3), "--blocks"),
-        (S.SearchSpace(combiners=("fc", "mlp")), "--combiners"),
-        (S.SearchSpace(exit_weights=(0.0, 1.0)), "exit_weights"),
+        ({"max_upstreams": 5}, "--max-upstreams"),
+        ({"min_blocks": 5, "max_blocks": 3}, "--blocks"),
+        ({"combiners": ("fc", "mlp")}, "--combiners"),
+        ({"exit_weights": (0.0, 1.0)}, "exit_weights"),
     ],
 )
-def test_bad_space_is_input_error(space, field, tmp_path):
+def test_bad_space_is_input_error_at_construction(kwargs, field):
     with pytest.raises(InputError) as exc:
-        S.run_search(settings(space=space), budget=2, out_dir=tmp_path, evaluate=lambda c: None, plot=False)
+        S.SearchSpace(**kwargs)
+    assert exc.value.field == field
+    good = S.SearchSpace()
+    with pytest.raises(InputError) as exc:  # replace() builds a new object: validated too
+        replace(good, **kwargs)
     assert exc.value.field == field
 
 

@@ -177,7 +177,7 @@ def test_simulate_input_errors_exit_2(files):
     r = run(base + ["--hours", "-3"], files)
     assert r.exit_code == 2 and "--hours" in r.stderr
     r = run(base + ["--hours", "10", "--grace", "-1"], files)
-    assert r.exit_code == 2 and "grace_s" in r.stderr
+    assert r.exit_code == 2 and "--grace" in r.stderr  # refused when parsed, naming the option
     r = run(base + ["--hours", "10", "--floor", "2"], files)
     assert r.exit_code == 2 and "floor" in r.stderr
 

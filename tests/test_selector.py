@@ -3,17 +3,17 @@ threads, callbacks."""
 
 from __future__ import annotations
 
-import itertools
 import random
 import threading
 from dataclasses import replace
 
+import oracle
 import pytest
 from factories import make_cluster, make_family
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from melplan.core.catalog import Catalog, subset_key
+from melplan.core.catalog import Catalog
 from melplan.core.cluster import Server
 from melplan.core.errors import InfeasiblePlanError, MelplanError, PlanFileError
 from melplan.core.evaluate import RouteTable
@@ -38,21 +38,9 @@ def random_plan(n: int, m: int, seed: int, *, shared: bool = False, max_replicas
     return family, cluster, plan
 
 
-def brute_force_best(family, placement, up: set[str]) -> float:
-    """DESIGN §1 written out independently: the best accuracy over servable subsets (0 if none)."""
-    best = 0.0
-    names = family.upstream_names
-    for r in range(1, len(names) + 1):
-        for s in itertools.combinations(names, r):
-            if not all(placement[u][0] in up for u in s):
-                continue
-            if r >= 2:
-                key = subset_key(s)
-                reps = [srv for c in family.combiners_serving(key) for srv in placement.get(c.name, ())]
-                if not any(srv in up for srv in reps):
-                    continue
-            best = max(best, family.accuracy[subset_key(s)])
-    return best
+def brute_best(family, placement, cluster, up: set[str]) -> float:
+    """The independent oracle of tests/oracle.py (reachability from the ingress included)."""
+    return oracle.best_accuracy(family, placement, cluster, frozenset(up))
 
 
 def assert_matches_oracle(route, oracle_route, up: set[str], best: float) -> None:
@@ -86,7 +74,7 @@ def test_route_is_servable_and_best_after_any_events(spec, events):
             route = sel.mark_up(server, now=float(t))
             up.add(server)
         assert route is sel.route()
-        assert_matches_oracle(route, oracle.route(up), up, brute_force_best(family, plan.placement, up))
+        assert_matches_oracle(route, oracle.route(up), up, brute_best(family, plan.placement, cluster, up))
         assert route.degraded == (route.accuracy < sel.lookup.accuracy_all_up - 1e-12)
     for s in cluster.names:
         sel.mark_up(s, now=1e6)
@@ -95,7 +83,7 @@ def test_route_is_servable_and_best_after_any_events(spec, events):
         sel.route(),
         oracle.route(cluster.names),
         set(cluster.names),
-        brute_force_best(family, plan.placement, set(cluster.names)),
+        brute_best(family, plan.placement, cluster, set(cluster.names)),
     )
     assert len(sel.history) == len(events) + len(cluster.names)
 
@@ -110,10 +98,13 @@ def test_table_equals_oracle_on_every_mask_and_memo_path(spec):
     lazy = RouteLookup(family, plan.placement, cluster, eager_max_servers=0)
     bare = RouteLookup(family, plan.placement, None)
     assert eager.table is not None and lazy.table is None
-    assert eager.used == oracle.used
-    for mask in range(1 << len(eager.used)):
-        up = {s for i, s in enumerate(eager.used) if mask >> i & 1}
+    assert eager.used == oracle.used and eager.relevant == oracle.relevant
+    for mask in range(1 << len(eager.relevant)):
+        up = {s for i, s in enumerate(eager.relevant) if mask >> i & 1}
         want = oracle.route(up)
+        assert want.accuracy == brute_best(
+            family, plan.placement, cluster, up | (set(cluster.names) - set(eager.relevant))
+        )
         for lk in (eager, lazy):
             got = lk.route_mask(mask)
             assert (got.answer, got.accuracy, got.servers, got.latency_ms) == (
@@ -122,7 +113,9 @@ def test_table_equals_oracle_on_every_mask_and_memo_path(spec):
                 want.servers,
                 want.latency_ms,
             )
-        got = bare.route_mask(mask)  # no cluster: same answer, replicas in placement order
+        if cluster.ingress is not None and cluster.ingress not in up:
+            continue  # without a cluster the selector cannot know the ingress
+        got = bare.route(set(eager.used) - up)  # no cluster: same answer, replicas in placement order
         assert (got.answer, got.accuracy, got.latency_ms) == (want.answer, want.accuracy, None)
         assert set(got.servers) <= up
 

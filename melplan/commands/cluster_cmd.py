@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import echo_json, json_option, seed_option
+from melplan.commands.common import echo_json, force_option, json_option, refuse_overwrite, seed_option
 
 
 class SloType(click.ParamType):
@@ -52,8 +52,10 @@ def cluster() -> None:
 @click.option(
     "--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the YAML here (default: print it)."
 )
-def generate(n_servers, seed, zones, rate_rps, slo_ms, out_file):
+@force_option
+def generate(n_servers, seed, zones, rate_rps, slo_ms, out_file, force):
     """A seeded heterogeneous cluster: hardware classes, sites with fast LANs and slow WAN links."""
+    refuse_overwrite(out_file, force, "--out")
     from melplan.core.clustergen import cluster_yaml, generate_cluster
     from melplan.core.fileio import atomic_write_text
 

@@ -7,6 +7,7 @@ numbers become ``null``, see :func:`melplan.core.fileio.strict_json`).  Solver l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -36,12 +37,83 @@ plan_option = click.option(
     type=click.Path(dir_okay=False),
     help="Plan file written by `melplan plan --out` (a v2 plan embeds its family and cluster).",
 )
+service_option = click.option(
+    "--service",
+    "service",
+    default=None,
+    metavar="NAME",
+    help="For a site plan (`melplan plan --services`): the service to use.",
+)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one strict JSON document on stdout instead of tables."
 )
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random source.")
+seed_option = click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random source."
+)
 force_option = click.option("--force", is_flag=True, help="Overwrite existing output files.")
-quiet_option = click.option("--quiet", is_flag=True, help="No progress output.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress output (no progress bar).")
+
+
+class FiniteFloat(click.ParamType):
+    """A finite number (no nan/inf) within bounds, checked when the command line is parsed."""
+
+    name = "NUMBER"
+
+    def __init__(self, min: float | None = None, max: float | None = None, *, min_open: bool = False) -> None:
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None:
+            return None
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and (v <= self.min if self.min_open else v < self.min):
+            self.fail(f"{value} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
+        if self.max is not None and v > self.max:
+            self.fail(f"{value} must be <= {self.max:g}", param, ctx)
+        return v
+
+
+class IntList(click.ParamType):
+    """Comma-separated whole numbers >= ``min`` (e.g. ``--blocks 4,4,3``), as a tuple."""
+
+    name = "N,N,..."
+
+    def __init__(self, min: int = 1) -> None:
+        self.min = min
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(x) for x in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of whole numbers (e.g. 4,4,3)", param, ctx)
+        if any(x < self.min for x in out):
+            self.fail(f"{value!r}: every number must be >= {self.min}", param, ctx)
+        return out
+
+
+class Shard(click.ParamType):
+    """``K/N`` with 0 <= K < N, as a tuple ``(K, N)``."""
+
+    name = "K/N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).split("/")
+        try:
+            k, n = (int(x) for x in parts)
+        except ValueError:
+            self.fail(f"{value!r}: expected K/N with whole numbers, e.g. 0/2", param, ctx)
+        if not 0 <= k < n:
+            self.fail(f"{value!r}: expected K/N with 0 <= K < N, e.g. 1/2", param, ctx)
+        return (k, n)
 
 
 def servers_option(*, required: bool, help: str) -> Callable:
@@ -66,6 +138,21 @@ verbose_option = click.option(
     is_eager=True,
     help="Show the MILP solver's log (on stderr).",
 )
+
+
+def refuse_overwrite(path: str | None, force: bool, option: str) -> None:
+    """Raise :class:`InputError` when ``path`` exists and ``--force`` was not given (checked before any work)."""
+    from pathlib import Path
+
+    from melplan.core.errors import InputError
+
+    if path and not force and Path(path).exists():
+        raise InputError(
+            "the file exists and would be overwritten",
+            file=str(path),
+            field=option,
+            fix="pass --force to overwrite it, or choose another path",
+        )
 
 
 def echo_json(obj: Any) -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import echo_json, json_option, plan_catalog_option, plan_option, table
+from melplan.commands.common import (
+    FiniteFloat,
+    echo_json,
+    json_option,
+    plan_catalog_option,
+    plan_option,
+    service_option,
+    table,
+)
 
 
 @click.command("export")
@@ -27,11 +35,12 @@ from melplan.commands.common import echo_json, json_option, plan_catalog_option,
 @click.option("--namespace", default=None, help="k8s: namespace set on every object and in the kustomization.")
 @click.option(
     "--overhead-mib",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="k8s: MiB added to each component's catalog memory (weights + activations) for its "
     "memory request: the serving process itself [default: 0].",
 )
+@service_option
 @json_option
 def export(
     plan_path: str,
@@ -41,6 +50,7 @@ def export(
     image: str | None,
     namespace: str | None,
     overhead_mib: float | None,
+    service: str | None,
     as_json: bool,
 ) -> None:
     """Write what to run on each server for PLAN: a JSON or YAML manifest, or Kubernetes objects.
@@ -63,7 +73,7 @@ def export(
             namespace=namespace,
             overhead_mib=0.0 if overhead_mib is None else overhead_mib,
         )
-    result = export_plan(plan_path, fmt, out_dir, catalog_dir=catalog_dir, k8s=options)
+    result = export_plan(plan_path, fmt, out_dir, catalog_dir=catalog_dir, k8s=options, service=service)
     for w in result.warnings:
         click.echo(f"Warning: {w}", err=True)
     if as_json:

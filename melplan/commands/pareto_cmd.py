@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import echo_json, json_option, table
+from melplan.commands.common import echo_json, force_option, json_option, refuse_overwrite, table
 from melplan.core.catalog import Catalog, load_catalog
 from melplan.core.errors import InputError
 from melplan.pareto.front import DEFAULT_OBJECTIVES, KNOWN_NAMES, ParetoResult, analyse
@@ -110,6 +110,7 @@ def render(result: ParetoResult) -> str:
     default=None,
     help="Write a PNG of the front (2-D projections) here.",
 )
+@force_option
 @click.option("--label-all", is_flag=True, help="In the plot, label dominated families too.")
 @click.option(
     "--pick",
@@ -134,6 +135,7 @@ def pareto(
     objectives: str,
     as_json: bool,
     plot_path: str | None,
+    force: bool,
     label_all: bool,
     pick: str | None,
     prefer: str | None,
@@ -148,6 +150,7 @@ def pareto(
       melplan pareto --objectives acc_all_up,expected@0.05,params --json
       melplan pareto --pick "params<=0.4*reference, acc_weakest_single>=0.85" --prefer acc_all_up
     """
+    refuse_overwrite(plot_path, force, "--plot")
     catalog = load_catalogs(catalog_dirs, dataset)
     result = analyse(catalog, objectives, dataset=dataset, pick=pick, prefer=prefer, weights=weights)
     written = None

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import catalog_option, echo_json, json_option, servers_option, table, verbose_option
+from melplan.commands.common import (
+    catalog_option,
+    echo_json,
+    force_option,
+    json_option,
+    quiet_option,
+    refuse_overwrite,
+    servers_option,
+    table,
+    verbose_option,
+)
 
 
 class FailuresType(click.ParamType):
@@ -28,7 +38,14 @@ class FailuresType(click.ParamType):
 
 
 @click.command("plan")
-@servers_option(required=True, help="Cluster file (YAML, see docs/cluster.md).")
+@servers_option(required=False, help="Cluster file (YAML, see docs/cluster.md). Required unless --services is given.")
+@click.option(
+    "--services",
+    "services_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Services file (YAML, see docs/multi-service.md): plan several services on one site jointly.",
+)
 @catalog_option
 @click.option(
     "--dataset", default=None, help="Plan with the families of this dataset (needed when the catalog has several)."
@@ -77,15 +94,17 @@ class FailuresType(click.ParamType):
 @click.option(
     "--gap",
     type=click.FloatRange(0.0, 1.0, max_open=True),
-    default=1e-4,
-    show_default=True,
-    help="Relative optimality gap at which the search may stop.",
+    default=None,
+    help="Relative optimality gap at which the search may stop [default: 0.0001; 0.01 with --services].",
 )
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the plan (JSON) here.")
+@quiet_option
+@force_option
 @json_option
 @verbose_option
 def plan(
     cluster_path,
+    services_file,
     catalog_dir,
     dataset,
     objective,
@@ -97,6 +116,8 @@ def plan(
     time_limit,
     gap,
     out_file,
+    quiet,
+    force,
     as_json,
 ):
     """Choose the family and placement that keep the service most accurate through server failures.
@@ -105,12 +126,42 @@ def plan(
     on the servers that can matter; the best wins.  The accuracy numbers printed and written
     are computed exactly from the placement, not taken from the solver.
     """
+    import sys
+    import time
+
+    started = time.perf_counter()  # --time-limit counts loading too
     from melplan.core.catalog import load_catalog
     from melplan.core.cluster import load_cluster
-    from melplan.core.errors import CatalogError
+    from melplan.core.errors import CatalogError, InputError
     from melplan.planner.planner import PlanOptions
     from melplan.planner.planner import plan as run_plan
 
+    refuse_overwrite(out_file, force, "--out")
+    if services_file is not None:
+        given = [
+            opt
+            for opt, v in (
+                ("--servers", cluster_path),
+                ("--catalog", catalog_dir),
+                ("--dataset", dataset),
+                ("--family", family_id),
+                ("--min-accuracy-under-failure", min_accuracy_under_failure),
+            )
+            if v is not None
+        ]
+        if given:
+            raise InputError(
+                f"{', '.join(given)} cannot be combined with --services",
+                field=given[0],
+                fix="name the cluster, catalogs, families and floors in the services file",
+            )
+        _plan_site(
+            services_file, objective, max_failures, combiner_replicas, solver, time_limit, gap, out_file, as_json
+        )
+        return
+    if cluster_path is None:
+        raise InputError("missing", field="--servers", fix="give --servers cluster.yaml (or --services services.yaml)")
+    gap = 1e-4 if gap is None else gap
     cluster = load_cluster(cluster_path)
     catalog = load_catalog(catalog_dir, dataset=dataset)
     datasets = sorted({str(f.dataset.get("name")) for f in catalog})
@@ -130,6 +181,8 @@ def plan(
         time_limit_s=time_limit,
         gap=gap,
         family=family_id,
+        started=started,
+        progress=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
     )
     result = run_plan(catalog, cluster, options)
     if out_file:
@@ -140,6 +193,116 @@ def plan(
     click.echo(render(result, cluster, catalog, cluster_path))
     if out_file:
         click.echo(f"\nWrote {out_file}")
+
+
+def _plan_site(services_file, objective, max_failures, combiner_replicas, solver, time_limit, gap, out_file, as_json):
+    from melplan.core.services import load_site
+    from melplan.planner.site import SiteOptions, plan_site
+
+    site = load_site(services_file)
+    options = SiteOptions(
+        objective=objective,
+        max_failures=None if max_failures in (None, "all") else max_failures,
+        combiner_replicas=combiner_replicas,
+        solver=solver,
+        time_limit_s=time_limit,
+        gap=0.01 if gap is None else gap,
+    )
+    result = plan_site(site, options)
+    if out_file:
+        result.save(out_file)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    click.echo(render_site(result))
+    if out_file:
+        click.echo(f"\nWrote {out_file} (per service: --service NAME with select, export, simulate, serve)")
+
+
+def render_site(result) -> str:
+    """The terminal report of a joint plan: choices, what each gave up, baselines, server totals."""
+    site = result.site
+    sv = result.solver
+    what = "expected accuracies" if sv.get("objective") == "expected" else "worst-case accuracies"
+    lines = [
+        f"Site plan for {site.source}: {len(site.services)} services on {len(site.cluster.servers)} servers "
+        f"({site.cluster_path})",
+        f"Objective: weighted sum of exact {what}"
+        f" = {result.value:.5f} (bound {result.bound:.5f}, gap {result.gap:.3%}, {sv.get('status')})",
+        f"  solver: {sv.get('method')}; {sv.get('rounds')} rounds, {sv.get('columns')} columns, "
+        f"{sv.get('wall_s', 0):.2f} s (limit {sv.get('time_limit_s'):g} s)",
+        "",
+        "Services (value = exact expected accuracy; alone = its best plan with the site to itself)",
+    ]
+    rows = []
+    for o in result.outcomes:
+        rows.append(
+            [
+                o.name,
+                f"{o.weight:g}",
+                o.chosen.family.id,
+                f"{o.chosen.value:.4f}",
+                "-" if o.alone is None else f"{o.alone.value:.4f}",
+                "-" if o.gave_up is None else f"{100 * o.gave_up:+.2f}",
+                "-" if o.sequential is None else f"{o.sequential.value:.4f}",
+                ", ".join(sorted({s for v in o.chosen.placement.values() for s in v})),
+            ]
+        )
+    lines.append(
+        table(
+            rows,
+            ["service", "weight", "family", "joint", "alone", "gave up (pts)", "sequential", "servers"],
+            align="lrlrrrrl",
+        )
+    )
+    lines.append("")
+    b = result.baselines
+    lines.append("Against the usual ways (weighted sums)")
+    lines.append(f"  joint plan:             {result.value:.5f}")
+    if "alone" in b:
+        a = b["alone"]
+        over = a["overflows"]
+        txt = (
+            "fits"
+            if a["fits"]
+            else "does NOT fit: "
+            + "; ".join(
+                f"{o['server']} {o['memory_mb']:.2f}/{o['memory_capacity']:g} MiB, "
+                f"{o['compute_gmacs']:.2f}/{o['compute_capacity']:g} GMAC/s"
+                for o in over[:4]
+            )
+            + (f" (+{len(over) - 4} more)" if len(over) > 4 else "")
+        )
+        lines.append(f"  each planned alone:     {a['value']:.5f} ({txt})")
+    if "sequential" in b:
+        s = b["sequential"]
+        extra = f", unplaced: {', '.join(s['unplaced'])}" if s["unplaced"] else ""
+        gain = s.get("gain_of_joint")
+        lines.append(
+            f"  one after another by weight: {s['value']:.5f}{extra}"
+            + ("" if gain is None else f" (joint gains {100 * gain:+.3f} points)")
+        )
+    lines.append("")
+    lines.append("Servers (all services)")
+    rows = []
+    for name, u in result.servers.items():
+        srv = site.cluster.server(name)
+        rows.append(
+            [
+                name,
+                ", ".join(u["components"]),
+                f"{u['memory_mb']:.2f}/{srv.memory_mb:g}",
+                _pct(u["memory_util"]),
+                _pct(u["compute_util"]),
+                f"{srv.failure_prob:.4f}",
+            ]
+        )
+    lines.append(table(rows, ["server", "components", "memory MiB", "memory", "compute", "p(down)"], align="llrrrr"))
+    if result.notes:
+        lines.append("")
+        lines.append("Notes")
+        lines.extend(f"  - {n}" for n in result.notes)
+    return "\n".join(lines)
 
 
 def _pct(v: float | None) -> str:

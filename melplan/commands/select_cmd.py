@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import echo_json, json_option, plan_catalog_option, plan_option, servers_option
+from melplan.commands.common import (
+    echo_json,
+    json_option,
+    plan_catalog_option,
+    plan_option,
+    servers_option,
+    service_option,
+)
 
 
 @click.command("select")
@@ -23,8 +30,11 @@ from melplan.commands.common import echo_json, json_option, plan_catalog_option,
     "--down name servers the plan does not use.  When given, it must agree with the embedded one.",
 )
 @plan_catalog_option
+@service_option
 @json_option
-def select(plan_path: str, down: str, cluster_path: str | None, catalog_dir: str | None, as_json: bool) -> None:
+def select(
+    plan_path: str, down: str, cluster_path: str | None, catalog_dir: str | None, service: str | None, as_json: bool
+) -> None:
     """Show which subset of the plan's family answers when the --down servers are down, on which
     servers, and with what accuracy (the same choice the runtime selector makes).
 
@@ -32,11 +42,12 @@ def select(plan_path: str, down: str, cluster_path: str | None, catalog_dir: str
     Examples:
       melplan select --plan plan.json --down edge-a
       melplan select --plan plan.json --down edge-a,edge-c --json
+      melplan select --plan site-plan.json --service sorter --down edge-a
     """
     from melplan.runtime.selector import select_route
 
     names = [s.strip() for s in down.split(",") if s.strip()]
-    sel = select_route(plan_path, names, catalog_dir=catalog_dir, cluster_path=cluster_path)
+    sel = select_route(plan_path, names, catalog_dir=catalog_dir, cluster_path=cluster_path, service=service)
     if as_json:
         echo_json(sel.to_dict())
         return

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import echo_json, json_option, plan_option, servers_option, table, verbose_option
+from melplan.commands.common import (
+    FiniteFloat,
+    echo_json,
+    force_option,
+    json_option,
+    plan_option,
+    refuse_overwrite,
+    servers_option,
+    service_option,
+    table,
+    verbose_option,
+)
 
 
 def _bytes(n: float) -> str:
@@ -38,19 +49,22 @@ def _bytes(n: float) -> str:
     help="Failure trace CSV with columns time_s,server,state (down/up).",
 )
 @click.option(
-    "--hours", type=float, default=None, help="Horizon in hours: generate failures (with --seed), or cut a --trace."
+    "--hours",
+    type=FiniteFloat(0.0, min_open=True),
+    default=None,
+    help="Horizon in hours: generate failures (with --seed), or cut a --trace.",
 )
-@click.option("--seed", type=int, default=None, help="Seed of the generated trace [default: 0].")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the generated trace [default: 0].")
 @click.option(
     "--default-mttr",
     "default_mttr_h",
-    type=float,
+    type=FiniteFloat(0.0, min_open=True),
     default=None,
     help="Mean repair time (h) for servers given only failure_prob [default: 1].",
 )
 @click.option(
     "--floor",
-    type=float,
+    type=FiniteFloat(0.0, 1.0),
     default=None,
     help="Accuracy floor for 'time below floor' [default: 0.9 x the reference model's accuracy].",
 )
@@ -64,14 +78,14 @@ def _bytes(n: float) -> str:
 @click.option(
     "--grace",
     "grace_s",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="replan-after: seconds a failure must last before re-planning [default: 300].",
 )
 @click.option(
     "--hold-down",
     "hold_down_s",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="Seconds a server must stay up before it counts as recovered [default: 600; eager: 0].",
 )
@@ -85,7 +99,7 @@ def _bytes(n: float) -> str:
 @click.option(
     "--replan-time-limit",
     "replan_time_limit_s",
-    type=float,
+    type=FiniteFloat(0.0, min_open=True),
     default=None,
     help="Time limit of each ILP re-plan in seconds [default: 10].",
 )
@@ -97,21 +111,30 @@ def _bytes(n: float) -> str:
 @click.option(
     "--detection",
     "detection_s",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="Heartbeat detection delay in seconds, for every strategy [default: 10].",
 )
 @click.option(
     "--load",
     "load_s",
-    type=float,
+    type=FiniteFloat(0.0),
     default=None,
     help="Seconds to start a component (cold restart, re-plan) [default: 60].",
 )
 @click.option(
-    "--wan-ms", "wan_rtt_ms", type=float, default=None, help="Cloud failover: WAN round trip in ms [default: 80]."
+    "--wan-ms",
+    "wan_rtt_ms",
+    type=FiniteFloat(0.0),
+    default=None,
+    help="Cloud failover: WAN round trip in ms [default: 80].",
 )
-@click.option("--wan-mbps", type=float, default=None, help="Cloud failover: upload bandwidth [default: 50].")
+@click.option(
+    "--wan-mbps",
+    type=FiniteFloat(0.0, min_open=True),
+    default=None,
+    help="Cloud failover: upload bandwidth [default: 50].",
+)
 @click.option(
     "--plot",
     "plot_path",
@@ -126,6 +149,8 @@ def _bytes(n: float) -> str:
     type=click.Path(dir_okay=False),
     help="Write the trace used (generated or read) as CSV, to replay it later.",
 )
+@force_option
+@service_option
 @json_option
 @verbose_option
 def simulate(
@@ -149,6 +174,8 @@ def simulate(
     wan_mbps: float | None,
     plot_path: str | None,
     write_trace_path: str | None,
+    force: bool,
+    service: str | None,
     as_json: bool,
 ) -> None:
     """Replay server failures against PLAN and against the usual alternatives (full model with cold
@@ -170,6 +197,8 @@ def simulate(
         simulate_files,
     )
 
+    refuse_overwrite(plot_path, force, "--plot")
+    refuse_overwrite(write_trace_path, force, "--write-trace")
     options = SimOptions(
         policy=Policy.named(policy, grace_s=grace_s, hold_down_s=hold_down_s),
         detection_s=DEFAULT_DETECTION_S if detection_s is None else detection_s,
@@ -182,6 +211,7 @@ def simulate(
     run = simulate_files(
         plan_path,
         cluster_path,
+        service=service,
         catalog_dir=catalog_dir,
         trace_path=trace_path,
         hours=hours,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import seed_option
+from melplan.commands.common import FiniteFloat, IntList, Shard, quiet_option, seed_option
 
 
 def _set_threads(threads: int | None) -> None:
@@ -19,10 +19,11 @@ def _set_threads(threads: int | None) -> None:
     "--base",
     default="efficientnet_b0",
     show_default=True,
-    help="Base network: efficientnet_b0, mobilenet_v3_small or resnet18.",
+    help="Base network: efficientnet_b0, mobilenet_v3_small or resnet18 (images), dscnn (audio), textcnn (text).",
 )
 @click.option(
     "--blocks",
+    type=IntList(min=1),
     default="5,5",
     show_default=True,
     help="Blocks per upstream, comma-separated (one number = a single model; all blocks = the reference).",
@@ -34,25 +35,44 @@ def _set_threads(threads: int | None) -> None:
     help="Loss weights per subset: numbers in subset order (u1,u2,u1+u2 for two upstreams) "
     "or u1=2,u1+u2=1. Default all 1.",
 )
-@click.option("--epochs", type=int, default=2, show_default=True, help="Joint training epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True, help="Joint training epochs.")
 @click.option(
-    "--finetune-epochs", type=int, default=1, show_default=True, help="Combiner fine-tuning epochs (upstreams frozen)."
+    "--finetune-epochs",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Combiner fine-tuning epochs (upstreams frozen).",
 )
 @click.option(
-    "--dataset", type=click.Choice(["fashion-mnist", "mnist5k", "cifar100"]), default="fashion-mnist", show_default=True
+    "--dataset",
+    default="fashion-mnist",
+    show_default=True,
+    help="fashion-mnist, mnist5k, cifar100, imagefolder (your images under --data-root), "
+    "fsdd (spoken digits, official split), fsdd-heldout-<speaker> (one speaker held out) or trec (questions).",
 )
 @click.option(
     "--data-root",
     type=click.Path(),
     default=None,
-    help="Dataset folder (Fashion-MNIST IDX files, or CIFAR-100 binary).",
+    help="Dataset folder (Fashion-MNIST IDX files, CIFAR-100 binary, an ImageFolder tree: one folder per class, "
+    "optionally inside train/ and val/ or test/; default data/fsdd, data/trec for the shipped sets).",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="imagefolder: resize images to this side (default 32).",
 )
 @click.option("--download", is_flag=True, help="Download CIFAR-100 (binary release) into --data-root if missing.")
-@click.option("--train-limit", type=int, default=None, help="Use only the first N training samples.")
-@click.option("--test-limit", type=int, default=None, help="Use only the first N test samples.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Use only the first N training samples.")
+@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Use only the first N test samples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option(
-    "--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate (AdamW, one-cycle schedule)."
+    "--lr",
+    type=FiniteFloat(0.0, min_open=True),
+    default=3e-3,
+    show_default=True,
+    help="Peak learning rate (AdamW, one-cycle schedule).",
 )
 @click.option("--hierarchical", is_flag=True, help="Add coarse-class heads to the exits and report coarse accuracy.")
 @seed_option
@@ -74,8 +94,8 @@ def _set_threads(threads: int | None) -> None:
     help="Per-epoch checkpoints; a rerun with the same options resumes from them.",
 )
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@quiet_option
 def train(
     base,
     blocks,
@@ -85,6 +105,7 @@ def train(
     finetune_epochs,
     dataset,
     data_root,
+    image_size,
     download,
     train_limit,
     test_limit,
@@ -104,12 +125,7 @@ def train(
     component and write its catalog entry."""
     from melplan.train.trainer import FamilySpec, parse_lambdas, train_family
 
-    try:
-        block_list = tuple(int(b) for b in blocks.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"{blocks!r} is not a comma-separated list of whole numbers", param_hint="--blocks"
-        ) from None
+    block_list = blocks
     _set_threads(threads)
     spec = FamilySpec(
         base=base,
@@ -126,6 +142,7 @@ def train(
         hierarchical=hierarchical,
         seed=seed,
         family_id=family_id,
+        image_size=image_size,
     )
     fam = train_family(
         spec,
@@ -152,6 +169,7 @@ def train(
 )
 @click.option(
     "--shard",
+    type=Shard(),
     default="0/1",
     show_default=True,
     help="Train only entries i with i %% N == K (K/N), to run workers in parallel.",
@@ -166,18 +184,14 @@ def train(
 @click.option("--data-root", type=click.Path(), default=None)
 @click.option("--checkpoint-dir", type=click.Path(), default="runs/checkpoints", show_default=True)
 @click.option("--device", default=None)
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
-@click.option("--quiet", is_flag=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@quiet_option
 def sweep(sweep_file, catalog_dir, shard, only, skip_existing, data_root, checkpoint_dir, device, threads, quiet):
     """Train every family listed in SWEEP_FILE (see sweeps/fashion-mnist.yaml): reproduces a catalog
     with one command. Interrupted runs resume from checkpoints."""
     from melplan.train.trainer import run_sweep
 
-    try:
-        k, n = (int(x) for x in shard.split("/"))
-        assert 0 <= k < n
-    except (ValueError, AssertionError):
-        raise click.BadParameter(f"{shard!r}: expected K/N with 0 <= K < N", param_hint="--shard") from None
+    k, n = shard
     _set_threads(threads)
     for fam in run_sweep(
         sweep_file,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from melplan.core.errors import CatalogError
+from melplan.core.errors import CatalogError, EmptyCatalogError
 from melplan.core.fileio import atomic_write_json
 
 SCHEMA = "melplan.family/v1"
@@ -358,7 +358,7 @@ def load_catalog(root: str | os.PathLike | None = None, *, dataset: str | None =
         families = [f for f in families if f.dataset.get("name") == dataset]
     if not families:
         what = f" for dataset '{dataset}'" if dataset else ""
-        raise CatalogError(
+        raise EmptyCatalogError(
             f"the catalog holds no family{what}",
             file=str(root),
             fix="point --catalog at a directory with family JSON files (schema melplan.family/v1)",

@@ -3,7 +3,12 @@
 See docs/cluster.md for the file reference.  Links form a graph: with a ``default`` link every pair
 of servers is connected directly (overrides change single pairs); with ``default: null`` only the
 listed links exist and traffic takes multi-hop paths.  Path latency is the sum along the path of
-least latency; path bandwidth is the narrowest link on that path.
+least latency; path bandwidth is the narrowest link on the widest of the least-latency paths.
+Paths are computed per source on demand (Dijkstra, O(E log V) each, cached), never all pairs.
+
+Failure domains (``failure_domains:``, DESIGN §3) group servers by a label value (``zone: hall``);
+a domain that is down takes every server in it down.  A server is up when it and every domain it
+belongs to are up; all of these fail independently.
 """
 
 from __future__ import annotations
@@ -67,6 +72,30 @@ class Link:
 
 
 @dataclass(frozen=True)
+class FailureDomain:
+    """The servers whose label ``key`` equals ``value``: down together with probability ``failure_prob``."""
+
+    key: str
+    value: str
+    failure_prob: float
+    mtbf_h: float | None = None
+    mttr_h: float | None = None
+
+    @property
+    def name(self) -> str:
+        """``key=value``, e.g. ``zone=hall``."""
+        return f"{self.key}={self.value}"
+
+    def contains(self, server: Server) -> bool:
+        return server.labels.get(self.key) == self.value
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.mtbf_h is not None:
+            return {"mtbf_h": self.mtbf_h, "mttr_h": self.mttr_h}
+        return {"failure_prob": self.failure_prob}
+
+
+@dataclass(frozen=True)
 class Workload:
     rate_rps: float
     latency_slo_ms: float | None = None
@@ -80,10 +109,66 @@ class Cluster:
     overrides: tuple[tuple[str, str, Link], ...] = ()
     ingress: str | None = None
     source: str | None = field(default=None, compare=False)
+    failure_domains: tuple[FailureDomain, ...] = ()
 
     @cached_property
     def index(self) -> dict[str, int]:
         return {s.name: i for i, s in enumerate(self.servers)}
+
+    @property
+    def complete(self) -> bool:
+        """Every pair of servers has a direct link (``links.default`` is set)."""
+        return self.default_link is not None
+
+    @cached_property
+    def _domains_of(self) -> dict[str, tuple[FailureDomain, ...]]:
+        out: dict[str, tuple[FailureDomain, ...]] = {}
+        for s in self.servers:
+            ds = tuple(d for d in self.failure_domains if d.contains(s))
+            if ds:
+                out[s.name] = ds
+        return out
+
+    def domains_of(self, name: str) -> tuple[FailureDomain, ...]:
+        """The failure domains server ``name`` belongs to (empty when none)."""
+        return self._domains_of.get(name, ())
+
+    def domain_members(self, domain: FailureDomain) -> tuple[str, ...]:
+        return tuple(s.name for s in self.servers if domain.contains(s))
+
+    def up_probability(self, name: str) -> float:
+        """P(server up): its own and every one of its domains' up probabilities multiplied."""
+        q = 1.0 - self.server(name).failure_prob
+        for d in self.domains_of(name):
+            q *= 1.0 - d.failure_prob
+        return q
+
+    @cached_property
+    def _adjacency(self) -> tuple[dict[int, tuple[int, ...]], dict[int, dict[int, Link]]]:
+        """Sparse part of the graph: override links per server index (both directions)."""
+        nbrs: dict[int, dict[int, Link]] = {}
+        for a, b, link in self.overrides:
+            i, j = self.index[a], self.index[b]
+            nbrs.setdefault(i, {})[j] = link
+            nbrs.setdefault(j, {})[i] = link
+        return {i: tuple(sorted(v)) for i, v in nbrs.items()}, nbrs
+
+    def neighbours(self, name: str) -> tuple[str, ...]:
+        """Servers with a direct link to ``name`` (every other server when ``links.default`` is set)."""
+        names = self._name_tuple
+        if self.complete:
+            return tuple(n for n in names if n != name)
+        adj, _ = self._adjacency
+        return tuple(names[j] for j in adj.get(self.index[name], ()))
+
+    @cached_property
+    def _name_tuple(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.servers)
+
+    @cached_property
+    def memo(self) -> dict[str, Any]:
+        """Per-cluster cache of derived structures (block-cut tree, interchange classes, ...)."""
+        return {}
 
     @property
     def names(self) -> list[str]:
@@ -128,35 +213,81 @@ class Cluster:
         return g
 
     @cached_property
-    def _paths(self):
-        """All-pairs least-latency paths (Floyd-Warshall in numpy) and their bottleneck bandwidth."""
+    def _path_cache(self) -> dict[int, tuple[Any, Any]]:
+        return {}
+
+    def paths_from(self, name: str):
+        """(latency ms, bandwidth Mbit/s) numpy arrays from ``name`` to every server, in server order.
+
+        Dijkstra on least latency; among the least-latency paths the widest (largest bottleneck
+        bandwidth) is kept.  Unreachable servers get latency inf and bandwidth 0.  With a default
+        link the graph is complete, and each popped server relaxes the servers it has no override
+        with in one step, so a source costs O((V + overrides) log V).  Cached per source.
+        """
+        i = self.index[name]
+        hit = self._path_cache.get(i)
+        if hit is None:
+            hit = self._dijkstra(i)
+            self._path_cache[i] = hit
+        return hit
+
+    def _dijkstra(self, src: int):
+        import heapq
+
         import numpy as np
 
         n = len(self.servers)
-        lat = np.full((n, n), np.inf)
-        bw = np.zeros((n, n))
-        if self.default_link is not None:
-            lat[:] = self.default_link.latency_ms
-            bw[:] = self.default_link.bandwidth_mbps
-        for a, b, link in self.overrides:
-            i, j = self.index[a], self.index[b]
-            lat[i, j] = lat[j, i] = link.latency_ms
-            bw[i, j] = bw[j, i] = link.bandwidth_mbps
-        np.fill_diagonal(lat, 0.0)
-        np.fill_diagonal(bw, np.inf)
-        for k in range(n):
-            via = lat[:, k : k + 1] + lat[k : k + 1, :]
-            better = via < lat - 1e-12
-            if better.any():
-                lat = np.where(better, via, lat)
-                bw = np.where(better, np.minimum(bw[:, k : k + 1], bw[k : k + 1, :]), bw)
+        _, nbrs = self._adjacency
+        lat = np.full(n, np.inf)
+        bw = np.zeros(n)
+        lat[src], bw[src] = 0.0, np.inf
+        done = np.zeros(n, dtype=bool)
+        heap = [(0.0, -math.inf, src)]
+        default = self.default_link
+        # servers not yet relaxed over a default link (complete graph only)
+        pending = set(range(n)) - {src} if default is not None else set()
+        while heap:
+            d, negb, u = heapq.heappop(heap)
+            if done[u] or d > lat[u] or (d == lat[u] and -negb < bw[u]):
+                continue
+            done[u] = True
+            bu = -negb
+            over = nbrs.get(u, {})
+            for v, link in over.items():
+                if done[v]:
+                    continue
+                nd, nb = d + link.latency_ms, min(bu, link.bandwidth_mbps)
+                if nd < lat[v] - 1e-12 or (abs(nd - lat[v]) <= 1e-12 and nb > bw[v]):
+                    lat[v], bw[v] = nd, nb
+                    heapq.heappush(heap, (nd, -nb, v))
+            if default is not None and pending:
+                nd, nb = d + default.latency_ms, min(bu, default.bandwidth_mbps)
+                relaxed = [v for v in pending if v not in over and not done[v]]
+                for v in relaxed:
+                    pending.discard(v)
+                    if nd < lat[v] - 1e-12 or (abs(nd - lat[v]) <= 1e-12 and nb > bw[v]):
+                        lat[v], bw[v] = nd, nb
+                        heapq.heappush(heap, (nd, -nb, v))
+        return lat, bw
+
+    @property
+    def _paths(self):
+        """All-pairs (latency, bandwidth) matrices: n Dijkstra runs, O(n^2) memory.  For small
+        clusters, tests and ``cluster check``; the planner asks ``paths_from`` for what it needs."""
+        import numpy as np
+
+        n = len(self.servers)
+        lat = np.empty((n, n))
+        bw = np.empty((n, n))
+        for i, s in enumerate(self.names):
+            lat[i], bw[i] = self.paths_from(s)
         return lat, bw
 
     def path(self, a: str, b: str) -> Link:
         """The best path between two servers (latency 0 and unlimited bandwidth when a == b)."""
-        lat, bw = self._paths
-        i, j = self.index[a], self.index[b]
-        return Link(float(lat[i, j]), float(bw[i, j]))
+        lat, bw = self.paths_from(a)
+        j = self.index[b]
+        return Link(float(lat[j]), float(bw[j]))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"servers": [s.to_dict() for s in self.servers]}
@@ -171,6 +302,11 @@ class Cluster:
                 for a, b, ln in self.overrides
             ]
         d["links"] = links
+        if self.failure_domains:
+            fd: dict[str, dict[str, Any]] = {}
+            for dom in self.failure_domains:
+                fd.setdefault(dom.key, {})[dom.value] = dom.to_dict()
+            d["failure_domains"] = fd
         if self.ingress:
             d["ingress"] = self.ingress
         w: dict[str, Any] = {"rate_rps": self.workload.rate_rps}
@@ -247,7 +383,7 @@ def parse_cluster(data: Any, *, source: str | None = None) -> Cluster:
 
     if data is None:
         fail("servers", "the file is empty", "list at least one server under 'servers:'")
-    top = mapping(data, "", {"servers", "links", "ingress", "workload"})
+    top = mapping(data, "", {"servers", "links", "ingress", "workload", "failure_domains"})
     raw = top.get("servers")
     if not isinstance(raw, list) or not raw:
         fail(
@@ -381,19 +517,70 @@ def parse_cluster(data: Any, *, source: str | None = None) -> Cluster:
         number(w, "latency_slo_ms", "workload", low=0, low_open=True, required=False),
     )
 
-    cluster = Cluster(tuple(servers), workload, default, tuple(overrides), ingress, source)
-    if default is None and len(servers) > 1:
-        import numpy as np
+    domains: list[FailureDomain] = []
+    if top.get("failure_domains") is not None:
+        fds = top["failure_domains"]
+        if not isinstance(fds, Mapping):
+            fail(
+                "failure_domains",
+                f"expected a mapping, got {type(fds).__name__}",
+                "write 'failure_domains: {zone: {north: {failure_prob: 0.005}}}' (label key, label value, probability)",
+            )
+        for key, values in fds.items():
+            fld = f"failure_domains.{key}"
+            key = str(key)
+            used_values = {s.labels[key] for s in servers if key in s.labels}
+            if not used_values:
+                fail(
+                    fld,
+                    f"no server has a label '{key}'",
+                    "use a label key of the servers (e.g. zone), or add 'labels: {"
+                    + key
+                    + ": ...}' to the servers that share this fate",
+                )
+            if not isinstance(values, Mapping) or not values:
+                fail(
+                    fld,
+                    "expected a non-empty mapping of label value -> {failure_prob} or {mtbf_h, mttr_h}",
+                    f"write e.g. '{key}: {{{sorted(used_values)[0]}: {{failure_prob: 0.005}}}}'",
+                )
+            for value, spec in values.items():
+                vfld = f"{fld}.{value}"
+                value = str(value)
+                if value not in used_values:
+                    fail(
+                        vfld,
+                        f"no server has the label {key}={value}",
+                        f"use one of the values the servers carry: {', '.join(sorted(used_values)[:10])}",
+                    )
+                spec = mapping(spec, vfld, {"failure_prob", "mtbf_h", "mttr_h"})
+                has_p = spec.get("failure_prob") is not None
+                has_m = spec.get("mtbf_h") is not None or spec.get("mttr_h") is not None
+                if has_p == has_m:
+                    fail(
+                        vfld,
+                        "give either failure_prob or mtbf_h with mttr_h (exactly one form)",
+                        "write '{failure_prob: 0.005}' or '{mtbf_h: 8760, mttr_h: 4}'",
+                    )
+                if has_m:
+                    mtbf = number(spec, "mtbf_h", vfld, low=0, low_open=True)
+                    mttr = number(spec, "mttr_h", vfld, low=0)
+                    domains.append(FailureDomain(key, value, mttr / (mtbf + mttr), mtbf, mttr))
+                else:
+                    domains.append(
+                        FailureDomain(key, value, number(spec, "failure_prob", vfld, low=0, high=1, high_open=True))
+                    )
 
-        lat, _ = cluster._paths
-        cut = [cluster.names[j] for j in range(len(servers)) if math.isinf(lat[0, j])]
+    cluster = Cluster(tuple(servers), workload, default, tuple(overrides), ingress, source, tuple(domains))
+    if default is None and len(servers) > 1:
+        lat, _ = cluster.paths_from(servers[0].name)
+        cut = [cluster.names[j] for j in range(len(servers)) if math.isinf(lat[j])]
         if cut:
             fail(
                 "links",
                 f"servers {cut[:5]} cannot be reached from {servers[0].name} (default is null)",
                 "add overrides that connect every server, or set a default link",
             )
-        del np
     return cluster
 
 

@@ -1,17 +1,25 @@
-"""Error hierarchy for melplan.
+"""Every error melplan raises on purpose, in one module.
 
-Every error a user can cause carries the file, the field and the fix, so the CLI can print one
-paragraph and exit non-zero without a traceback.  ``exit_code`` follows the click convention:
-2 for bad input, 1 for a problem found while working on good input (infeasible, solver failure).
+Every error a user can cause carries structured fields: ``file`` (the file at fault, or None),
+``field`` (the field or option, e.g. ``servers[2].memory_mb`` or ``--servers``) and ``fix`` (what to
+do), so the CLI prints one paragraph and exits without a traceback, and callers decide by *class*
+and fields, never by matching message text.  ``exit_code`` follows the click convention:
+:data:`EXIT_BAD_INPUT` (2) for bad input (:class:`InputError` and its subclasses),
+:data:`EXIT_FAILED` (1) for a problem found while working on good input (infeasible, solver failure).
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
 
 
 class MelplanError(Exception):
     """Base class: a message plus where the problem is and how to fix it."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
     def __init__(
         self, message: str, *, file: str | None = None, field: str | None = None, fix: str | None = None
@@ -21,6 +29,17 @@ class MelplanError(Exception):
         self.file = None if file is None else str(file)
         self.field = field
         self.fix = fix
+
+    def to_dict(self) -> dict[str, Any]:
+        """The structured fields, for machine-readable error output."""
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            "file": self.file,
+            "field": self.field,
+            "fix": self.fix,
+            "exit_code": self.exit_code,
+        }
 
     def __str__(self) -> str:
         where = []
@@ -37,7 +56,7 @@ class MelplanError(Exception):
 class InputError(MelplanError):
     """Bad input given by the user (a file or an option)."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class CatalogError(InputError):
@@ -50,6 +69,10 @@ class ClusterError(InputError):
 
 class PlanFileError(InputError):
     """A plan file is malformed or does not match its catalog or cluster."""
+
+
+class ServicesError(InputError):
+    """A services file (several services on one site) is malformed or inconsistent."""
 
 
 class TraceError(InputError):
@@ -67,8 +90,36 @@ class SolverError(MelplanError):
 class DataError(MelplanError):
     """A dataset is missing or unreadable."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class TrainingError(MelplanError):
     """Training or measurement could not be carried out."""
+
+
+class EmptyCatalogError(CatalogError):
+    """A catalog directory holds no family (for the dataset asked for)."""
+
+
+class SelectorError(InputError):
+    """A selector was given a server, plan or option it cannot use (unknown server name, ...)."""
+
+
+class ExportError(MelplanError):
+    """Objects could not be named or built consistently (a bug or an astronomically rare hash clash)."""
+
+
+class SearchStateError(InputError):
+    """The search state file is unreadable or was written with other settings."""
+
+
+class PickError(InputError):
+    """A ``--pick``, ``--prefer`` or ``--weights`` expression cannot be parsed or names no objective."""
+
+
+class ObjectiveError(InputError):
+    """An objective name is unknown, repeated, or misses its parameter."""
+
+
+class NoFamilyMatchesError(InfeasiblePlanError):
+    """No family of the catalog satisfies every ``--pick`` constraint."""

@@ -248,7 +248,8 @@ def parse_yaml_text(text: str, *, source: str | None, error: type | None = None)
     import yaml
 
     err = _error_class(error)
-    loader = yaml.SafeLoader(text)
+    # the C parser when libyaml is there (10x faster on large clusters), the same safe subset of YAML
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         try:
             node = loader.get_single_node()

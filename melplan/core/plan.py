@@ -281,18 +281,22 @@ class Plan:
             plan = replace(plan, family_entry=family_entry)
         return plan
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the plan atomically; a weights reference gains its path relative to the plan's folder."""
-        path = Path(path)
+    def file_dict(self, path: str | os.PathLike) -> dict[str, Any]:
+        """``to_dict()`` as written to ``path``: a weights reference gains its path relative to the
+        plan's folder (also used for the per-service plans of a site plan)."""
         d = self.to_dict()
         if self.weights is not None and self.weights.path:
             try:
-                rel = os.path.relpath(self.weights.path, path.resolve().parent)
+                rel = os.path.relpath(self.weights.path, Path(path).resolve().parent)
             except ValueError:  # another drive (Windows)
                 rel = None
             if rel is not None:
                 d["weights"]["relative_path"] = Path(rel).as_posix()
-        return atomic_write_json(path, d, strict=True)
+        return d
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan atomically; a weights reference gains its path relative to the plan's folder."""
+        return atomic_write_json(path, self.file_dict(path), strict=True)
 
 
 def _is_number(v: Any, low: float = -1e15, high: float = 1e15) -> bool:
@@ -384,9 +388,22 @@ def read_plan_json(path: str | os.PathLike) -> Any:
     )
 
 
-def load_plan(path: str | os.PathLike) -> Plan:
-    """Read and validate a v1 or v2 plan file; raises :class:`PlanFileError`."""
-    return Plan.from_dict(read_plan_json(path), source=str(path))
+def load_plan(path: str | os.PathLike, *, service: str | None = None) -> Plan:
+    """Read and validate a v1 or v2 plan file; for a site plan (``melplan plan --services``), the plan
+    of ``service`` (melplan.core.siteplan).  Raises :class:`PlanFileError`."""
+    from melplan.core.siteplan import is_site_plan, service_plan
+
+    data = read_plan_json(path)
+    if is_site_plan(data):
+        return service_plan(data, service, source=str(path))
+    if service is not None:
+        raise PlanFileError(
+            f"--service {service} given, but this is a single-service plan",
+            file=str(path),
+            field="--service",
+            fix="drop --service, or pass a site plan written by `melplan plan --services`",
+        )
+    return Plan.from_dict(data, source=str(path))
 
 
 # -- one loader for plan + family + cluster ----------------------------------------------------
@@ -463,6 +480,7 @@ def load_plan_bundle(
     catalog_dir: str | os.PathLike | None = None,
     cluster_path: str | os.PathLike | None = None,
     want_catalog: bool = False,
+    service: str | None = None,
 ) -> PlanBundle:
     """Load a plan with its family, cluster and weights: the one loader of ``select``, ``simulate``,
     ``export`` and ``serve``.
@@ -472,11 +490,12 @@ def load_plan_bundle(
     plan takes its family from ``catalog_dir`` (or the default catalog) and its cluster from
     ``cluster_path`` (else ``cluster`` is ``None``).  ``want_catalog``: also load the catalog the plan
     was made from (recorded in the plan) when no ``catalog_dir`` is given, if it still exists (for
-    baselines and re-plans that may switch family).  Raises :class:`PlanFileError`,
+    baselines and re-plans that may switch family).  ``service``: the service to load from a site plan
+    (``melplan plan --services``); each service is an ordinary plan there.  Raises :class:`PlanFileError`,
     :class:`CatalogError` or :class:`ClusterError` for bad files.
     """
     source = str(plan_path)
-    plan = load_plan(plan_path)
+    plan = load_plan(plan_path, service=service)
     catalog: Catalog | None = None
     if catalog_dir is not None or plan.family_entry is None:
         catalog = load_catalog(catalog_dir)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from melplan.core.catalog import MIB, Family
-from melplan.core.errors import InputError, PlanFileError
+from melplan.core.errors import InputError
+from melplan.core.evaluate import validate_placement
 from melplan.core.fileio import atomic_write_json, atomic_write_text, sha256_file
 from melplan.core.plan import Plan, WeightsRef, load_plan_bundle
 from melplan.deploy.k8s import K8sOptions
@@ -43,47 +44,24 @@ class ExportResult:
 # -- inputs ------------------------------------------------------------------------------------
 
 
-def load_inputs(plan_path: str | os.PathLike, catalog_dir: str | os.PathLike | None = None) -> tuple[Plan, Family]:
+def load_inputs(
+    plan_path: str | os.PathLike, catalog_dir: str | os.PathLike | None = None, *, service: str | None = None
+) -> tuple[Plan, Family]:
     """The plan and its family (embedded in a v2 plan; from the catalog for a v1 plan).
 
     Raises :class:`PlanFileError` when the plan is unreadable or malformed, names a family the
     catalog lacks (v1), disagrees with a ``catalog_dir`` given (v2), or places components the family
     does not have; :class:`CatalogError` when the catalog itself cannot be loaded.
     """
-    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir)
+    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir, service=service)
     check_placement(bundle.plan, bundle.family, source=str(plan_path))
     return bundle.plan, bundle.family
 
 
 def check_placement(plan: Plan, family: Family, *, source: str | None = None) -> None:
-    """Components known to the family, each upstream on exactly one server, no server listed twice.
-
-    Raises :class:`PlanFileError` naming the plan file and the placement field.
-    """
-    names = family.component_names()
-    for comp, servers in plan.placement.items():
-        if comp not in names:
-            raise PlanFileError(
-                f"placement names component '{comp}', unknown to family {family.id}",
-                file=source,
-                field=f"placement.{comp}",
-                fix=f"use components of the family: {', '.join(names)}",
-            )
-        if len(set(servers)) != len(servers):
-            raise PlanFileError(
-                f"component '{comp}' lists a server twice: {list(servers)}",
-                file=source,
-                field=f"placement.{comp}",
-                fix="list each server once",
-            )
-    for u in family.upstream_names:
-        if len(plan.placement.get(u, ())) != 1:
-            raise PlanFileError(
-                f"upstream '{u}' must be placed on exactly one server",
-                file=source,
-                field=f"placement.{u}",
-                fix="regenerate the plan with `melplan plan`",
-            )
+    """Components known to the family, each upstream on exactly one server, no server listed twice
+    (melplan.core.evaluate.validate_placement).  Raises :class:`PlanFileError` naming the plan file."""
+    validate_placement(family, plan.placement, None, source=source)
 
 
 # -- the deployable view -----------------------------------------------------------------------
@@ -282,6 +260,7 @@ def export_plan(
     *,
     catalog_dir: str | os.PathLike | None = None,
     k8s: K8sOptions | None = None,
+    service: str | None = None,
 ) -> ExportResult:
     """Write the manifests of the plan at ``plan_path`` in format ``fmt`` under ``out_dir``.
 
@@ -307,7 +286,7 @@ def export_plan(
             field="--out",
             fix="give a directory (it is created when missing)",
         )
-    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir)
+    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir, service=service)
     plan, family = bundle.plan, bundle.family
     check_placement(plan, family, source=str(plan_path))
     manifest = build_manifest(plan, family, plan_source=str(plan_path), weights_path=bundle.weights_path)

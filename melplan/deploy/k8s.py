@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from melplan.core.catalog import MIB, Family
-from melplan.core.errors import InputError, MelplanError, PlanFileError
+from melplan.core.errors import ExportError, InputError, PlanFileError
 from melplan.core.plan import Plan
 
 MAX_NAME = 63
@@ -51,10 +51,6 @@ DEFAULT_PORT = 8080
 CONTAINER_NAME = "runtime"
 CONFIG_VOLUME = "melplan-plan"
 HASH_LEN = 8
-
-
-class ExportError(MelplanError):
-    """Objects could not be named or built consistently (a bug or an astronomically rare hash clash)."""
 
 
 @dataclass(frozen=True)

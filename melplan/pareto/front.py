@@ -1,4 +1,8 @@
-"""Pareto fronts over a catalog of families: objectives, non-dominated sort, hypervolume, pick.
+"""Pareto fronts over a catalog of families: non-dominated sort, hypervolume, the table and the analysis.
+
+The objectives live in :mod:`melplan.pareto.objectives`, the choice of the family to deploy
+(``--pick``, ``--prefer``, ``--weights``) in :mod:`melplan.pareto.pick`; their public names are also
+importable from here, as before the split.
 
 Every family becomes a point in objective space (see :data:`OBJECTIVES`); pymoo's
 ``NonDominatedSorting`` ranks the points after identical points are merged, so duplicates share a
@@ -18,193 +22,77 @@ reference model, not by the catalog, so two catalogs of one dataset compare with
 When the reference model's cost is unknown the largest cost in the table is used instead and the
 result says that it is not comparable across catalogs.
 
-``--pick`` constraints are parsed by a small tokenizer and parser (never ``eval``), see
-:func:`parse_constraints`.
-
 Nothing here imports torch, matplotlib or pandas; numpy and pymoo are imported when used.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from melplan.core.catalog import Catalog, Family, family_row
-from melplan.core.errors import InfeasiblePlanError, InputError
-
-DEFAULT_OBJECTIVES = ("acc_all_up", "acc_weakest_single", "params")
-PICK_GRAMMAR = (
-    "NAME OP VALUE[, ...] where OP is <=, >=, < or >, and VALUE is a number (suffix %, k, M or G "
-    "allowed), 'reference', or NUMBER*reference; e.g. \"params<=0.4*reference, acc_weakest_single>=0.85\""
+from melplan.core.errors import InputError, NoFamilyMatchesError, ObjectiveError, PickError
+from melplan.pareto.objectives import (
+    DEFAULT_OBJECTIVES,
+    KNOWN_NAMES,
+    OBJECTIVES,
+    PARAMETRIC,
+    Objective,
+    expected_accuracy,
+    get_objective,
+    parse_objectives,
 )
 
-
-class PickError(InputError):
-    """A ``--pick``, ``--prefer`` or ``--weights`` expression cannot be parsed or names no objective."""
-
-
-class ObjectiveError(InputError):
-    """An objective name is unknown, repeated, or misses its parameter."""
-
-
-class NoFamilyMatchesError(InfeasiblePlanError):
-    """No family of the catalog satisfies every ``--pick`` constraint."""
-
-
-# -- objectives ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One axis of the front.
-
-    ``fn`` returns the natural value (accuracy as a fraction, a cost as a count) or ``None`` when the
-    objective does not apply to a family (for example the worst pair of a single model).
-    """
-
-    name: str
-    label: str
-    sense: str  # "max" or "min"
-    kind: str  # "accuracy" or "cost"
-    fn: Callable[[Family], float | None] = field(compare=False, repr=False)
-    unit: str = ""
-
-    @property
-    def maximise(self) -> bool:
-        return self.sense == "max"
-
-    def value(self, family: Family) -> float | None:
-        v = self.fn(family)
-        return None if v is None else float(v)
-
-    def minimised(self, value: float) -> float:
-        """The value pymoo sees: accuracies negated, costs as they are."""
-        return -value if self.maximise else value
-
-
-def expected_accuracy(family: Family, p: float) -> float:
-    """Expected accuracy when each upstream server is down independently with probability ``p``.
-
-    Combiners are assumed co-available: whenever a set A of upstreams is up, every combiner of a
-    subset of A is up too (replicated, or co-located with an upstream), so the answer is
-    ``max{acc(S) : S non-empty, S ⊆ A}`` and 0 when A is empty.  This isolates what the family
-    itself offers; ``melplan plan`` evaluates real placements with combiner servers that fail.
-    """
-    names = family.upstream_names
-    n = len(names)
-    best_by_mask = [0.0] * (1 << n)
-    for mask in range(1, 1 << n):
-        members = [names[i] for i in range(n) if mask >> i & 1]
-        own = family.accuracy[family.key(members)]
-        best = own
-        for i in range(n):  # best of every subset = max(own, best of each one-smaller subset)
-            if mask >> i & 1 and mask != 1 << i:
-                best = max(best, best_by_mask[mask & ~(1 << i)])
-        best_by_mask[mask] = best
-    total = 0.0
-    for mask in range(1, 1 << n):
-        up = bin(mask).count("1")
-        total += (1 - p) ** up * p ** (n - up) * best_by_mask[mask]
-    return total
-
-
-def _worst_pair(f: Family) -> float | None:
-    if f.n < 2:
-        return None
-    names = f.upstream_names
-    return min(f.accuracy[f.key((a, b))] for i, a in enumerate(names) for b in names[i + 1 :])
-
-
-OBJECTIVES: dict[str, Objective] = {
-    o.name: o
-    for o in (
-        Objective("acc_all_up", "accuracy, all upstreams up", "max", "accuracy", lambda f: f.accuracy_all_up),
-        Objective(
-            "acc_weakest_single",
-            "accuracy of the weakest single upstream",
-            "max",
-            "accuracy",
-            lambda f: f.weakest_single,
-        ),
-        Objective(
-            "acc_best_single",
-            "accuracy of the best single upstream",
-            "max",
-            "accuracy",
-            lambda f: max(f.accuracy[u] for u in f.upstream_names),
-        ),
-        Objective("acc_worst_pair", "accuracy of the worst pair of upstreams", "max", "accuracy", _worst_pair),
-        Objective("params", "parameters", "min", "cost", lambda f: f.params),
-        Objective("macs", "MACs per sample (all up)", "min", "cost", lambda f: f.macs),
-        Objective("weight_bytes", "weight bytes", "min", "cost", lambda f: f.weight_bytes, "B"),
-    )
+# Re-exported for callers of the module before the split (the names of pick come through __getattr__).
+__all__ = [
+    "DEFAULT_OBJECTIVES",
+    "KNOWN_NAMES",
+    "OBJECTIVES",
+    "PARAMETRIC",
+    "InputError",
+    "NoFamilyMatchesError",
+    "Normalisation",
+    "Objective",
+    "ObjectiveError",
+    "ParetoResult",
+    "Pick",
+    "PickError",
+    "Reference",
+    "Row",
+    "analyse",
+    "dominates",
+    "expected_accuracy",
+    "family_label",
+    "find_reference",
+    "get_objective",
+    "hypervolume",
+    "make_normalisation",
+    "non_dominated_ranks",
+    "parse_objectives",
+    "pareto_table",
+    "single_dataset",
+]
+_FROM_PICK = {
+    "PICK_GRAMMAR",
+    "Constraint",
+    "Preference",
+    "choose",
+    "parse_constraint",
+    "parse_constraints",
+    "parse_preference",
 }
-PARAMETRIC = {"expected": "expected accuracy, each upstream down with p="}
-KNOWN_NAMES = tuple(OBJECTIVES) + ("expected@P",)
 
 
-def get_objective(name: str, *, field_: str = "--objectives") -> Objective:
-    """The objective called ``name`` (``expected@0.05`` for the parametric one).
+def __getattr__(name: str) -> Any:
+    """The names of :mod:`melplan.pareto.pick`, importable from here (loaded on first use: pick imports this)."""
+    if name in _FROM_PICK:
+        from melplan.pareto import pick
 
-    Raises:
-        ObjectiveError: unknown name, or a bad failure probability.
-    """
-    name = name.strip()
-    if name in OBJECTIVES:
-        return OBJECTIVES[name]
-    base, _, arg = name.partition("@")
-    if base == "expected":
-        try:
-            p = float(arg)
-        except ValueError:
-            raise ObjectiveError(
-                f"'{name}' needs a failure probability after '@'",
-                field=field_,
-                fix="write it as expected@0.05 (each upstream down with probability 0.05)",
-            ) from None
-        if not 0.0 <= p < 1.0:
-            raise ObjectiveError(
-                f"failure probability {p:g} in '{name}' is outside [0, 1)",
-                field=field_,
-                fix="use a probability such as expected@0.05",
-            )
-        return Objective(
-            f"expected@{p:g}",
-            f"{PARAMETRIC['expected']}{p:g}",
-            "max",
-            "accuracy",
-            lambda f, p=p: expected_accuracy(f, p),
-        )
-    raise ObjectiveError(f"unknown objective '{name}'", field=field_, fix=f"use names from: {', '.join(KNOWN_NAMES)}")
-
-
-def parse_objectives(spec: str | Sequence[str | Objective] | None) -> tuple[Objective, ...]:
-    """``"acc_all_up,params"`` (or a sequence of names or objectives) to objectives; None gives
-    the defaults.
-
-    Raises:
-        ObjectiveError: unknown or repeated names, or fewer than two objectives.
-    """
-    if spec is None:
-        names: Sequence[str | Objective] = DEFAULT_OBJECTIVES
-    elif isinstance(spec, str):
-        names = [s for s in (x.strip() for x in spec.split(",")) if s]
-    else:
-        names = list(spec)
-    objs = tuple(n if isinstance(n, Objective) else get_objective(n) for n in names)
-    dup = [n for n, c in Counter(o.name for o in objs).items() if c > 1]
-    if dup:
-        raise ObjectiveError(f"objective(s) {dup} listed twice", field="--objectives", fix="list each objective once")
-    if len(objs) < 2:
-        raise ObjectiveError(
-            f"a front needs at least two objectives, got {len(objs)}",
-            field="--objectives",
-            fix=f"add one, e.g. --objectives {','.join(DEFAULT_OBJECTIVES)}",
-        )
-    return objs
+        return getattr(pick, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- non-dominated sort ----------------------------------------------------------------------
@@ -526,10 +414,13 @@ def pareto_table(
     objectives = tuple(objectives)
     reference = reference or find_reference(families)
     norm = normalisation or make_normalisation(objectives, families, reference)
-    kept, values, excluded = [], [], []
+    kept: list[Family] = []
+    values: list[dict[str, float]] = []
+    excluded: list[tuple[str, str]] = []
     for f in families:
-        v = {o.name: o.value(f) for o in objectives}
-        missing = [k for k, x in v.items() if x is None or math.isnan(x)]
+        raw = {o.name: o.value(f) for o in objectives}
+        v = {k: x for k, x in raw.items() if x is not None and not math.isnan(x)}
+        missing = [k for k in raw if k not in v]
         if missing:
             excluded.append((f.id, f"{', '.join(missing)} does not apply to a family with {f.n} upstream(s)"))
             continue
@@ -568,6 +459,8 @@ def analyse(
     families, ds = single_dataset(list(catalog), dataset, source)
     result = pareto_table(families, objs, dataset=ds)
     if pick is not None or prefer is not None or weights is not None:
+        from melplan.pareto.pick import choose, parse_constraints, parse_preference
+
         chosen = choose(
             result,
             families,
@@ -585,280 +478,3 @@ def analyse(
             chosen,
         )
     return result
-
-
-# -- --pick: a tiny tokenizer and parser -----------------------------------------------------
-
-_TOKEN = re.compile(
-    r"\s*(?:(?P<op><=|>=|<|>|==|=)|(?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
-    r"(?P<suffix>%|[kKMG](?![A-Za-z_]))?|(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:@[0-9.eE+-]+)?)|(?P<star>\*))"
-)
-_REFERENCE_WORDS = ("reference", "ref")
-_SUFFIX = {None: 1.0, "%": 0.01, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """``objective OP factor * reference`` (``relative``) or ``objective OP value``."""
-
-    objective: Objective
-    op: str
-    value: float
-    relative: bool
-    text: str
-
-    def bound(self, reference: Reference) -> float:
-        """The natural-valued bound; raises PickError when it needs an unknown reference value."""
-        if not self.relative:
-            return self.value
-        ref = reference.value(self.objective)
-        if ref is None:
-            raise PickError(
-                f"'{self.text}' needs the reference model's {self.objective.name}, which the catalog does not give",
-                field="--pick",
-                fix="add the reference model to the catalog (role 'reference') or use an absolute bound",
-            )
-        return self.value * ref
-
-    def holds(self, value: float, reference: Reference) -> bool:
-        b = self.bound(reference)
-        eps = 1e-12 * max(1.0, abs(b))
-        return {"<=": value <= b + eps, ">=": value >= b - eps, "<": value < b - eps, ">": value > b + eps}[self.op]
-
-
-def _tokens(text: str, field_: str) -> list[tuple[str, str, str | None]]:
-    out, pos = [], 0
-    text = text.rstrip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            raise PickError(
-                f"cannot read '{text[pos:].strip()}' in \"{text}\" (at character {pos + 1})",
-                field=field_,
-                fix=f"write {PICK_GRAMMAR}",
-            )
-        if m.group("num") is not None:
-            out.append(("num", m.group("num"), m.group("suffix")))
-        else:
-            kind = next(k for k in ("op", "name", "star") if m.group(k) is not None)
-            out.append((kind, m.group(kind), None))
-        pos = m.end()
-    return out
-
-
-def parse_constraint(text: str, *, field_: str = "--pick") -> Constraint:
-    """Parse one ``NAME OP VALUE`` constraint (see :data:`PICK_GRAMMAR`).
-
-    Raises:
-        PickError: anything else, naming what could not be read.
-    """
-    toks = _tokens(text, field_)
-    shape = [t[0] for t in toks]
-    bad = PickError(f'"{text.strip()}" is not a constraint', field=field_, fix=f"write {PICK_GRAMMAR}")
-    if len(toks) < 3 or shape[0] != "name" or shape[1] != "op":
-        raise bad
-    if toks[1][1] in ("=", "=="):
-        raise PickError(
-            f'"{text.strip()}": equality is not a useful constraint on measured values',
-            field=field_,
-            fix="use <=, >=, < or >",
-        )
-    try:
-        obj = get_objective(toks[0][1], field_=field_)
-    except ObjectiveError as exc:
-        raise PickError(exc.message, field=field_, fix=exc.fix) from None
-    rest = toks[2:]
-    kinds = [t[0] for t in rest]
-
-    def number(t: tuple[str, str, str | None]) -> float:
-        return float(t[1]) * _SUFFIX[t[2]]
-
-    if kinds == ["num"]:
-        value, relative = number(rest[0]), False
-    elif kinds == ["name"] and rest[0][1] in _REFERENCE_WORDS:
-        value, relative = 1.0, True
-    elif kinds == ["num", "star", "name"] and rest[2][1] in _REFERENCE_WORDS:
-        value, relative = number(rest[0]), True
-    elif kinds == ["name", "star", "num"] and rest[0][1] in _REFERENCE_WORDS:
-        value, relative = number(rest[2]), True
-    else:
-        raise bad
-    if obj.kind == "accuracy" and not relative and rest[0][2] is None and value > 1.0:
-        raise PickError(
-            f'"{text.strip()}": accuracy is a fraction in [0, 1], got {value:g}',
-            field=field_,
-            fix=f"write {value / 100:g} or {value:g}%",
-        )
-    if obj.kind == "accuracy" and not relative and rest[0][2] in ("k", "K", "M", "G"):
-        raise bad
-    return Constraint(obj, toks[1][1], value, relative, " ".join(text.split()))
-
-
-def parse_constraints(text: str) -> tuple[Constraint, ...]:
-    """Comma-separated constraints; an empty string gives none."""
-    parts = [p for p in text.split(",")]
-    if text.strip() and any(not p.strip() for p in parts):
-        raise PickError(f'empty constraint in "{text}"', field="--pick", fix="separate constraints with single commas")
-    return tuple(parse_constraint(p) for p in parts if p.strip())
-
-
-@dataclass(frozen=True)
-class Preference:
-    """Maximise ``sum(w * natural value)`` where accuracies are fractions and costs are fractions of the
-    reference model's cost; ``--prefer NAME`` is weight +1 on a maximised objective, -1 on a cost."""
-
-    weights: Mapping[str, float]
-    objectives: tuple[Objective, ...]
-    text: str
-
-
-def parse_preference(prefer: str | None, weights: str | None, objectives: Sequence[Objective]) -> Preference:
-    """``--prefer NAME`` or ``--weights a=1,params=-0.2``; neither gives ``--prefer <first objective>``.
-
-    Raises:
-        PickError: both given, a bad weight, or an unknown name.
-    """
-    if prefer and weights:
-        raise PickError("--prefer and --weights both given", field="--prefer", fix="give one of them")
-
-    def obj(name: str, fld: str) -> Objective:
-        try:
-            return get_objective(name, field_=fld)
-        except ObjectiveError as exc:
-            raise PickError(exc.message, field=fld, fix=exc.fix) from None
-
-    if weights:
-        ws: dict[str, float] = {}
-        objs = []
-        for part in weights.split(","):
-            name, eq, num = part.partition("=")
-            if not eq or not name.strip():
-                raise PickError(
-                    f"'{part.strip()}' is not NAME=WEIGHT",
-                    field="--weights",
-                    fix="write e.g. --weights acc_all_up=1,params=-0.2",
-                )
-            o = obj(name, "--weights")
-            try:
-                w = float(num)
-            except ValueError:
-                raise PickError(
-                    f"weight '{num.strip()}' of {o.name} is not a number",
-                    field="--weights",
-                    fix="write e.g. --weights acc_all_up=1,params=-0.2",
-                ) from None
-            if not math.isfinite(w):
-                raise PickError(f"weight of {o.name} is not finite", field="--weights", fix="use a finite number")
-            if o.name in ws:
-                raise PickError(f"{o.name} weighted twice", field="--weights", fix="give each objective one weight")
-            ws[o.name] = w
-            objs.append(o)
-        if not any(ws.values()):
-            raise PickError("every weight is zero", field="--weights", fix="give at least one non-zero weight")
-        terms = " + ".join(
-            f"{v:g}·{k}" + (" (as a fraction of the reference)" if get_objective(k).kind == "cost" else "")
-            for k, v in ws.items()
-        )
-        return Preference(ws, tuple(objs), f"largest weighted sum {terms}")
-    o = obj(prefer, "--prefer") if prefer else objectives[0]
-    return Preference(
-        {o.name: 1.0 if o.maximise else -1.0},
-        (o,),
-        f"{'highest' if o.maximise else 'lowest'} {o.name}" + ("" if prefer else " (default: the first objective)"),
-    )
-
-
-def _fmt(obj: Objective, v: float, ref: float | None = None) -> str:
-    if obj.kind == "accuracy":
-        return f"{v:.4f}"
-    text = f"{v / 1e6:.3g}M" if v >= 1e5 else f"{v:,.0f}"
-    if ref:
-        text += f" ({v / ref:.0%} of reference)"
-    return text
-
-
-def _fmt_or_na(obj: Objective, v: float | None) -> str:
-    return "not applicable" if v is None else f"{obj.name} = {_fmt(obj, v)}"
-
-
-def choose(
-    result: ParetoResult, families: Sequence[Family], *, constraints: Sequence[Constraint], preference: Preference
-) -> Pick:
-    """The family to deploy: satisfies every constraint, then maximises the preference.
-
-    Only families that no other feasible family dominates (on the front's objectives plus the
-    preference's) are candidates; ties go to fewer parameters, then to the id.
-
-    Raises:
-        NoFamilyMatchesError: nothing satisfies the constraints (the message names the closest miss).
-        PickError: a constraint needs an unknown reference value.
-    """
-    ref = result.reference
-    objs = list(result.objectives) + [
-        o for o in preference.objectives if o.name not in {x.name for x in result.objectives}
-    ]
-    needed = objs + [c.objective for c in constraints if c.objective.name not in {o.name for o in objs}]
-    for c in constraints:
-        c.bound(ref)  # fail early on an unknown reference value
-    values = {f.id: {o.name: o.value(f) for o in needed} for f in families}
-    feasible, misses = [], []
-    for f in families:
-        v = values[f.id]
-        if any(v[o.name] is None for o in objs):
-            continue
-        failed = [c for c in constraints if v[c.objective.name] is None or not c.holds(v[c.objective.name], ref)]
-        (misses if failed else feasible).append((f, failed))
-    if not feasible:
-        worst = min(misses, key=lambda m: len(m[1]), default=None)
-        detail = ""
-        if worst is not None:
-            f, failed = worst
-            detail = f"; closest is {f.id}, which fails " + ", ".join(
-                f"{c.text} ({_fmt_or_na(c.objective, values[f.id][c.objective.name])})" for c in failed
-            )
-        raise NoFamilyMatchesError(
-            f"no family satisfies {', '.join(c.text for c in constraints)}{detail}",
-            field="--pick",
-            fix="relax a constraint or train more families (`melplan search`)",
-        )
-    fam = [f for f, _ in feasible]
-    F = [[o.minimised(values[f.id][o.name]) for o in objs] for f in fam]  # type: ignore[arg-type]
-    ranks, _ = non_dominated_ranks(F)
-    cands = [f for f, r in zip(fam, ranks) if r == 0]
-
-    def natural(o: Objective, v: float) -> float:
-        if o.kind == "cost":
-            scale = ref.value(o) or max(values[f.id][o.name] or 1.0 for f in fam)
-            return v / scale
-        return v
-
-    def score(f: Family) -> float:
-        return sum(w * natural(get_objective(n), values[f.id][n]) for n, w in preference.weights.items())  # type: ignore[arg-type]
-
-    ranked = sorted(cands, key=lambda f: (-score(f), f.params, f.id))
-    best = ranked[0]
-    pref_names = list(preference.weights)
-    shown = ", ".join(
-        f"{n} = {_fmt(get_objective(n), values[best.id][n], ref.value(get_objective(n)))}"  # type: ignore[arg-type]
-        for n in pref_names
-    )
-    if len(preference.weights) > 1 or preference.text.startswith("largest weighted"):
-        shown += f"; score {score(best):.4f}"
-    parts = [f"deploy {best.id} ({family_label(best)}): {preference.text} ({shown})"]
-    if constraints:
-        met = ", ".join(
-            f"{c.text}: {_fmt(c.objective, values[best.id][c.objective.name], ref.value(c.objective))}"  # type: ignore[arg-type]
-            for c in constraints
-        )
-        parts.append(f"among the {len(feasible)} of {len(families)} families that satisfy every constraint ({met})")
-    else:
-        parts.append(f"among all {len(feasible)} families")
-    if len(ranked) > 1:
-        nxt = ranked[1]
-        parts.append(
-            f"runner-up {nxt.id} ("
-            + ", ".join(f"{n} = {_fmt(get_objective(n), values[nxt.id][n])}" for n in pref_names)
-            + ")"
-        )  # type: ignore[arg-type]
-    cons = tuple(c.text for c in constraints)
-    return Pick(best.id, "; ".join(parts) + ".", cons, preference.text, tuple(f.id for f in fam), score(best))

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from melplan.core.catalog import Family, load_catalog, nonempty_subsets, save_family, subset_key
-from melplan.core.errors import CatalogError, InputError, TrainingError
+from melplan.core.errors import EmptyCatalogError, InputError, SearchStateError, TrainingError
 from melplan.core.fileio import atomic_write_json
 from melplan.pareto.front import (
     DEFAULT_OBJECTIVES,
@@ -55,10 +55,6 @@ BASE_SHORT = {"efficientnet_b0": "effb0", "mobilenet_v3_small": "mnv3s", "resnet
 COMBINER_KINDS = ("fc", "cnn", "shared")
 
 
-class SearchStateError(InputError):
-    """The search state file is unreadable or was written with other settings."""
-
-
 # -- the space -------------------------------------------------------------------------------
 
 
@@ -73,6 +69,9 @@ class SearchSpace:
     combiners: tuple[str, ...] = COMBINER_KINDS
     exit_weights: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     subset_weights: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raises InputError naming the option to fix."""
@@ -221,6 +220,9 @@ class SearchSettings:
     pop_size: int = 8
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     space: SearchSpace = field(default_factory=SearchSpace)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raises InputError (bad numbers, space or objectives)."""
@@ -494,8 +496,8 @@ def _hand_made(catalog_dir: str | Path | None, dataset: str, exclude: set[str]) 
         return []
     try:
         cat = load_catalog(catalog_dir, dataset=dataset)
-    except CatalogError as exc:
-        if Path(catalog_dir).is_dir() and "holds no family" in exc.message:
+    except EmptyCatalogError:
+        if Path(catalog_dir).is_dir():
             return []  # a catalog of other datasets: nothing to compare with
         raise
     return [f for f in cat if f.id not in exclude]

@@ -49,14 +49,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pulp
 
 from melplan.core.catalog import Family, subset_key
 from melplan.core.cluster import Cluster
-from melplan.core.evaluate import input_bytes
+from melplan.core.evaluate import CandidateNetwork, input_bytes
 
 MIB = float(1 << 20)
 MAX_SCENARIO_VARS = 6_000  # a[sigma,S] variables of the expected rows; F is lowered to fit
@@ -88,6 +88,9 @@ class FamilyData:
     pair_lat: Mapping[tuple[int, int], np.ndarray]
     slo_ms: float | None
     combiner_alone: np.ndarray | None = None  # (servers,) False: combiners only beside an upstream there
+    cluster: Cluster | None = None  # for the scenarios (reachability, failure domains)
+    p_eff: np.ndarray | None = None  # (servers,) down probability with the server's domains: 1 - q * prod q_d
+    dom_class: np.ndarray | None = None  # (servers,) equal ids: same domains and the same place in the graph
 
     @property
     def n(self) -> int:
@@ -101,7 +104,11 @@ class FamilyData:
         """The same data restricted to ``servers`` (a subsequence of ``self.servers``)."""
         pos = {s: j for j, s in enumerate(self.servers)}
         idx = np.array([pos[s] for s in servers], dtype=np.int64)
-        pair = {key: v[np.ix_(idx, idx)] for key, v in self.pair_lat.items()}
+        pair = (
+            self.pair_lat.subset(idx)
+            if isinstance(self.pair_lat, PairLatency)
+            else {key: v[np.ix_(idx, idx)] for key, v in self.pair_lat.items()}
+        )
         alone = None if self.combiner_alone is None else self.combiner_alone[idx]
         return FamilyData(
             self.family,
@@ -117,6 +124,9 @@ class FamilyData:
             pair,
             self.slo_ms,
             alone,
+            self.cluster,
+            None if self.p_eff is None else self.p_eff[idx],
+            None if self.dom_class is None else self.dom_class[idx],
         )
 
 
@@ -126,8 +136,13 @@ def combiner_inputs(family: Family) -> list[list[int]]:
     return [sorted({order[u] for s in c.serves for u in s}) for c in family.combiners]
 
 
-def family_data(family: Family, cluster: Cluster, servers: Sequence[str] | None = None) -> FamilyData:
-    """Capacities, loads and path latencies of ``family`` on ``servers`` (default: all), vectorised."""
+def family_data(
+    family: Family, cluster: Cluster, servers: Sequence[str] | None = None, *, pairs: bool = True
+) -> FamilyData:
+    """Capacities, loads and path latencies of ``family`` on ``servers`` (default: all), vectorised.
+
+    Upstream-to-combiner latencies (``pair_lat``) are computed on demand (:class:`PairLatency`), so
+    ``pairs`` (kept for callers) changes nothing: nothing (servers x servers) is built up front."""
     servers = tuple(cluster.names if servers is None else servers)
     idx = np.array([cluster.index[s] for s in servers], dtype=np.int64)
     srv = [cluster.servers[i] for i in idx]
@@ -141,32 +156,151 @@ def family_data(family: Family, cluster: Cluster, servers: Sequence[str] | None 
     comp_w = np.array([c.weight_bytes / MIB for c in comps], dtype=float)
     fits = (comp_mib[:, None] <= mem[None, :]) & (comp_gm[:, None] <= gm[None, :])
 
-    lat_all, bw_all = cluster._paths
-    lat = lat_all[np.ix_(idx, idx)]
-    bw = bw_all[np.ix_(idx, idx)]
     compute_ms = np.array([c.macs for c in comps], dtype=float)[:, None] / (gm[None, :] * 1e9) * 1e3
-    if cluster.ingress is not None:
-        g = cluster.index[cluster.ingress]
-        in_ms = transfer_ms(lat_all[g, idx], bw_all[g, idx], input_bytes(family))
-        out_ms = transfer_ms(lat_all[idx, g], bw_all[idx, g], 4 * int(family.dataset.get("num_classes", 10)))
+    if cluster.ingress is not None:  # paths are symmetric: one Dijkstra from the ingress
+        lat_g, bw_g = cluster.paths_from(cluster.ingress)
+        in_ms = transfer_ms(lat_g[idx], bw_g[idx], input_bytes(family))
+        out_ms = transfer_ms(lat_g[idx], bw_g[idx], 4 * int(family.dataset.get("num_classes", 10)))
     else:
         in_ms = np.zeros(len(idx))
         out_ms = np.zeros(len(idx))
     n = family.n
     single = in_ms[None, :] + compute_ms[:n] + out_ms[None, :]
     slo = cluster.workload.latency_slo_ms
-    pair: dict[tuple[int, int], np.ndarray] = {}
-    for k, members in enumerate(combiner_inputs(family)):
-        for i in members:
-            feat = transfer_ms(lat, bw, family.upstreams[i].feature_bytes)
-            pair[(i, k)] = (in_ms + compute_ms[i])[:, None] + feat + (compute_ms[n + k] + out_ms)[None, :]
+    pair = PairLatency(family, cluster, servers, in_ms, compute_ms, out_ms)
     # a component must be reachable: from the ingress (upstreams take the input, every answer goes
     # back), and the SLO when there is one
     fits[:n] &= np.isfinite(single)
     fits[n:] &= np.isfinite(out_ms)[None, :]
     if slo is not None:
         fits[:n] &= single <= slo
-    return FamilyData(family, servers, mem, gm, p, comp_mib, comp_gm, comp_w, fits, single, pair, slo)
+    p_eff_all, cls_all = _server_arrays(cluster)
+    p_eff, dom_class = p_eff_all[idx], cls_all[idx]
+    return FamilyData(
+        family,
+        servers,
+        mem,
+        gm,
+        p,
+        comp_mib,
+        comp_gm,
+        comp_w,
+        fits,
+        single,
+        pair,
+        slo,
+        None,
+        cluster,
+        p_eff,
+        dom_class,
+    )
+
+
+def _server_arrays(cluster: Cluster) -> tuple[np.ndarray, np.ndarray]:
+    """(down probability with domains, interchange class) of every server, once per cluster."""
+    hit = cluster.memo.get("server_arrays")
+    if hit is None:
+        p_eff = np.array([1.0 - cluster.up_probability(s.name) for s in cluster.servers], dtype=float)
+        hit = (p_eff, interchange_class(cluster, cluster.names))
+        cluster.memo["server_arrays"] = hit
+    return hit
+
+
+def interchange_class(cluster: Cluster, servers: Sequence[str]) -> np.ndarray:
+    """Ids such that two servers with the same id may stand in for each other in reachability and
+    shared fate: the same failure domains and, on a sparse graph, both leaves on the same neighbour
+    (a leaf is never a relay).  Other servers of a sparse graph get an id of their own."""
+    out = np.empty(len(servers), dtype=np.int64)
+    ids: dict[tuple, int] = {}
+    for j, s in enumerate(servers):
+        doms = tuple(d.name for d in cluster.domains_of(s))
+        if cluster.complete:
+            key: tuple = (doms,)
+        else:
+            nb = cluster.neighbours(s)
+            key = (doms, nb[0]) if len(nb) == 1 and s != cluster.ingress else (doms, "self", s)
+        out[j] = ids.setdefault(key, len(ids))
+    return out
+
+
+class PairLatency(Mapping):
+    """``pair[(i, k)][s, t]``: latency of upstream i's branch through combiner k, upstream on server
+    s and combiner on server t, computed on demand: a matrix over the data's servers only when asked
+    (after the reductions, a few dozen candidates), single entries through ``at``.  Paths come from
+    ``Cluster.paths_from`` (one Dijkstra per source server, cached), never all pairs."""
+
+    def __init__(self, family, cluster, servers, in_ms, compute_ms, out_ms) -> None:
+        self.family, self.cluster, self.servers = family, cluster, tuple(servers)
+        self.in_ms, self.compute_ms, self.out_ms = in_ms, compute_ms, out_ms
+        self.idx = np.array([cluster.index[s] for s in self.servers], dtype=np.int64)
+        self.keys_ = [(i, k) for k, members in enumerate(combiner_inputs(family)) for i in members]
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def __iter__(self):
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+    def _branch(self, i: int, k: int, s: np.ndarray, t: np.ndarray, lat: np.ndarray, bw: np.ndarray) -> np.ndarray:
+        n = self.family.n
+        feat = transfer_ms(lat, bw, self.family.upstreams[i].feature_bytes)
+        return (
+            (self.in_ms[s] + self.compute_ms[i, s])[:, None]
+            + feat
+            + (self.compute_ms[n + k, t] + self.out_ms[t])[None, :]
+        )
+
+    def __getitem__(self, key: tuple[int, int]) -> np.ndarray:
+        if key not in self._cache:
+            if key not in self.keys_:
+                raise KeyError(key)
+            m = len(self.servers)
+            lat = np.empty((m, m))
+            bw = np.empty((m, m))
+            for a, name in enumerate(self.servers):
+                la, ba = self.cluster.paths_from(name)
+                lat[a], bw[a] = la[self.idx], ba[self.idx]
+            rows = np.arange(m)
+            for kk in self.keys_:
+                self._cache[kk] = self._branch(kk[0], kk[1], rows, rows, lat, bw)
+        return self._cache[key]
+
+    def at(self, key: tuple[int, int], s: int, t: int) -> float:
+        if key in self._cache:
+            return float(self._cache[key][s, t])
+        la, ba = self.cluster.paths_from(self.servers[s])
+        j = self.idx[t]
+        return float(
+            self._branch(key[0], key[1], np.array([s]), np.array([t]), la[[j]][None, :], ba[[j]][None, :])[0, 0]
+        )
+
+    def subset(self, idx: np.ndarray) -> PairLatency:
+        out = PairLatency(
+            self.family,
+            self.cluster,
+            [self.servers[j] for j in idx],
+            self.in_ms[idx],
+            self.compute_ms[:, idx],
+            self.out_ms[idx],
+        )
+        for key, v in self._cache.items():
+            out._cache[key] = v[np.ix_(idx, idx)]
+        return out
+
+
+def with_used(data: FamilyData, used: Mapping[str, tuple[float, float]]) -> FamilyData:
+    """``data`` on what is left of each server once ``used[server] = (MiB, GMAC/s)`` is taken by
+    others (latencies unchanged: they depend on the server's speed, not on what else it holds)."""
+    if not used:
+        return data
+    take = np.array([used.get(s, (0.0, 0.0)) for s in data.servers], dtype=float).reshape(-1, 2)
+    mem = np.maximum(data.mem_mib - take[:, 0], 0.0)
+    gm = np.maximum(data.gmacs - take[:, 1], 0.0)
+    fits = (
+        data.fits & (data.comp_mib[:, None] <= mem[None, :] + 1e-12) & (data.comp_gmacs[:, None] <= gm[None, :] + 1e-12)
+    )
+    return replace(data, mem_mib=mem, gmacs=gm, fits=fits)
 
 
 def transfer_ms(lat: np.ndarray, bw: np.ndarray, nbytes: float) -> np.ndarray:
@@ -206,7 +340,9 @@ class ModelSpec:
     ``failures``: F of the expected objective (scenarios with at most F candidates down; ``None``
     = every state).  ``worst_failures``: F of the worst-case rows (objective or ``min_worst``).
     ``current``/``move_cost``: the running placement and the objective price of one MiB of
-    weights started on a server where that component does not run yet.
+    weights started on a server where that component does not run yet.  ``cost``: an extra price
+    per (component name, server name) subtracted from the objective when that component is placed
+    there (the multi-service planner prices shared memory and compute this way).
     """
 
     objective: str = "expected"  # "expected" | "worst-case"
@@ -217,6 +353,7 @@ class ModelSpec:
     max_used: int | None = None
     current: Mapping[str, tuple[str, ...]] | None = None
     move_cost: float = 0.0
+    cost: Mapping[tuple[str, str], float] | None = None  # (component, server) -> objective units when placed
 
 
 @dataclass
@@ -232,7 +369,8 @@ class FamilyModel:
     exp_scenarios: list[tuple[int, ...]] = field(default_factory=list)
     worst_scenarios: list[tuple[int, ...]] = field(default_factory=list)
     t: pulp.LpVariable | None = None
-    failures_modeled: int | None = None  # F of the expected rows
+    failures_modeled: int | None = None  # F of the expected rows (elements down: servers and domains)
+    exact: bool = True  # False: reachability relaxed (no ingress on a sparse graph), the value is a bound
     modeled_mass: float = 1.0  # probability of the expected scenarios
     moved_mib: pulp.LpAffineExpression | None = None
 
@@ -360,24 +498,36 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
         return rows
 
     objective = pulp.LpAffineExpression()
+    net = None if data.cluster is None else CandidateNetwork(data.cluster, data.servers)
+    model.exact = net is None or net.exact
     if spec.objective == "expected":
-        p = data.p
-        can_fail = [j for j in range(m) if p[j] > 0]
-        F = expected_failures(len(can_fail), len(answerable), spec.failures)
-        model.failures_modeled = F
-        model.exp_scenarios = [D for k in range(F + 1) for D in itertools.combinations(can_fail, k)]
+        if net is not None:
+            sset = net.scenarios(spec.failures, max_scenarios=max(1, MAX_SCENARIO_VARS // max(1, len(answerable))))
+            everything = tuple(range(m))
+            keep = [d for d, D in enumerate(sset.unusable) if D != everything]  # nothing answers: 0
+            model.exp_scenarios = [sset.unusable[d] for d in keep]
+            weights = [sset.probability[d] for d in keep]
+            model.failures_modeled = sset.failures
+            model.modeled_mass = sset.mass
+        else:  # independent servers, no network (tests of the bare model)
+            p = data.p
+            can_fail = [j for j in range(m) if p[j] > 0]
+            F = expected_failures(len(can_fail), len(answerable), spec.failures)
+            model.failures_modeled = F
+            model.exp_scenarios = [D for k in range(F + 1) for D in itertools.combinations(can_fail, k)]
+            weights = [scenario_probability(p, D) for D in model.exp_scenarios]
+            model.modeled_mass = sum(weights)
         rows = scenario_rows("e", model.exp_scenarios)
         terms = []
-        mass = 0.0
-        for D, row in zip(model.exp_scenarios, rows):
-            weight = scenario_probability(p, D)
-            mass += weight
+        for weight, row in zip(weights, rows):
             terms.extend((v, weight * acc[si]) for si, v in row)
-        model.modeled_mass = mass
         objective = pulp.LpAffineExpression(terms)
     if spec.objective == "worst-case" or spec.min_worst is not None:
         Fw = max(1, spec.worst_failures)
-        model.worst_scenarios = [tuple(range(m))] if m <= Fw else list(itertools.combinations(range(m), Fw))
+        if net is not None:
+            model.worst_scenarios = net.worst_scenarios(Fw)
+        else:
+            model.worst_scenarios = [tuple(range(m))] if m <= Fw else list(itertools.combinations(range(m), Fw))
         rows_w = scenario_rows("v", model.worst_scenarios)
         model.t = _var(prob, "t", 0, 1)
         for d, row in enumerate(rows_w):
@@ -400,6 +550,11 @@ def build_family_model(data: FamilyData, spec: ModelSpec, *, name: str = "melpla
         ]
         model.moved_mib = pulp.LpAffineExpression(moved)
         objective = objective - spec.move_cost * model.moved_mib
+    if spec.cost:
+        names = [u.name for u in fam.upstreams] + [c.name for c in fam.combiners]
+        priced = [(v, -float(spec.cost.get((names[i], data.servers[j]), 0.0))) for (i, j), v in x.items()]
+        priced += [(v, -float(spec.cost.get((names[n + k], data.servers[j]), 0.0))) for (k, j), v in z.items()]
+        objective = objective + pulp.LpAffineExpression([t for t in priced if t[1] != 0.0])
     prob += objective
     return model
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,28 +51,36 @@ from melplan.core.errors import InfeasiblePlanError, InputError, MelplanError, S
 from melplan.core.evaluate import (
     MAX_EXACT_SERVERS,
     RouteTable,
-    best_accuracy_by_state,
+    Scores,
     capacity_violations,
     evaluate_placement,
+    prob_at_most,
+    scores,
 )
 from melplan.core.plan import Plan
 from melplan.planner.ilp import (
+    MAX_SCENARIO_VARS,
     FamilyData,
     ModelSpec,
+    PairLatency,
     build_family_model,
     combiner_inputs,
     family_data,
     read_placement,
+    scenario_count,
     useful_combiners,
+    useful_subsets,
+    with_used,
 )
 from melplan.planner.solve import SolveResult, choose_solver, solve
 
 OBJECTIVES = ("expected", "worst-case")
+PROGRESS_AFTER_S = 2.0  # runs longer than this report each family on ``options.progress``
 TOL = 1e-9
 MAX_CANDIDATES = 10  # beyond this, the ILP runs on the most promising servers (the bound stays global)
 MAX_HOST_BOUND_TUPLES = 1000  # per-host relaxation bounds only for families with few upstreams
 MAX_PACKING_COMBINERS = 10  # beyond this, capability is compared on raw memory and compute
-MAX_LINK_DOMINANCE = 1500  # beyond this many servers, no dominance on links (under an SLO)
+MAX_LINK_DOMINANCE = 300  # complete graphs with overrides: exact link comparison up to this many servers
 
 
 # -- options and results -----------------------------------------------------------------------
@@ -92,6 +100,8 @@ class PlanOptions:
     and ``migration_weight`` (accuracy points, 1 point = 0.01 of accuracy, given up per MiB of
     weights started on a server where that component does not run yet; components that stay
     cost nothing) make the planner prefer what already runs.  ``family`` pins one family.
+    ``used``: memory (MiB) and compute (GMAC/s) per server already taken by other services; the
+    family is placed on what is left (melplan.planner.site plans services one after another so).
     """
 
     objective: str = "expected"
@@ -107,6 +117,12 @@ class PlanOptions:
     migration_weight: float = 0.0
     threads: int | None = None
     reduce: bool = True
+    started: float | None = field(default=None, compare=False)  # perf_counter() when the run began (loading)
+    progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    used: Mapping[str, tuple[float, float]] | None = None  # (MiB, GMAC/s) per server already taken by others
+
+    def __post_init__(self) -> None:
+        self.validated()
 
     def validated(self) -> PlanOptions:
         """Return self, or raise InputError naming the option that is out of range."""
@@ -176,6 +192,7 @@ class Reduction:
     bounded: int
     max_used: int
     restricted: bool = False
+    left: int = 0  # servers left after the exact cuts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -186,6 +203,7 @@ class Reduction:
             "cut_by_bound": self.bounded,
             "max_servers_per_plan": self.max_used,
             "restricted": self.restricted,
+            "left_after_exact_cuts": self.left,
         }
 
 
@@ -277,12 +295,12 @@ def role_of(family: Family) -> str:
 
 @dataclass(frozen=True)
 class ObjectiveValue:
-    expected: float  # exact expected accuracy
-    expected_f: float  # counting only the states with at most F used servers down
-    covered: float  # probability of those states
-    worst: float  # min accuracy over every way F used servers fail (0 if fewer are used)
+    expected: float  # exact expected accuracy (every state of the relevant servers and domains)
+    covered: float  # probability that at most F of those elements are down
+    worst: float  # min accuracy over every way F relevant non-ingress servers fail
     all_up: float
     used: int
+    scores: Scores | None = None
 
 
 def objective_value(
@@ -292,31 +310,16 @@ def objective_value(
     failures: int | None = None,
     worst_failures: int = 1,
 ) -> ObjectiveValue:
-    """Exact expected (all states, and F-truncated) and worst-case accuracy by enumeration.
-
-    Built on evaluate.RouteTable and evaluate.best_accuracy_by_state, independent of the ILP.
-    """
+    """Exact expected and worst-case accuracy of a placement, from melplan.core.evaluate (never the ILP)."""
     table = RouteTable(family, placement, cluster)
-    best = best_accuracy_by_state(table)
-    m = len(table.used)
-    states = np.arange(1 << m, dtype=np.int64)
-    prob = np.ones(1 << m)
-    ndown = np.zeros(1 << m, dtype=np.int64)
-    for i, s in enumerate(table.used):
-        p = cluster.server(s).failure_prob
-        up = (states >> i) & 1
-        prob *= np.where(up == 1, 1.0 - p, p)
-        ndown += 1 - up
-    keep = ndown <= (m if failures is None else failures)
-    kw = min(worst_failures, m)
-    worst = float(best[ndown == kw].min()) if m else 0.0
+    sc = scores(table)
     return ObjectiveValue(
-        float(prob @ best),
-        float(prob[keep] @ best[keep]),
-        float(prob[keep].sum()),
-        worst,
-        float(best[-1]) if m else 0.0,
-        m,
+        sc.expected,
+        prob_at_most(table.element_down_probabilities(), failures),
+        sc.worst_at(worst_failures),
+        sc.all_up,
+        len(table.used),
+        sc,
     )
 
 
@@ -414,16 +417,20 @@ def relaxation(family: Family, data: FamilyData) -> Relaxation | None:
     hosts = [np.flatnonzero(data.fits[i]) for i in range(n)]
     if any(len(h) == 0 for h in hosts):
         return None
-    top = [h[np.argsort(data.p[h], kind="stable")][:n] for h in hosts]
+    # Valid with reachability and failure domains: E <= P(ingress up) * E[best | ingress up, every
+    # domain up], which only grows with more servers up (monotone), and given the ingress and the
+    # domains up the upstream servers fail independently with their own p (the ingress's is 0).
+    p, scale = relaxation_probabilities(data)
+    top = [h[np.argsort(p[h], kind="stable")][:n] for h in hosts]
     tuples = [t for t in itertools.product(*top) if len(set(t)) == n]
     if not tuples:
         return None
-    P = data.p[np.array(tuples)]
-    vals = relaxed_value(family, P, aw)
+    P = p[np.array(tuples)]
+    vals = scale * relaxed_value(family, P, aw)
     best = int(np.argmax(vals))
     best_v, best_t = float(vals[best]), tuples[best]
     without = tuple(
-        float(relaxed_value(family, P, best_without(family, ex)).max()) if ex else best_v
+        float(scale * relaxed_value(family, P, best_without(family, ex)).max()) if ex else best_v
         for ex in exclusive_subsets(family)
     )
     m = len(data.servers)
@@ -441,19 +448,41 @@ def relaxation(family: Family, data: FamilyData) -> Relaxation | None:
             if len(set(combo)) < len(combo):
                 continue
             P = np.empty((len(cols), n))
-            P[:, i] = data.p[cols]
+            P[:, i] = p[cols]
             for k, j in zip(others, combo):
-                P[:, k] = data.p[j]
-            vals = np.maximum(vals, relaxed_value(family, P, aw))
+                P[:, k] = p[j]
+            vals = np.maximum(vals, scale * relaxed_value(family, P, aw))
         host_bound[i, cols] = vals
     return Relaxation(best_v, tuple(int(j) for j in best_t), host_bound, without)
 
 
-def worst_upper_bound(family: Family, failures: int) -> float:
-    """The worst case cannot beat: for the worst F upstreams down, the best subset of the others."""
+def relaxation_probabilities(data: FamilyData) -> tuple[np.ndarray, float]:
+    """(own down probabilities with the ingress's set to 0, P(the ingress and its domains are up))."""
+    p = data.p.copy()
+    cluster = data.cluster
+    if cluster is None or cluster.ingress is None:
+        return p, 1.0
+    if cluster.ingress in data.servers:
+        p[data.servers.index(cluster.ingress)] = 0.0
+    return p, cluster.up_probability(cluster.ingress)
+
+
+def worst_upper_bound(family: Family, failures: int, ingress: bool = False) -> float:
+    """The worst case cannot beat: for the worst F upstreams down, the best subset of the others.
+
+    With an ingress (which the worst case never fails) one upstream may sit there, immune: the
+    best choice of that upstream, then the worst F of the others."""
     aw = best_without(family)
-    F = min(failures, family.n)
-    return min(aw[frozenset(W)] for W in itertools.combinations(family.upstream_names, F))
+    names = family.upstream_names
+    if not ingress:
+        F = min(failures, family.n)
+        return min(aw[frozenset(W)] for W in itertools.combinations(names, F))
+    best = 0.0
+    for safe in names:
+        rest = [u for u in names if u != safe]
+        F = min(failures, len(rest))
+        best = max(best, min(aw[frozenset(W)] for W in itertools.combinations(rest, F)))
+    return best
 
 
 # -- server reduction -------------------------------------------------------------------------
@@ -504,26 +533,57 @@ def _superset(feas: np.ndarray, block: int = 16) -> np.ndarray:
 
 
 def link_dominance(cluster: Cluster) -> np.ndarray | None:
-    """ok[s, t] over all servers: s is no further and no narrower than t from every other server.
+    """ok[s, t] over all servers: s is no further (latency) and no narrower (bandwidth) than t from
+    every other server, established without all-pairs paths:
 
-    None (no server stands in for another on links) beyond MAX_LINK_DOMINANCE servers, where the
-    comparison would cost more than it saves."""
+    * sparse graph: s and t are leaves on the same neighbour g and the link s-g is no slower and no
+      narrower than t-g (every path of a leaf goes through g);
+    * complete graph: neither s nor t has a link override (the two are interchangeable), or, up
+      to ``MAX_LINK_DOMINANCE`` servers, the exact comparison of their path rows.
+
+    Other pairs are not compared (never a wrong cut, only fewer).  The ingress is never dominated."""
     m = len(cluster.servers)
-    if m > MAX_LINK_DOMINANCE:
-        return None
-    lat, bw = cluster._paths
-    block = max(1, int(2e7 // max(1, m * m)))
     out = np.zeros((m, m), dtype=bool)
-    cols = np.arange(m)
-    for a in range(0, m, block):
-        rows = np.arange(a, min(m, a + block))
-        ok = (lat[rows, None, :] <= lat[None, :, :] + 1e-12) & (bw[rows, None, :] >= bw[None, :, :] * (1 - 1e-12))
-        ok[np.arange(len(rows)), :, rows] = True  # column s itself
-        ok[:, cols, cols] = True  # column t itself
-        out[rows] = ok.all(axis=2)
+    np.fill_diagonal(out, True)
+    if cluster.complete:
+        touched = np.zeros(m, dtype=bool)
+        for a, b, _ in cluster.overrides:
+            touched[cluster.index[a]] = touched[cluster.index[b]] = True
+        plain = ~touched
+        out |= plain[:, None] & plain[None, :]
+        special = np.flatnonzero(touched)
+        if len(special) and m <= MAX_LINK_DOMINANCE:
+            lat, bw = cluster._paths
+            for s in range(m):
+                for t in special:
+                    if s == t:
+                        continue
+                    cols = np.ones(m, dtype=bool)
+                    cols[[s, t]] = False
+                    out[s, t] = bool(
+                        (lat[s, cols] <= lat[t, cols] + 1e-12).all()
+                        and (bw[s, cols] >= bw[t, cols] * (1 - 1e-12)).all()
+                    )
+                    if touched[s]:
+                        out[t, s] = bool(
+                            (lat[t, cols] <= lat[s, cols] + 1e-12).all()
+                            and (bw[t, cols] >= bw[s, cols] * (1 - 1e-12)).all()
+                        )
+    else:
+        _, nbrs = cluster._adjacency
+        groups: dict[int, list[int]] = {}
+        for i in range(m):
+            if len(nbrs.get(i, {})) == 1:
+                groups.setdefault(next(iter(nbrs[i])), []).append(i)
+        for g, members in groups.items():
+            idx = np.array(members)
+            lat = np.array([nbrs[i][g].latency_ms for i in members])
+            bw = np.array([nbrs[i][g].bandwidth_mbps for i in members])
+            out[np.ix_(idx, idx)] = (lat[:, None] <= lat[None, :] + 1e-12) & (bw[:, None] >= bw[None, :] * (1 - 1e-12))
     if cluster.ingress is not None:
-        out[:, cluster.index[cluster.ingress]] = False  # nothing stands in for the ingress
-        out[cluster.index[cluster.ingress], cluster.index[cluster.ingress]] = True
+        ing = cluster.index[cluster.ingress]
+        out[:, ing] = False  # nothing stands in for the ingress
+        out[ing, ing] = True
     return out
 
 
@@ -534,6 +594,8 @@ def _dominated(
     (``capable[s, t]``: s can hold whatever t can)."""
     m = len(data.servers)
     weak = capable & (data.p[:, None] <= data.p[None, :])
+    if data.dom_class is not None:  # same domains, same place in the graph (reachability)
+        weak &= data.dom_class[:, None] == data.dom_class[None, :]
     if data.slo_ms is not None:
         weak &= data.gmacs[:, None] >= data.gmacs[None, :]
         if links is None:  # links not compared (too many servers): drop nothing
@@ -570,6 +632,10 @@ class _Reduced:
     reduction: Reduction
     incumbent: dict[str, tuple[str, ...]] | None
     inc_score: float
+    fits: np.ndarray | None = None  # after the exact cuts, over data_all's servers
+    alone: np.ndarray | None = None
+    data_all: FamilyData | None = None
+    relax: Relaxation | None = None
 
 
 def _reduce(
@@ -635,35 +701,145 @@ def _reduce(
             if opts.combiner_replicas == 1:
                 only_cb = ~fits[:n].any(axis=0)
                 for k in range(len(family.combiners)):
-                    ubk = relax.bound - data_all.p * (relax.bound - relax.without[k]) - penalty[n + k]
+                    p_t = data_all.p if data_all.p_eff is None else data_all.p_eff
+                    ubk = relax.bound - p_t * (relax.bound - relax.without[k]) - penalty[n + k]
                     fits[n + k] &= ~(only_cb & (ubk < inc_score + TOL) & ~keep)
             fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
             bounded = int((before & ~fits.any(axis=0)).sum())
 
-    # 6. too many left: search the most promising (not exact; the bound stays global)
-    restricted = int(fits.any(axis=0).sum()) > MAX_CANDIDATES
+    left = int(fits.any(axis=0).sum())
+    red = Reduction(m, left, cannot, dominated, bounded, max_used, False, left)
+    return _restricted(
+        _Reduced(data_all, red, incumbent, inc_score, fits, alone, data_all, relax), family, opts, MAX_CANDIDATES
+    )
+
+
+def _restricted(reduced: _Reduced, family: Family, opts: PlanOptions, cap: int) -> _Reduced:
+    """6. More than ``cap`` servers left after the exact cuts: the model runs on the most promising
+    ``cap`` (not exact; the family's bound stays the relaxation over every server)."""
+    data_all, fits, alone, n = reduced.data_all, reduced.fits.copy(), reduced.alone, family.n
+    restricted = reduced.reduction.left > cap
     if restricted:
-        fits = _restrict(family, data_all, fits, relax, incumbent, opts)
+        fits = _restrict(family, data_all, fits, reduced.relax, reduced.incumbent, opts, cap)
         fits[n:, ~alone & ~fits[:n].any(axis=0)] = False
     cand = [s for j, s in enumerate(data_all.servers) if fits[:, j].any()]
     data = replace(data_all, fits=fits, combiner_alone=alone).subset(cand)
-    return _Reduced(
-        data, Reduction(m, len(cand), cannot, dominated, bounded, max_used, restricted), incumbent, inc_score
-    )
+    red = replace(reduced.reduction, candidates=len(cand), restricted=restricted)
+    return replace(reduced, data=data, reduction=red)
 
 
 def _solve_family(
     family: Family, data_all: FamilyData, ctx: _Context, ub: float, relax: Relaxation | None
 ) -> FamilyOutcome:
-    """Reduce, start, search and score one family; the row of the families table."""
+    """Reduce, start, search and score one family; the row of the families table.
+
+    When the exact cuts leave more than MAX_CANDIDATES servers, the search runs on the most
+    promising ones and the candidate set grows (x4 each round, the best plan so far as the
+    starting plan) until the family's bound is met, every server left is searched, or time is up."""
     opts = ctx.options
-    cluster = ctx.cluster
-    role = role_of(family)
-    n = family.n
     current = None
     if opts.current is not None:
         current = {k: tuple(v) for k, v in opts.current.items()} if opts.current_family == family.id else {}
     reduced = _reduce(family, data_all, ctx, relax, current)
+    rounds = [reduced.reduction.candidates]
+    t0 = time.perf_counter()
+    out = _solve_reduced(family, reduced, ctx, ub, current)
+    last = time.perf_counter() - t0
+    stopped = ""
+    while reduced.reduction.restricted and out.status != "solved" and time.perf_counter() < ctx.deadline - 0.05:
+        cap = min(reduced.reduction.candidates * 4, reduced.reduction.left)
+        if not _model_keeps_failures(family, cap, opts):
+            stopped = f"not grown past {reduced.reduction.candidates}: a model on {cap} would count fewer failures"
+            break
+        start = dict(out.placement) if out.placement is not None else reduced.incumbent
+        score = out.value if out.value is not None else reduced.inc_score
+        reduced = _restricted(replace(reduced, incumbent=start, inc_score=score), family, opts, cap)
+        rounds.append(reduced.reduction.candidates)
+        # each round may take up to 4x the previous one (at least 0.5 s): growth costs at most a
+        # constant factor over the first search, and the time limit still bounds it
+        t0 = time.perf_counter()
+        budget = replace(ctx, deadline=min(ctx.deadline, t0 + max(0.5, 4 * last)))
+        nxt = _solve_reduced(family, reduced, budget, ub, current)
+        last = time.perf_counter() - t0
+        if nxt.value is not None and (
+            out.value is None
+            or nxt.value > out.value + TOL
+            or (nxt.value >= out.value - TOL and nxt.status == "solved")
+        ):
+            out = nxt
+        else:
+            out = replace(out, reduction=reduced.reduction)
+    if stopped:
+        out = replace(out, reason="; ".join(x for x in (out.reason, stopped) if x))
+    if len(rounds) > 1:
+        how = " -> ".join(map(str, rounds))
+        why = (
+            "the bound was met"
+            if out.status == "solved"
+            else ("every server left was searched" if not reduced.reduction.restricted else "its time ran out")
+        )
+        out = replace(out, reason="; ".join(x for x in (out.reason, f"candidates grown {how} ({why})") if x))
+    return out
+
+
+def _out_of_time(
+    family: Family, data: FamilyData | None, ub: float | None, ctx: _Context, hard_stop: float
+) -> FamilyOutcome:
+    """The row of a family whose turn came after the time limit: a quick plan (upstreams on their
+    most reliable hosts, combiners greedily, scored exactly) while ``hard_stop`` allows, else none."""
+    role = role_of(family)
+    reason = "the time limit ran out before its turn"
+    if data is None or time.perf_counter() >= hard_stop:
+        return FamilyOutcome(family.id, family.n, role, "not_solved", bound=ub, reason=reason)
+    p = data.p if data.p_eff is None else data.p_eff
+    taken: set[int] = set()
+    tup = []
+    for i in range(family.n):
+        hosts = np.flatnonzero(data.fits[i])
+        hosts = hosts[np.argsort(p[hosts], kind="stable")]
+        pick = next((int(j) for j in hosts if int(j) not in taken), None)
+        if pick is None:
+            return FamilyOutcome(family.id, family.n, role, "not_solved", bound=ub, reason=reason)
+        taken.add(pick)
+        tup.append(pick)
+    placement = _greedy(family, data, tuple(tup), ctx.cluster)
+    if placement is None or not _meets_floor(family, placement, ctx.cluster, ctx.options):
+        return FamilyOutcome(family.id, family.n, role, "not_solved", bound=ub, reason=reason)
+    value, ov, mv = plan_score(family, placement, ctx.cluster, ctx.options, None)
+    return FamilyOutcome(
+        family.id,
+        family.n,
+        role,
+        "time_limit",
+        value=value,
+        bound=ub,
+        expected_accuracy=ov.expected,
+        worst_case_accuracy=ov.worst,
+        accuracy_all_up=ov.all_up,
+        moved_mib=mv,
+        placement=placement,
+        reason=reason + ": a quick plan (most reliable hosts, combiners greedily), not searched",
+    )
+
+
+def _model_keeps_failures(family: Family, servers: int, opts: PlanOptions) -> bool:
+    """Whether a model on ``servers`` candidates keeps the failures asked for within the scenario
+    budget (relays and domains not counted: an optimistic check, the model lowers F if needed)."""
+    if opts.objective == "worst-case":
+        return math.comb(servers, min(opts.worst_failures, servers)) <= MAX_SCENARIO_VARS
+    F = servers if opts.max_failures is None else min(opts.max_failures, servers)
+    answer = len(useful_subsets(family))
+    return scenario_count(servers, F) * answer <= MAX_SCENARIO_VARS
+
+
+def _solve_reduced(
+    family: Family, reduced: _Reduced, ctx: _Context, ub: float, current: Mapping[str, tuple[str, ...]] | None
+) -> FamilyOutcome:
+    """Search and score one family on the candidates of ``reduced``."""
+    opts = ctx.options
+    cluster = ctx.cluster
+    role = role_of(family)
+    n = family.n
     data, red = reduced.data, reduced.reduction
     incumbent, inc_score = reduced.incumbent, reduced.inc_score
     restricted = red.restricted
@@ -797,8 +973,9 @@ def _restrict(
     relax: Relaxation | None,
     incumbent: Mapping[str, Sequence[str]] | None,
     opts: PlanOptions,
+    cap: int = MAX_CANDIDATES,
 ) -> np.ndarray:
-    """Keep at most MAX_CANDIDATES servers: the incumbent's, then each upstream's best hosts in
+    """Keep at most ``cap`` servers: the incumbent's, then each upstream's best hosts in
     turn (by relaxation bound, else by reliability), then a few reliable servers for combiners."""
     n, m = family.n, len(data.servers)
     pos = {s: j for j, s in enumerate(data.servers)}
@@ -808,7 +985,7 @@ def _restrict(
             if pos[s] not in chosen:
                 chosen.append(pos[s])
     n_cb = min(opts.combiner_replicas * len(family.combiners), 3)
-    room_up = max(n, MAX_CANDIDATES - n_cb)
+    room_up = max(n, cap - n_cb)
     ranked = []
     for i in range(n):
         hosts = np.flatnonzero(fits[i])
@@ -822,7 +999,7 @@ def _restrict(
         depth += 1
     if family.combiners:
         cb_hosts = [int(j) for j in np.argsort(data.p, kind="stable") if fits[n:, j].any() and j not in chosen]
-        chosen += cb_hosts[: max(0, MAX_CANDIDATES - len(chosen))]
+        chosen += cb_hosts[: max(0, cap - len(chosen))]
     keep = np.zeros(m, dtype=bool)
     keep[chosen] = True
     return fits & keep[None, :]
@@ -887,7 +1064,8 @@ def _repair(
 
 def _reaches(data: FamilyData, i: int, k: int, s: int, t: int) -> bool:
     """Upstream i on server s can feed combiner k on server t (a path exists, within the SLO)."""
-    lat = data.pair_lat[(i, k)][s, t]
+    pl = data.pair_lat
+    lat = pl.at((i, k), s, t) if isinstance(pl, PairLatency) else float(pl[(i, k)][s, t])
     return bool(np.isfinite(lat) and (data.slo_ms is None or lat <= data.slo_ms))
 
 
@@ -901,12 +1079,9 @@ def _placement_fits(family: Family, placement: Mapping[str, Sequence[str]], clus
     if set(placement) - set(family.component_names()):
         return False
     try:
-        if capacity_violations(family, placement, cluster):
-            return False
-        table = RouteTable(family, placement, cluster)
+        return not capacity_violations(family, placement, cluster)
     except MelplanError:
         return False
-    return all(math.isfinite(lat) for _, _, _, reps in table.options for lat, _, _ in reps)
 
 
 def _meets_floor(family: Family, placement, cluster: Cluster, opts: PlanOptions) -> bool:
@@ -1039,7 +1214,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     the message names the cause), SolverError (the solver failed or found nothing in time).
     """
     options = (options or PlanOptions()).validated()
-    start = time.perf_counter()
+    start = options.started if options.started is not None else time.perf_counter()
     families = list(catalog)
     if options.family is not None:
         pinned = [f for f in families if f.id == options.family]
@@ -1062,7 +1237,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
                     fix=f"use {', '.join(cur_fam.component_names())}",
                 )
     solver = choose_solver(options.solver)
-    protected = set()
+    protected = {cluster.ingress} if cluster.ingress is not None else set()  # nothing stands in for it
     if options.current is not None:
         protected |= {s for v in options.current.values() for s in v if s in cluster.index}
     links = link_dominance(cluster) if cluster.workload.latency_slo_ms is not None and options.reduce else None
@@ -1070,16 +1245,20 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
 
     outcomes: dict[str, FamilyOutcome] = {}
     queue = []
-    for fam in families:
+    hard_stop = ctx.deadline + 0.5  # quick plans after the limit, then nothing
+    # single models first: their data and a quick plan are cheap, so some plan exists early
+    families_ordered = sorted(families, key=lambda f: f.n != 1)
+    for fam in families_ordered:
         if time.perf_counter() >= ctx.deadline:
-            outcomes[fam.id] = FamilyOutcome(
-                fam.id, fam.n, role_of(fam), "not_solved", reason="the time limit ran out before its turn"
-            )
+            data = family_data(fam, cluster) if time.perf_counter() < hard_stop and fam.n == 1 else None
+            outcomes[fam.id] = _out_of_time(fam, data, None, ctx, hard_stop)
             continue
         data = family_data(fam, cluster)
+        if options.used:
+            data = with_used(data, options.used)
         why = infeasibility_reason(fam, cluster, data)
         if why is None and options.min_accuracy_under_failure is not None:
-            wub = worst_upper_bound(fam, options.worst_failures)
+            wub = worst_upper_bound(fam, options.worst_failures, cluster.ingress is not None)
             if wub < options.min_accuracy_under_failure:
                 why = (
                     f"cannot keep accuracy {options.min_accuracy_under_failure:g} with {options.worst_failures} "
@@ -1094,9 +1273,9 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
             if options.move_cost > 0 and fam.id != options.current_family:
                 ub -= options.move_cost * sum(u.weight_bytes for u in fam.upstreams) / float(1 << 20)
         else:
-            ub = worst_upper_bound(fam, options.worst_failures)
+            ub = worst_upper_bound(fam, options.worst_failures, cluster.ingress is not None)
         queue.append((fam, data, ub, relax))
-    if not queue:
+    if not queue and not any(o.value is not None for o in outcomes.values()):
         if any(o.status == "not_solved" for o in outcomes.values()):
             raise SolverError(
                 f"no plan found within the time limit of {options.time_limit_s:g} s",
@@ -1108,8 +1287,12 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     # single models first (cheap, and needed for the comparison), then the most promising
     queue.sort(key=lambda t: (t[0].n != 1, -t[2], t[0].id))
     best_value = -math.inf
+    done = 0
     for fam, data, ub, relax in queue:
-        if fam.n > 1 and ub <= best_value + TOL:
+        # a bound equal to the best value may still win the worst-case tie-break (by expected
+        # accuracy): only a bound strictly below prunes there
+        cannot_beat = ub < best_value - TOL if options.objective == "worst-case" else ub <= best_value + TOL
+        if fam.n > 1 and cannot_beat:
             outcomes[fam.id] = FamilyOutcome(
                 fam.id,
                 fam.n,
@@ -1120,14 +1303,22 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
             )
             continue
         if time.perf_counter() >= ctx.deadline:
-            outcomes[fam.id] = FamilyOutcome(
-                fam.id, fam.n, role_of(fam), "not_solved", bound=ub, reason="the time limit ran out before its turn"
-            )
-            continue
-        out = _solve_family(fam, data, ctx, ub, relax)
+            out = _out_of_time(fam, data, ub, ctx, hard_stop if best_value == -math.inf or fam.n == 1 else 0.0)
+        else:
+            out = _solve_family(fam, data, ctx, ub, relax)
         outcomes[fam.id] = out
         if out.value is not None:
             best_value = max(best_value, out.value)
+        done += 1
+        elapsed = time.perf_counter() - start
+        if options.progress is not None and elapsed > PROGRESS_AFTER_S:
+            top_bound = max(
+                [o.bound for o in outcomes.values() if o.bound is not None and o.status != "pruned"] or [best_value]
+            )
+            options.progress(
+                f"[{elapsed:6.1f} s] {done}/{len(queue)} families searched ({fam.id}: {out.status}); "
+                f"best {best_value:.5f}, bound {max(top_bound, best_value):.5f}"
+            )
 
     feasible = [o for o in outcomes.values() if o.value is not None]
     if not feasible:
@@ -1150,7 +1341,10 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     gap = max(0.0, top - chosen.value) / max(abs(top), 1e-12)
     open_ = [o for o in outcomes.values() if o.status not in ("solved", "pruned", "infeasible")]
     timed_out = [o for o in open_ if o.status in ("time_limit", "not_solved")]
-    proven = not open_ and gap <= max(options.gap, 1e-7) + 1e-9
+    # proved when every family is settled or carries a bound, and no bound beats the chosen plan by
+    # more than the gap (a family left open whose bound is met does not make the plan unproven)
+    unbounded = [o for o in open_ if o.bound is None]
+    proven = not unbounded and gap <= max(options.gap, 1e-7) + 1e-9
 
     fam = next(f for f in families if f.id == chosen.family)
     ev = evaluate_placement(fam, chosen.placement, cluster)
@@ -1162,7 +1356,7 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
     solver_block = {
         "name": "HiGHS" if solver == "highs" else "CBC",
         "status": status,
-        "gap": round(gap, 8),
+        "gap": None if unbounded else round(gap, 8),  # unknown while a family has no bound
         "wall_s": round(wall, 4),
         "time_limit_s": options.time_limit_s,
     }
@@ -1202,16 +1396,15 @@ def plan(catalog: Catalog | Sequence[Family], cluster: Cluster, options: PlanOpt
         solver=solver_block,
         servers=ev.servers,
         latency_ms=ev.latency_ms,
-        extra={"dataset": fam.dataset.get("name"), "planner": planner_block},
+        extra={"dataset": fam.dataset.get("name"), "planner": planner_block, "network": ev.network_dict()},
     )
     the_plan = the_plan.embed(fam, cluster, catalog_dir=getattr(catalog, "root", None))
     considered = tuple(outcomes[f.id] for f in _ordered(families, outcomes))
-    return PlanResult(the_plan, considered, chosen, best_single, proven, gap, notes, wall)
+    return PlanResult(the_plan, considered, chosen, best_single, proven, math.inf if unbounded else gap, notes, wall)
 
 
 def _all_up_route(family: Family, placement, cluster: Cluster) -> dict[str, Any]:
-    table = RouteTable(family, placement, cluster)
-    r = table.route(table.used)
+    r = RouteTable(family, placement, cluster).route_down(())
     return {"answer": r.answer, "accuracy": r.accuracy, "servers": list(r.servers)}
 
 
@@ -1271,7 +1464,11 @@ def _notes(
     if proven:
         notes.append(f"proven optimal for the whole instance (relative gap {gap:.1e} <= {max(options.gap, 1e-7):.0e})")
     else:
-        notes.append(f"NOT proven optimal: the best bound is {gap:.3%} above the chosen plan")
+        open_ = [o.family for o in outcomes.values() if o.status not in ("solved", "pruned", "infeasible")]
+        if gap > max(options.gap, 1e-7) + 1e-9:
+            notes.append(f"NOT proven optimal: the best bound is {gap:.3g} (relative) above the chosen plan")
+        else:
+            notes.append(f"NOT proven optimal: {', '.join(open_[:3])} has no bound (the time limit ran out first)")
     return tuple(notes)
 
 
@@ -1289,7 +1486,9 @@ def _infeasible(
     mem_max = max(s.memory_mb for s in cluster.servers)
     gm_max = max(s.compute_gmacs for s in cluster.servers)
     if options.min_accuracy_under_failure is not None and all(("keep accuracy" in r) for r in reasons.values()):
-        best = max((worst_upper_bound(f, options.worst_failures) for f in families), default=0.0)
+        best = max(
+            (worst_upper_bound(f, options.worst_failures, cluster.ingress is not None) for f in families), default=0.0
+        )
         return InfeasiblePlanError(
             f"no family keeps accuracy {options.min_accuracy_under_failure:g} with {options.worst_failures} "
             f"server(s) down (at best {best:.4f})",

@@ -61,27 +61,42 @@ def stdout_fd_to(target: str):
     the block lands on the wrong side.  Process-wide: keep the block short.
     """
     with _FD_LOCK:
-        sys.stdout.flush()
+        _flush_python(sys.stdout)
         _flush_c_stdio()
-        saved = os.dup(1)
         try:
-            if target == "stderr":
-                sys.stderr.flush()
-                os.dup2(2, 1)
-            else:
+            saved = os.dup(1)
+        except OSError:  # no fd 1 at all: nothing can reach stdout anyway
+            yield
+            return
+        try:
+            try:
+                if target == "stderr":
+                    _flush_python(sys.stderr)
+                    os.dup2(2, 1)
+                else:
+                    null = os.open(os.devnull, os.O_WRONLY)
+                    try:
+                        os.dup2(null, 1)
+                    finally:
+                        os.close(null)
+            except OSError:  # fd 2 closed: fall back to discarding
                 null = os.open(os.devnull, os.O_WRONLY)
-                try:
-                    os.dup2(null, 1)
-                finally:
-                    os.close(null)
+                os.dup2(null, 1)
+                os.close(null)
             try:
                 yield
             finally:
-                sys.stdout.flush()
+                _flush_python(sys.stdout)
                 _flush_c_stdio()
         finally:
             os.dup2(saved, 1)
             os.close(saved)
+
+
+def _flush_python(stream) -> None:
+    if stream is not None:
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def _absorb_highs_banner() -> None:

@@ -26,25 +26,16 @@ from collections.abc import Mapping, Sequence
 from melplan.core.catalog import Family, subset_key
 from melplan.core.cluster import Cluster
 from melplan.core.errors import InfeasiblePlanError
-from melplan.core.evaluate import RouteTable, best_accuracy_by_state, evaluate_placement
+from melplan.core.evaluate import RouteTable, evaluate_placement, scores
 from melplan.core.plan import Plan
 
 
 def expected_accuracy(family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster) -> tuple[float, float]:
     """(exact expected accuracy, worst latency in ms over the paths of subsets with accuracy > 0)
-    of a placement, with independent failures."""
-    import numpy as np
-
+    of a placement (melplan.core.evaluate: reachability and failure domains included)."""
     table = RouteTable(family, placement, cluster)
-    best = best_accuracy_by_state(table)
-    m = len(table.used)
-    states = np.arange(1 << m, dtype=np.int64)
-    prob = np.ones(1 << m)
-    for i, s in enumerate(table.used):
-        p = cluster.server(s).failure_prob
-        prob *= np.where((states >> i) & 1 == 1, 1.0 - p, p)
-    worst = max((lat for _, acc, _, reps in table.options if acc > 0 for lat, _, _ in reps), default=0.0)
-    return float(np.dot(prob, best)), worst
+    worst = max((ch.latency_ms or 0.0 for ch in table.choices if ch.accuracy > 0), default=0.0)
+    return scores(table).expected, worst
 
 
 def repair_placement(

@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from melplan.core.catalog import Catalog, Family, subset_key
+from melplan.core.catalog import Catalog, Family
 from melplan.core.cluster import Cluster, Server
-from melplan.core.errors import InputError, MelplanError, PlanFileError
-from melplan.core.evaluate import RouteTable, used_servers, validate_placement
+from melplan.core.errors import MelplanError, PlanFileError, SelectorError
+from melplan.core.evaluate import RouteTable, validate_placement
 from melplan.core.plan import Plan
 from melplan.runtime.reconcile import (
     Action,
@@ -47,10 +47,6 @@ from melplan.runtime.reconcile import (
 
 EAGER_TABLE_MAX_SERVERS = 16  # 2^16 precomputed routes; above that routes are memoised on demand
 _EPS = 1e-12
-
-
-class SelectorError(InputError):
-    """A selector was given a server, plan or option it cannot use (unknown server name, ...)."""
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -98,39 +94,15 @@ class Route:
         }
 
 
-def _check_placement(
-    family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster | None, source: str | None
-) -> None:
-    if cluster is not None:
-        validate_placement(family, placement, cluster, source=source)
-        return
-    names = set(family.component_names())
-    for comp in placement:
-        if comp not in names:
-            raise PlanFileError(
-                f"placement names unknown component '{comp}'",
-                file=source,
-                field=f"placement.{comp}",
-                fix=f"use components of family {family.id}: {', '.join(family.component_names())}",
-            )
-    for u in family.upstream_names:
-        if len(placement.get(u, ())) != 1:
-            raise PlanFileError(
-                f"upstream '{u}' must be placed on exactly one server",
-                file=source,
-                field=f"placement.{u}",
-                fix="give it a list with one server name",
-            )
-
-
 class RouteLookup:
-    """Every route of one placement, indexed by an up-mask over ``used`` (bit i = ``used[i]`` up).
+    """Every route of one placement, indexed by an up-mask over ``relevant`` (bit i = ``relevant[i]``
+    up): the used servers, then the ingress and the relays on the placement's paths.
 
-    With a cluster the subset order and replica order are exactly those of
-    :class:`melplan.core.evaluate.RouteTable` (replicas fastest first, latency filled in).  Without one
-    (``melplan select`` with no ``--servers``) replicas are tried in placement order and
-    ``latency_ms`` is None.  Raises :class:`PlanFileError` for a placement that does not fit the
-    family (or the cluster).
+    Routes, their order and reachability are those of :class:`melplan.core.evaluate.RouteTable`
+    (the one evaluator; replicas fastest first, latency filled in).  Without a cluster (``melplan
+    select`` with no ``--servers``) replicas are tried in placement order, ``latency_ms`` is None
+    and there is no reachability.  Raises :class:`PlanFileError` for a placement that does not fit
+    the family (or the cluster).
     """
 
     def __init__(
@@ -147,50 +119,23 @@ class RouteLookup:
         self.placement = {k: tuple(v) for k, v in placement.items()}
         self.cluster = cluster
         self.generation = generation
-        _check_placement(family, self.placement, cluster, source)
-        if cluster is not None:
+        try:
             rt = RouteTable(family, self.placement, cluster)
-            options = [
-                (key, acc, ups, [(lat, comb, srv) for lat, comb, srv in reps]) for key, acc, ups, reps in rt.options
-            ]
-            self.used: tuple[str, ...] = tuple(rt.used)
-        else:
-            self.used = used_servers(self.placement)
-            options = []
-            upstream_server = {u: self.placement[u][0] for u in family.upstream_names}
-            for s in sorted(family.subsets(), key=lambda s: (-family.accuracy[subset_key(s)], len(s))):
-                key = subset_key(s)
-                ups = tuple(upstream_server[u] for u in s)
-                if len(s) == 1:
-                    reps = [(None, None, None)]
-                else:
-                    reps = [
-                        (None, c.name, srv)
-                        for c in family.combiners_serving(key)
-                        for srv in self.placement.get(c.name, ())
-                    ]
-                if reps:
-                    options.append((key, family.accuracy[key], ups, reps))
-        self.bit: dict[str, int] = {s: 1 << i for i, s in enumerate(self.used)}
-        self.full_mask = (1 << len(self.used)) - 1
-        upstream_server = {u: self.placement[u][0] for u in family.upstream_names}
-        # compiled: (need_mask, [(replica_bit, proto), ...]) in answer order
-        compiled = []
+        except PlanFileError as exc:
+            raise PlanFileError(exc.message, file=source, field=exc.field, fix=exc.fix) from None
+        self._rt = rt
+        self.used: tuple[str, ...] = tuple(rt.used)
+        # the servers whose state matters: used, then the ingress and relays (bits of the up-mask)
+        self.relevant: tuple[str, ...] = tuple(rt.relevant)
+        self.bit: dict[str, int] = dict(rt.bit)
+        self.full_mask = rt.full_mask
+        upstream_server = rt.upstream_server
         protos = []
-        for key, acc, ups, reps in options:
-            need = 0
-            for s in ups:
-                need |= self.bit[s]
-            alts = []
-            for lat, comb, srv in reps:
-                servers = ups if srv is None else tuple(dict.fromkeys(ups + (srv,)))
-                comps = tuple((u, upstream_server[u]) for u in key.split("+"))
-                if comb is not None:
-                    comps += ((comb, srv),)
-                protos.append((key, acc, servers, comps, comb, srv, lat))
-                alts.append((0 if srv is None else self.bit[srv], len(protos) - 1))
-            compiled.append((need, alts))
-        self._compiled = compiled
+        for ch in rt.choices:
+            comps = tuple((u, upstream_server[u]) for u in ch.key.split("+"))
+            if ch.combiner is not None:
+                comps += ((ch.combiner, ch.combiner_server),)
+            protos.append((ch.key, ch.accuracy, ch.servers, comps, ch.combiner, ch.combiner_server, ch.latency_ms))
         all_up = self._scan_index(self.full_mask)
         self.accuracy_all_up = 0.0 if all_up < 0 else protos[all_up][1]
         self.routes: tuple[Route, ...] = tuple(
@@ -209,7 +154,7 @@ class RouteLookup:
             for key, acc, servers, comps, comb, srv, lat in protos
         )
         self.down_route = Route(None, 0.0, (), (), None, None, None, True, self.accuracy_all_up, generation)
-        m = len(self.used)
+        m = len(self.relevant)
         if m <= eager_max_servers:
             self.table: list[Route] | None = self._build_table()
             self.route_mask: Callable[[int], Route] = self.table.__getitem__
@@ -223,13 +168,7 @@ class RouteLookup:
         return self.route_mask(self.full_mask)
 
     def _scan_index(self, mask: int) -> int:
-        for need, alts in self._compiled:
-            if mask & need != need:
-                continue
-            for rbit, idx in alts:
-                if rbit == 0 or mask & rbit:
-                    return idx
-        return -1
+        return self._rt.choice_index(mask)
 
     def _route_memo(self, mask: int) -> Route:
         r = self._memo.get(mask)
@@ -240,29 +179,19 @@ class RouteLookup:
         return r
 
     def _build_table(self) -> list[Route]:
-        import numpy as np
-
-        states = np.arange(1 << len(self.used), dtype=np.int64)
-        idx = np.full(states.shape, -1, dtype=np.int64)
-        for need, alts in self._compiled:
-            ok = (states & need) == need
-            for rbit, i in alts:
-                cond = ok & (idx < 0)
-                if rbit:
-                    cond &= (states & rbit) != 0
-                idx[cond] = i
+        idx = self._rt.choice_by_mask()
         pool = list(self.routes) + [self.down_route]  # index -1 -> down
         return [pool[i] for i in idx.tolist()]
 
     def mask_of(self, down: Iterable[str]) -> int:
-        """The up-mask with the given servers down (servers outside the placement are ignored)."""
+        """The up-mask with the given servers down (servers that do not matter are ignored)."""
         mask = self.full_mask
         for s in down:
             mask &= ~self.bit.get(s, 0)
         return mask
 
     def route(self, down: Iterable[str] = ()) -> Route:
-        """The route with ``down`` servers down (names outside the placement are ignored)."""
+        """The route with ``down`` servers down (servers that do not matter are ignored)."""
         return self.route_mask(self.mask_of(down))
 
 
@@ -833,7 +762,12 @@ class Selection:
 
 
 def select_route(
-    plan_path: str, down: Sequence[str], *, catalog_dir: str | None = None, cluster_path: str | None = None
+    plan_path: str,
+    down: Sequence[str],
+    *,
+    catalog_dir: str | None = None,
+    cluster_path: str | None = None,
+    service: str | None = None,
 ) -> Selection:
     """Load a plan with its family and cluster (embedded in a v2 plan; from ``catalog_dir`` and
     ``cluster_path`` for a v1 plan) and return the route with ``down`` servers down.
@@ -843,7 +777,7 @@ def select_route(
     """
     from melplan.core.plan import load_plan_bundle
 
-    b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path)
+    b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path, service=service)
     plan, family, cluster = b.plan, b.family, b.cluster
     lookup = RouteLookup(family, plan.placement, cluster, source=str(plan_path))
     known = set(cluster.names) if cluster is not None else set(lookup.used)

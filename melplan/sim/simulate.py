@@ -783,6 +783,7 @@ def simulate_files(
     write_trace_path: str | None = None,
     replanner: Replanner | str | None = None,
     replan_time_limit_s: float | None = None,
+    service: str | None = None,
 ) -> SimulationRun:
     """Load the plan with its family and cluster (:func:`melplan.core.plan.load_plan_bundle`: a v2 plan
     embeds both; ``cluster_path``/``catalog_dir`` given anyway must agree with it), the catalog for
@@ -792,7 +793,8 @@ def simulate_files(
     With ``trace_path``, ``hours`` (optional) sets the horizon; without it, ``hours`` is required and
     a trace is generated with ``seed`` (default 0).  ``replanner``: a callable, ``"planner"`` (the
     ILP, default) or ``"repair"`` (:mod:`melplan.runtime.repair`); ``replan_time_limit_s`` bounds each ILP
-    re-plan.  Raises :class:`InputError` subclasses for bad files or options.
+    re-plan.  ``service``: the service of a site plan (``melplan plan --services``) to simulate.
+    Raises :class:`InputError` subclasses for bad files or options.
     """
     from melplan.core.plan import load_plan_bundle
     from melplan.sim.traces import DEFAULT_MTTR_H, generate_trace, load_trace, write_trace
@@ -816,7 +818,9 @@ def simulate_files(
             fix="give the simulated horizon in hours, e.g. --hours 720",
         )
     replanner = make_replanner(replanner, replan_time_limit_s)
-    bundle = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path, want_catalog=True)
+    bundle = load_plan_bundle(
+        plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path, want_catalog=True, service=service
+    )
     plan, family, catalog = bundle.plan, bundle.family, bundle.catalog
     cluster = bundle.require_cluster("--servers")
     validate_placement(family, plan.placement, cluster, source=str(plan_path))

@@ -8,14 +8,20 @@
   ``--data-root``; ``download=True`` fetches it from the official URL with its md5.  The binary
   format carries coarse and fine labels and needs no pickle.
 
-Nothing is downloaded unless ``download=True``.
+* ``imagefolder``: the user's own images under ``--data-root`` (torchvision ImageFolder layout),
+  ``fsdd`` / ``fsdd-heldout-<speaker>``: spoken digits (audio), ``trec``: question classification
+  (text): see ``melplan.train.datasets``.
+
+Nothing is downloaded unless ``download=True``.  Every dataset records how raw input becomes the
+network's input in ``info["preprocessing"]`` (``"modality"``: image, audio or text), which the
+catalog entry keeps under ``dataset.preprocessing`` and ``melplan.core.preprocessing`` applies.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +52,7 @@ FMNIST_COARSE_NAMES = ("tops", "bottoms", "dresses", "footwear", "bags")
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8, N x C x H x W (C = 1 or 3)
+    images: torch.Tensor  # uint8 N x C x H x W (C = 1 or 3); other modalities: the network input itself
     labels: torch.Tensor  # int64, N
     coarse: torch.Tensor | None  # int64, N, or None
 
@@ -69,20 +75,54 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    modality: str = "image"  # image: uint8 pixels; audio, text: ``images`` already hold the network input
+    input_shape: tuple[int, ...] = (3, 32, 32)
+    input_dtype: str = "float32"
+    preprocessing: dict | None = None  # raw input -> network input; None: image_preprocessing(self)
+    base_args: dict | None = None  # arguments of the base network that the data decides (vocab_size)
+    split: dict | None = None  # how train and test were formed, where the data has no official split
+    flip: bool = True  # horizontal flips are label-preserving (not for digits or text)
+    classes: tuple[str, ...] | None = None
 
     @property
     def info(self) -> dict:
-        return {
+        info = {
             "name": self.name,
             "num_classes": self.num_classes,
             "test_samples": len(self.test),
             "train_samples": len(self.train),
-            "input_shape": [3, 32, 32],
+            "input_shape": list(self.input_shape),
             "source": self.source,
+            "preprocessing": self.preprocessing or image_preprocessing(self),
         }
+        if self.split:
+            info["split"] = self.split
+        if self.classes:
+            info["classes"] = list(self.classes)
+        return info
+
+    def limited(self, train_limit: int | None, test_limit: int | None) -> Dataset:
+        return replace(self, train=self.train.head(train_limit), test=self.test.head(test_limit))
 
 
-DATASETS = ("fashion-mnist", "mnist5k", "cifar100")
+def image_preprocessing(ds: Dataset) -> dict:
+    """What ``to_input`` does to a stored image, as data: uint8 pixels scaled by 1/255, normalised
+    per channel, 28x28 padded by 2 (with the value of a black pixel), grey replicated to 3 channels."""
+    h, w = (int(x) for x in ds.train.images.shape[-2:])
+    return {
+        "modality": "image",
+        "channels": int(ds.train.images.shape[1]),
+        "size": [h, w],
+        "resize": None,
+        "scale": 1 / 255,
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "pad": 2 if (h, w) == (28, 28) else 0,
+        "replicate_to": 3,
+    }
+
+
+DATASETS = ("fashion-mnist", "mnist5k", "cifar100", "imagefolder", "fsdd", "fsdd-heldout-<speaker>", "trec")
 
 
 def load_dataset(
@@ -92,8 +132,16 @@ def load_dataset(
     download: bool = False,
     train_limit: int | None = None,
     test_limit: int | None = None,
+    image_size: int | None = None,
 ) -> Dataset:
-    """Load a dataset by name; raises DataError naming what is missing and how to get it."""
+    """Load a dataset by name; raises DataError naming what is missing and how to get it.
+    ``image_size`` (imagefolder only) is the side the images are resized to (default 32)."""
+    if image_size is not None and name != "imagefolder":
+        raise DataError(f"image size applies to imagefolder, not {name}", field="--image-size", fix="drop --image-size")
+    if name in ("imagefolder", "trec") or name.startswith("fsdd"):
+        from melplan.train.datasets import load_modal
+
+        return load_modal(name, data_root=data_root, image_size=image_size).limited(train_limit, test_limit)
     if name == "fashion-mnist":
         ds = _fashion_mnist(data_root)
     elif name == "mnist5k":
@@ -254,8 +302,16 @@ class Batches:
         self.augment = augment
         self.flip = flip
         self.gen = generator
+        self.modality = ds.modality
         self.mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(ds.std).view(1, -1, 1, 1)
+
+    @property
+    def augmentation(self) -> str:
+        """What augmentation does, for the catalog entry."""
+        if not self.augment or self.modality != "image":
+            return "none"
+        return "random crop (pad 2)" + (" + horizontal flip" if self.flip else "")
 
     def __len__(self) -> int:
         return (len(self.split) + self.batch_size - 1) // self.batch_size
@@ -265,17 +321,21 @@ class Batches:
         order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
         for i in range(0, n, self.batch_size):
             idx = order[i : i + self.batch_size]
-            x = to_input(self.split.images[idx], self.mean, self.std)
-            if self.augment:
-                x = self._augment(x)
+            if self.modality != "image":  # audio features and token ids are stored as the network input
+                x = self.split.images[idx]
+            else:
+                x = to_input(self.split.images[idx], self.mean, self.std)
+                if self.augment:
+                    x = self._augment(x)
             coarse = None if self.split.coarse is None else self.split.coarse[idx]
             yield x, self.split.labels[idx], coarse
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
+        h, w = x.shape[-2:]
         padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
         dx, dy = torch.randint(0, 5, (2,), generator=self.gen).tolist()
-        x = padded[:, :, dy : dy + 32, dx : dx + 32]
+        x = padded[:, :, dy : dy + h, dx : dx + w]
         if self.flip:
             mask = torch.rand(b, generator=self.gen) < 0.5
             x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)

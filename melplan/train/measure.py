@@ -114,7 +114,7 @@ def latency_ms(module: nn.Module, inputs: tuple[torch.Tensor, ...], *, repeats: 
 def measure_components(model: MELNet, *, kind: str, latency: bool = True) -> dict[str, Any]:
     """Catalog fields for every upstream and combiner of ``model`` (moved to CPU, eval mode)."""
     model = model.to("cpu").eval()
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = model.example_input(1, seed=0)  # 3x32x32 images, 1 x mels x frames audio, token ids for text
     skipped: dict[str, int] = {}
     ups, feats = [], {}
     with torch.inference_mode():

@@ -27,10 +27,13 @@ from melplan.core.fileio import atomic_write_with
 from melplan.train.data import Batches, load_dataset
 from melplan.train.measure import accuracy_by_subset, measure_components
 from melplan.train.models.mel import COMBINER_KINDS, MELNet, build_mel, subsets_of
-from melplan.train.models.registry import build_base
+from melplan.train.models.registry import base_names, build_base
 
 DATASET_SHORT = {"fashion-mnist": "fmnist", "mnist5k": "mnist5k", "cifar100": "c100"}
 BASE_SHORT = {"efficientnet_b0": "effb0", "mobilenet_v3_small": "mnv3s", "resnet18": "r18"}
+
+
+_DIGEST_OPTIONAL = ("image_size",)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class FamilySpec:
     finetune_epochs: int = 1
     family_id: str | None = None
     role: str | None = None  # mel | reference | backup (default: from the shape)
+    image_size: int | None = None  # imagefolder: side the images are resized to (default 32)
 
     def names(self) -> list[str]:
         return [f"u{i + 1}" for i in range(len(self.blocks))]
@@ -96,6 +100,9 @@ class FamilySpec:
     def digest(self) -> str:
         d = asdict(self)
         d.pop("family_id")
+        for key in _DIGEST_OPTIONAL:  # fields added later count only when set, so old digests stay valid
+            if d.get(key) is None:
+                d.pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -177,8 +184,21 @@ def train_family(
     dev = pick_device(device)
     out = _Progress(progress, log)
     ds = load_dataset(
-        spec.dataset, data_root=data_root, download=download, train_limit=spec.train_limit, test_limit=spec.test_limit
+        spec.dataset,
+        data_root=data_root,
+        download=download,
+        train_limit=spec.train_limit,
+        test_limit=spec.test_limit,
+        image_size=spec.image_size,
     )
+    base_modality = build_base(spec.base, num_classes=2).modality
+    if base_modality != ds.modality:
+        raise InputError(
+            f"{spec.base} reads {base_modality} input, {spec.dataset} is {ds.modality}",
+            field="base",
+            fix=f"pick a base for {ds.modality}: "
+            + ", ".join(n for n in base_names() if build_base(n, num_classes=2).modality == ds.modality),
+        )
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     model = build_mel(
@@ -187,9 +207,12 @@ def train_family(
         combiner=spec.combiner,
         num_classes=ds.num_classes,
         num_coarse=ds.num_coarse if spec.hierarchical else None,
+        input_shape=ds.input_shape,
+        input_dtype=ds.input_dtype,
+        base_args=ds.base_args,
     ).to(dev)
     lambdas = spec.resolved_lambdas()
-    flip = spec.dataset != "mnist5k"  # digits are not mirror-symmetric
+    flip = spec.dataset != "mnist5k" and ds.flip  # digits are not mirror-symmetric
     train_batches = Batches(
         ds, ds.train, batch_size=spec.batch_size, shuffle=True, augment=spec.augment, generator=gen, flip=flip
     )
@@ -246,7 +269,21 @@ def train_family(
         coarse_map[ds.train.labels] = ds.train.coarse
     acc, acc_coarse = accuracy_by_subset(model, test_batches, device=dev, coarse_map=coarse_map)
     meas = measure_components(model, kind=spec.combiner, latency=latency)
-    family = _family(spec, fid, ds, model, lambdas, acc, acc_coarse, meas, train_s, n_base, catalog_dir, dev)
+    family = _family(
+        spec,
+        fid,
+        ds,
+        model,
+        lambdas,
+        acc,
+        acc_coarse,
+        meas,
+        train_s,
+        n_base,
+        catalog_dir,
+        dev,
+        augmentation=train_batches.augmentation,
+    )
     if save_weights:
         weights = Path(catalog_dir) / "weights" / f"{fid}.pt"
         payload = {"config": model.config, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
@@ -364,6 +401,8 @@ def _family(
     n_base: int,
     catalog_dir,
     dev,
+    *,
+    augmentation: str = "none",
 ) -> Family:
     role = spec.resolved_role(n_base)
     training: dict[str, Any] = {
@@ -378,7 +417,7 @@ def _family(
         "weight_decay": spec.weight_decay,
         "schedule": "one-cycle (cosine)",
         "label_smoothing": spec.label_smoothing,
-        "augment": "random crop (pad 2) + horizontal flip" if spec.augment else "none",
+        "augment": augmentation,
         "hierarchical": spec.hierarchical,
         "train_samples": len(ds.train),
         "wall_s": round(train_s, 1),
@@ -407,6 +446,19 @@ def _family(
     if ref:
         data["reference"] = ref
     return Family.from_dict(data, source=str(Path(catalog_dir) / f"{fid}.json"))
+
+
+def model_inputs(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """The network config keys an entry's ``dataset`` block decides: input shape and dtype (for
+    audio and text) and the base's arguments (a text base's vocabulary size)."""
+    prep = dataset.get("preprocessing") or {}
+    out: dict[str, Any] = {}
+    if list(dataset.get("input_shape") or [3, 32, 32]) != [3, 32, 32]:
+        out["input_shape"] = list(dataset["input_shape"])
+    if prep.get("modality") == "text":
+        out["input_dtype"] = "int64"
+        out["base_args"] = {"vocab_size": len(prep["vocabulary"])}
+    return out
 
 
 def load_weights(family: Family) -> MELNet:
@@ -560,6 +612,7 @@ def weights_from_checkpoint(family: Family, checkpoint: str | Path) -> Family:
         "num_classes": int(family.dataset["num_classes"]),
         "num_coarse": None,
     }
+    config.update(model_inputs(family.dataset))
     model = MELNet(config)
     model.load_state_dict(state["model"])  # strict: the shapes must match the entry
     root = Path(family.source).parent

@@ -11,6 +11,11 @@ every block and the base's own classifier.  Combiners read upstream *features*, 
 * ``shared``: one network for every subset: like ``cnn`` but over all upstreams, with a learned
   placeholder map standing in for each missing upstream, and no batch norm (its statistics would
   mix subsets). Its size grows linearly with n instead of as 2^n.
+
+Bases for other modalities (``BaseNet.modality``: audio spectrograms, token ids) say how their exits
+and combiners pool (``pool``: avg or max) and how wide the combiners are; the input shape and dtype
+and the base's arguments (a text base's vocabulary size) come from the dataset and are kept in the
+network's ``config`` (``input_shape``, ``input_dtype``, ``base_args``), so weights reload alone.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ from melplan.train.models.registry import build_base
 
 COMBINER_KINDS = ("fc", "cnn", "shared")
 COMBINER_CHANNELS = 320
+DEFAULT_INPUT_SHAPE = (3, 32, 32)
+
+
+def pool_to(x: torch.Tensor, size, kind: str = "avg") -> torch.Tensor:
+    """Adaptive average or max pooling of an N x C x H x W map to ``size``."""
+    return F.adaptive_max_pool2d(x, size) if kind == "max" else F.adaptive_avg_pool2d(x, size)
 
 
 def subsets_of(names: Sequence[str]) -> list[tuple[str, ...]]:
@@ -58,6 +69,23 @@ class ExitHead(nn.Module):
         return self.fc(h), (self.coarse(h) if self.coarse is not None else None)
 
 
+class PoolExit(nn.Module):
+    """A light exit for small bases: pool, dropout, linear (and an optional coarse linear)."""
+
+    def __init__(
+        self, in_ch: int, num_classes: int, *, num_coarse: int | None = None, pool: str = "avg", dropout: float = 0.2
+    ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_ch, num_classes)
+        self.coarse = nn.Linear(in_ch, num_coarse) if num_coarse else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.drop(torch.flatten(pool_to(x, 1, self.pool), 1))
+        return self.fc(h), (self.coarse(h) if self.coarse is not None else None)
+
+
 class BaseHead(nn.Module):
     """The base network's own classifier, with an optional coarse head on the pooled features."""
 
@@ -74,9 +102,17 @@ class BaseHead(nn.Module):
 class Upstream(nn.Module):
     """A prefix of the base's feature stack with its exit head. ``forward`` gives (features, logits, coarse)."""
 
-    def __init__(self, base: str, blocks: int, num_classes: int, *, num_coarse: int | None = None) -> None:
+    def __init__(
+        self,
+        base: str,
+        blocks: int,
+        num_classes: int,
+        *,
+        num_coarse: int | None = None,
+        base_args: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
-        net = build_base(base, num_classes=num_classes)
+        net = build_base(base, num_classes=num_classes, **(base_args or {}))
         if not 1 <= blocks <= len(net.blocks):
             from melplan.core.errors import InputError
 
@@ -89,11 +125,14 @@ class Upstream(nn.Module):
         self.full = blocks == len(net.blocks)
         self.body = nn.Sequential(*net.blocks[:blocks])
         self.channels = net.channels[blocks - 1]
-        self.exit = (
-            BaseHead(net.head, self.channels, num_coarse)
-            if self.full
-            else ExitHead(self.channels, num_classes, num_coarse=num_coarse)
-        )
+        self.pool = net.pool
+        self.combiner_channels = net.combiner_channels
+        if self.full:
+            self.exit: nn.Module = BaseHead(net.head, self.channels, num_coarse)
+        elif net.exit == "pool":
+            self.exit = PoolExit(self.channels, num_classes, num_coarse=num_coarse, pool=net.pool)
+        else:
+            self.exit = ExitHead(self.channels, num_classes, num_coarse=num_coarse)
 
     def forward(self, x: torch.Tensor):
         f = self.body(x)
@@ -102,53 +141,74 @@ class Upstream(nn.Module):
 
 
 class FCCombiner(nn.Module):
-    def __init__(self, in_channels: Sequence[int], num_classes: int) -> None:
+    def __init__(self, in_channels: Sequence[int], num_classes: int, *, pool: str = "avg") -> None:
         super().__init__()
+        self.pool = pool
         self.fc = nn.Linear(sum(in_channels), num_classes)
 
     def forward(self, *maps: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.cat([torch.flatten(F.adaptive_avg_pool2d(m, 1), 1) for m in maps], 1))
+        return self.fc(torch.cat([torch.flatten(pool_to(m, 1, self.pool), 1) for m in maps], 1))
 
 
 class CNNCombiner(nn.Module):
-    def __init__(self, in_channels: Sequence[int], num_classes: int, *, size: int) -> None:
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        *,
+        size,
+        channels: int = COMBINER_CHANNELS,
+        pool: str = "avg",
+    ) -> None:
         super().__init__()
         self.size = size
+        self.pool = pool
         self.conv = nn.Sequential(
-            nn.Conv2d(sum(in_channels), COMBINER_CHANNELS, 1, bias=False),
-            nn.BatchNorm2d(COMBINER_CHANNELS),
+            nn.Conv2d(sum(in_channels), channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
             nn.SiLU(inplace=True),
         )
         self.drop = nn.Dropout(0.2)
-        self.fc = nn.Linear(COMBINER_CHANNELS, num_classes)
+        self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, *maps: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([F.adaptive_avg_pool2d(m, self.size) for m in maps], 1)
-        return self.fc(self.drop(torch.flatten(F.adaptive_avg_pool2d(self.conv(x), 1), 1)))
+        x = torch.cat([pool_to(m, self.size, self.pool) for m in maps], 1)
+        return self.fc(self.drop(torch.flatten(pool_to(self.conv(x), 1, self.pool), 1)))
 
 
 class SharedCombiner(nn.Module):
     """One combiner for every subset; missing upstreams are replaced by learned placeholder maps."""
 
-    def __init__(self, names: Sequence[str], in_channels: Sequence[int], num_classes: int, *, size: int) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        in_channels: Sequence[int],
+        num_classes: int,
+        *,
+        size,
+        channels: int = COMBINER_CHANNELS,
+        pool: str = "avg",
+    ) -> None:
         super().__init__()
         self.names = list(names)
         self.size = size
+        self.pool = pool
+        hw = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.placeholders = nn.ParameterDict(
-            {n: nn.Parameter(torch.zeros(1, c, size, size)) for n, c in zip(names, in_channels)}
+            {n: nn.Parameter(torch.zeros(1, c, *hw)) for n, c in zip(names, in_channels)}
         )
-        self.conv = nn.Sequential(nn.Conv2d(sum(in_channels), COMBINER_CHANNELS, 1), nn.SiLU(inplace=True))
+        self.conv = nn.Sequential(nn.Conv2d(sum(in_channels), channels, 1), nn.SiLU(inplace=True))
         self.drop = nn.Dropout(0.2)
-        self.fc = nn.Linear(COMBINER_CHANNELS, num_classes)
+        self.fc = nn.Linear(channels, num_classes)
 
     def forward_subset(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         b = next(iter(maps.values())).shape[0]
         parts = [
-            F.adaptive_avg_pool2d(maps[n], self.size) if n in maps else self.placeholders[n].expand(b, -1, -1, -1)
+            pool_to(maps[n], self.size, self.pool) if n in maps else self.placeholders[n].expand(b, -1, -1, -1)
             for n in self.names
         ]
         x = self.conv(torch.cat(parts, 1))
-        return self.fc(self.drop(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
+        return self.fc(self.drop(torch.flatten(pool_to(x, 1, self.pool), 1)))
 
 
 class SubsetView(nn.Module):
@@ -171,19 +231,33 @@ class MELNet(nn.Module):
         self.config = dict(config)
         base, blocks, kind = config["base"], list(config["blocks"]), config["combiner"]
         num_classes, num_coarse = config["num_classes"], config.get("num_coarse")
+        base_args = dict(config.get("base_args") or {})
+        self.input_shape = tuple(config.get("input_shape") or DEFAULT_INPUT_SHAPE)
+        self.input_dtype = str(config.get("input_dtype") or "float32")
         self.names = [f"u{i + 1}" for i in range(len(blocks))]
         self.kind = kind
         self.upstreams = nn.ModuleDict(
-            {n: Upstream(base, b, num_classes, num_coarse=num_coarse) for n, b in zip(self.names, blocks)}
+            {
+                n: Upstream(base, b, num_classes, num_coarse=num_coarse, base_args=base_args)
+                for n, b in zip(self.names, blocks)
+            }
         )
+        first = next(iter(self.upstreams.values()))
+        pool, width = first.pool, first.combiner_channels
         chans = {n: u.channels for n, u in self.upstreams.items()}
-        sizes = {n: _spatial(base, b) for n, b in zip(self.names, blocks)}
+        args_key = tuple(sorted(base_args.items()))
+        sizes = {n: _spatial(base, b, self.input_shape, self.input_dtype, args_key) for n, b in zip(self.names, blocks)}
         self.subsets = [s for s in subsets_of(self.names)]
         self.combiners = nn.ModuleDict()
         if len(self.names) > 1:
             if kind == "shared":
                 self.combiners["shared"] = SharedCombiner(
-                    self.names, [chans[n] for n in self.names], num_classes, size=min(sizes.values())
+                    self.names,
+                    [chans[n] for n in self.names],
+                    num_classes,
+                    size=_smallest(sizes.values()),
+                    channels=width,
+                    pool=pool,
                 )
             elif kind in ("fc", "cnn"):
                 for s in self.subsets:
@@ -191,9 +265,11 @@ class MELNet(nn.Module):
                         continue
                     ch = [chans[n] for n in s]
                     self.combiners["+".join(s)] = (
-                        FCCombiner(ch, num_classes)
+                        FCCombiner(ch, num_classes, pool=pool)
                         if kind == "fc"
-                        else CNNCombiner(ch, num_classes, size=min(sizes[n] for n in s))
+                        else CNNCombiner(
+                            ch, num_classes, size=_smallest(sizes[n] for n in s), channels=width, pool=pool
+                        )
                     )
             else:
                 from melplan.core.errors import InputError
@@ -201,6 +277,14 @@ class MELNet(nn.Module):
                 raise InputError(
                     f"unknown combiner kind '{kind}'", field="combiner", fix=f"use one of {COMBINER_KINDS}"
                 )
+
+    def example_input(self, batch: int = 1, *, seed: int = 0) -> torch.Tensor:
+        """A seeded input batch of the network's input shape and dtype (token ids for text)."""
+        gen = torch.Generator().manual_seed(seed)
+        if self.input_dtype == "int64":
+            vocab = int((self.config.get("base_args") or {}).get("vocab_size", 2))
+            return torch.randint(0, vocab, (batch, *self.input_shape), generator=gen)
+        return torch.randn(batch, *self.input_shape, generator=gen)
 
     def combiner_for(self, subset: Sequence[str]) -> nn.Module:
         """The module that answers ``subset`` from its feature maps (``module(*maps)``)."""
@@ -228,25 +312,55 @@ class MELNet(nn.Module):
 
 
 @functools.cache
-def _spatial(base: str, blocks: int) -> int:
+def _spatial(
+    base: str,
+    blocks: int,
+    input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
+    input_dtype: str = "float32",
+    base_args: tuple = (),
+) -> tuple[int, int]:
+    """(height, width) of the feature map after ``blocks`` blocks."""
     with torch.no_grad():
-        net = build_base(base, num_classes=2)
-        x = torch.zeros(1, 3, 32, 32)
+        net = build_base(base, num_classes=2, **dict(base_args))
+        dtype = torch.int64 if input_dtype == "int64" else torch.float32
+        x = torch.zeros(1, *input_shape, dtype=dtype)
         for b in net.blocks[:blocks]:
             b.eval()
             x = b(x)
-    return int(x.shape[-1])
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
+def _smallest(sizes) -> int | tuple[int, int]:
+    """The smallest height and width among feature maps; an int where the result is square (as before)."""
+    sizes = list(sizes)
+    h, w = min(s[0] for s in sizes), min(s[1] for s in sizes)
+    return h if h == w else (h, w)
 
 
 def build_mel(
-    *, base: str, blocks: Sequence[int], combiner: str, num_classes: int, num_coarse: int | None = None
+    *,
+    base: str,
+    blocks: Sequence[int],
+    combiner: str,
+    num_classes: int,
+    num_coarse: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    input_dtype: str | None = None,
+    base_args: dict[str, Any] | None = None,
 ) -> MELNet:
-    return MELNet(
-        {
-            "base": base,
-            "blocks": list(blocks),
-            "combiner": combiner,
-            "num_classes": num_classes,
-            "num_coarse": num_coarse,
-        }
-    )
+    """A MEL network; ``input_shape``, ``input_dtype`` and ``base_args`` are only recorded in the
+    config when given (image families keep their old config)."""
+    config: dict[str, Any] = {
+        "base": base,
+        "blocks": list(blocks),
+        "combiner": combiner,
+        "num_classes": num_classes,
+        "num_coarse": num_coarse,
+    }
+    if input_shape is not None and tuple(input_shape) != DEFAULT_INPUT_SHAPE:
+        config["input_shape"] = list(input_shape)
+    if input_dtype is not None and input_dtype != "float32":
+        config["input_dtype"] = input_dtype
+    if base_args:
+        config["base_args"] = dict(base_args)
+    return MELNet(config)
