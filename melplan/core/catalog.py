@@ -638,6 +638,24 @@ def _parse_family(data: Any, source: str | None) -> Family:
     weights = data.get("weights")
     if weights is not None and not isinstance(weights, str):
         ck.fail("weights", "expected a file name", "give the weights file relative to the JSON file, or drop the field")
+    if isinstance(weights, str):
+        from pathlib import PurePosixPath, PureWindowsPath
+
+        parts = PurePosixPath(weights).parts
+        if (
+            not weights
+            or PurePosixPath(weights).is_absolute()
+            or PureWindowsPath(weights).is_absolute()
+            or weights.startswith("~")
+            or ".." in parts
+            or "\\" in weights
+            or "\x00" in weights
+        ):
+            ck.fail(
+                "weights",
+                f"the weights path {weights[:100]!r} leaves the catalog folder",
+                "give a path inside the catalog folder, relative to the JSON file (e.g. weights/<id>.pt)",
+            )
 
     return Family(
         id=fid,
