@@ -9,6 +9,11 @@
    melplan.core.evaluate; the ILP is timed alone (``build_family_model`` + ``solve`` on all servers, no
    reductions, no starting plan) and inside the planner (reductions, bounds).
 
+0. The issue-12 targets side by side with today's figures (see ``TODAY``): 200 and 1,000 servers,
+   ``--time-limit 0.5`` on 2,000 servers, 5,000 servers x 40 synthetic families; each in a child
+   process, wall time from the process start (imports and loading the cluster file included), peak
+   resident memory of the child.
+
 Usage::
 
     python benchmarks/plan_scale.py                       # the shipped catalog if present, else a synthetic one
@@ -22,7 +27,6 @@ output says so.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import os
 import random
@@ -36,7 +40,6 @@ sys.path.insert(0, str(ROOT))
 from melplan.core.catalog import Combiner, Family, Upstream, load_catalog, nonempty_subsets, subset_key  # noqa: E402
 from melplan.core.cluster import Cluster, Link, Server, Workload  # noqa: E402
 from melplan.core.clustergen import generate_cluster  # noqa: E402
-from melplan.core.evaluate import RouteTable, best_accuracy_by_state, path_latency_ms  # noqa: E402
 from melplan.planner.ilp import ModelSpec, build_family_model, family_data, read_placement  # noqa: E402
 from melplan.planner.planner import PlanOptions, objective_value, plan  # noqa: E402
 from melplan.planner.solve import solve  # noqa: E402
@@ -44,9 +47,9 @@ from melplan.planner.solve import solve  # noqa: E402
 # -- a synthetic catalog -----------------------------------------------------------------------
 
 
-def synthetic_catalog(seed: int = 0) -> list[Family]:
-    """About 24 families: a reference and a backup model, MEL families with 2-4 upstreams,
-    fc (one combiner per subset) and shared combiners, several lambda settings."""
+def synthetic_catalog(seed: int = 0, families: int = 22) -> list[Family]:
+    """``families`` families (22 by default): a reference and a backup model, MEL families with 2-4
+    upstreams, fc (one combiner per subset) and shared combiners, several lambda settings."""
     rng = random.Random(seed)
     ds = {"name": "synthetic-fmnist", "num_classes": 10, "test_samples": 10000, "input_shape": [3, 32, 32]}
     fams = []
@@ -65,8 +68,11 @@ def synthetic_catalog(seed: int = 0) -> list[Family]:
 
     fams.append(single("syn-reference", 4_020_358, 8_780_000, 0.921, "reference"))
     fams.append(single("syn-backup", 310_000, 1_400_000, 0.884, "backup"))
+    k = max(0, families - 2)
+    per = {4: k // 5, 2: (k - k // 5) // 2}
+    per[3] = k - per[4] - per[2]
     for n in (2, 3, 4):
-        for variant in range(8 if n < 4 else 4):
+        for variant in range(per[n]):
             blocks = [rng.choice([3, 4, 5, 6, 8]) for _ in range(n)]
             ups = []
             for i, b in enumerate(blocks):
@@ -127,59 +133,16 @@ def synthetic_catalog(seed: int = 0) -> list[Family]:
     return fams
 
 
-# -- brute force -----------------------------------------------------------------------------------
+# -- brute force: the shared independent oracle of the tests (tests/oracle.py) ----------------------
 
-
-def _valid(family, placement, cluster) -> bool:
-    rate = cluster.workload.rate_rps
-    mem: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    for comp, servers in placement.items():
-        c = family.component(comp)
-        for s in servers:
-            mem[s] = mem.get(s, 0.0) + c.memory_bytes
-            cpu[s] = cpu.get(s, 0.0) + c.macs * rate
-    if any(mem[s] > cluster.server(s).memory_bytes or cpu[s] > cluster.server(s).compute_gmacs * 1e9 for s in mem):
-        return False
-    slo = cluster.workload.latency_slo_ms
-    if slo is None:
-        return True
-    ups = {u: placement[u][0] for u in family.upstream_names}
-    if any(path_latency_ms(family, cluster, u, ups, None, None) > slo for u in family.upstream_names):
-        return False
-    return all(
-        path_latency_ms(family, cluster, subset_key(s), ups, c.name, srv) <= slo
-        for c in family.combiners
-        for srv in placement.get(c.name, ())
-        for s in c.serves
-    )
+sys.path.insert(0, str(ROOT / "tests"))
+import oracle  # noqa: E402
 
 
 def brute_force(family, cluster, replicas=1):
     """Best exact expected accuracy over every valid placement (and how many were scored)."""
-    names = cluster.names
-    sets = [c for k in range(replicas + 1) for c in itertools.combinations(names, k)]
-    best, count = -1.0, 0
-    for ups in itertools.permutations(names, family.n):
-        base = {u: (s,) for u, s in zip(family.upstream_names, ups)}
-        for combo in itertools.product(*[sets for _ in family.combiners]):
-            placement = dict(base)
-            placement.update({c.name: r for c, r in zip(family.combiners, combo) if r})
-            if not _valid(family, placement, cluster):
-                continue
-            count += 1
-            table = RouteTable(family, placement, cluster)
-            b = best_accuracy_by_state(table)
-            prob = 1.0
-            import numpy as np
-
-            m = len(table.used)
-            states = np.arange(1 << m)
-            prob = np.ones(1 << m)
-            for i, s in enumerate(table.used):
-                p = cluster.server(s).failure_prob
-                prob *= np.where((states >> i) & 1, 1 - p, p)
-            best = max(best, float(prob @ b))
+    count = sum(1 for pl in oracle.placements(family, cluster, replicas) if oracle.valid(family, pl, cluster))
+    best, _ = oracle.brute_force(family, cluster, replicas=replicas)
     return best, count
 
 
@@ -206,6 +169,96 @@ def small_cluster(seed: int, m: int = 6) -> Cluster:
 # -- the runs ----------------------------------------------------------------------------------------
 
 
+# -- the issue-12 targets, each in a child process (wall from process start, peak RSS) -------------
+
+# Today's figures: measured on the pre-change code (commit f93844b, `melplan plan` on the same
+# generated clusters, shipped 9-family catalog, nice -n 19 on this shared 2-core machine), or
+# reported by issue 12 where they could not be re-measured in the session.
+TODAY = {
+    "200": "0.33 s, 59 MB (f93844b, earlier run)",
+    "1000": "5.02 s, 283 MB (f93844b, earlier run)",
+    "tl2000": "37.6 s, exit 1 no plan (f93844b, earlier)",
+    "5000x40": "issue: 426 s, 5.5 GB with 9 families",
+}
+
+
+def cli_run(tree: Path, cluster: Path, catalog: Path, time_limit: float, gap: float, timeout: float) -> dict:
+    """``melplan plan`` of the code in ``tree`` as a child process: wall time and peak memory of the
+    whole process (imports and loading included), by /usr/bin/time when present."""
+    import json
+    import shutil
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    cmd = [sys.executable, "-m", "melplan", "plan", "--servers", str(cluster), "--catalog", str(catalog)]
+    cmd += ["--max-failures", "2", "--gap", str(gap), "--time-limit", str(time_limit), "--json"]
+    timer = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
+    if timer:
+        cmd = [timer, "-f", "@@ %e %M"] + cmd
+    t = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tree, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"still running after {timeout:g} s (stopped)", "wall_s": timeout}
+    wall, peak = time.perf_counter() - t, None
+    for line in done.stderr.splitlines():
+        if line.startswith("@@ "):
+            wall, peak = float(line.split()[1]), float(line.split()[2]) / 1024
+    if done.returncode != 0:
+        last = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith("@@")]
+        return {"error": (last or ["?"])[-1][:90], "wall_s": wall, "peak_mb": peak}
+    try:
+        plan_doc = json.loads(done.stdout[done.stdout.index("{") :])
+    except ValueError:
+        return {"error": "no JSON on stdout", "wall_s": wall, "peak_mb": peak}
+    sv = plan_doc.get("solver", {})
+    return {"wall_s": wall, "peak_mb": peak, "status": sv.get("status"), "gap": sv.get("gap")}
+
+
+def _fmt(r: dict) -> str:
+    mb = "" if r.get("peak_mb") is None else f", {r['peak_mb']:.0f} MB"
+    if "error" in r:
+        return f"{r['wall_s']:.2f} s{mb}, FAILED: {r['error']}"
+    gap = "unknown" if r["gap"] is None else f"{r['gap']:.1e}"
+    return f"{r['wall_s']:.2f} s{mb}, {r['status']}, gap {gap}"
+
+
+def targets(shipped: Path, baseline: Path | None) -> None:
+    import tempfile
+
+    from melplan.core.catalog import save_family
+    from melplan.core.cluster import dump_cluster_yaml
+
+    tmp = Path(tempfile.mkdtemp(prefix="plan-scale-"))
+    syn40 = tmp / "catalog-40"
+    for fam in synthetic_catalog(0, 40):
+        save_family(fam, syn40)
+    rows = [
+        ("200", "200 servers, shipped catalog, k=2, gap 1%", 200, shipped, 30.0, None, None),
+        ("1000", "1,000 servers, shipped catalog, k=2, gap 1%", 1000, shipped, 30.0, 5.0, None),
+        ("tl2000", "2,000 servers, --time-limit 0.5", 2000, shipped, 0.5, 1.5, None),
+        ("5000x40", "5,000 servers x 40 synthetic families, k=2", 5000, syn40, 60.0, 30.0, 2048.0),
+    ]
+    print("\n[0] issue-12 targets: `melplan plan ... --max-failures 2 --gap 0.01 --json` as a child process")
+    print("    (wall and peak memory of the whole process: imports and loading included)")
+    print(f"    {'run':<44} {'today (f93844b)':<46} {'now':<46} target")
+    for key, label, n, catalog, tl, t_max, mb_max in rows:
+        path = tmp / f"cluster-{n}.yaml"
+        path.write_text(dump_cluster_yaml(generate_cluster(n, seed=0)))
+        if baseline is not None and key != "5000x40":
+            today = _fmt(cli_run(baseline, path, catalog, tl, 0.01, 600))
+        else:
+            today = TODAY[key]
+        r = cli_run(ROOT, path, catalog, tl, 0.01, 600)
+        ok = "error" not in r and (t_max is None or r["wall_s"] <= t_max)
+        ok = ok and (mb_max is None or (r.get("peak_mb") or 0) <= mb_max)
+        if key == "5000x40":
+            ok = ok and r.get("gap") is not None and r["gap"] <= 0.01
+        target = "-" if t_max is None else f"<= {t_max:g} s" + ("" if mb_max is None else f", <= {mb_max:g} MB")
+        verdict = "" if t_max is None else ("MET" if ok else "MISSED")
+        print(f"    {label:<44} {today:<46} {_fmt(r):<46} {target} {verdict}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -219,6 +272,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="solver threads (HiGHS)")
     ap.add_argument("--solver", default=None, choices=["highs", "cbc"])
     ap.add_argument("--small-instances", type=int, default=3, help="6-server instances for the brute-force ratio")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout of the pre-change code (git worktree add DIR f93844b) to measure 'today' side by side",
+    )
+    ap.add_argument("--skip-targets", action="store_true", help="skip [0], the issue-12 target runs")
     args = ap.parse_args()
 
     shipped = ROOT / "catalog" / "fashion-mnist"
@@ -230,8 +290,10 @@ def main() -> int:
         cat, what = synthetic_catalog(args.seed), "SYNTHETIC catalog (seeded, sizes and accuracies made up)"
     print(
         f"melplan plan scale benchmark: {what}, {len(cat)} families; {os.cpu_count()} CPU(s) visible, "
-        f"threads={args.threads or 'solver default'}"
+        f"threads={args.threads or 'solver default'}; load average {os.getloadavg()[0]:.2f} at start"
     )
+    if not args.skip_targets:
+        targets(shipped, args.baseline)
 
     # 1. scale
     cl = generate_cluster(args.servers, seed=args.seed)
@@ -299,8 +361,7 @@ def main() -> int:
     pick = [
         next((f for f in cat if f.n == 2), None),
         next((f for f in cat if f.n == 3 and len(f.combiners) == 1), None),
-        next((f for f in cat if f.n == 3 and len(f.combiners) > 1), None),
-    ]
+    ]  # (a 3-upstream fc family, 4 combiners, has ~290k placements on 6 servers: too many for the oracle)
     fams = [f for f in pick if f is not None] or [f for f in cat if f.n <= 2][:2]
     header = (
         f"    {'instance':<34} {'R':>1} {'placements':>10} {'brute s':>8} {'ILP s':>7} {'planner s':>9} "

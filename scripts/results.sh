@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate every number and picture quoted in docs/results.md into docs/results/.
 #   bash scripts/results.sh            (about 5 minutes on a 2-core machine; needs no training)
+#   BASELINE=DIR: a checkout of f93844b (git worktree add DIR f93844b) for the side-by-side scale table
 # The catalog itself is reproduced by `melplan sweep sweeps/fashion-mnist.yaml` (hours on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ run plan-edge-site-12 $m plan --servers examples/edge-site-12.yaml --catalog cat
 run plan-worst-case   $m plan --servers examples/edge-site-12.yaml --catalog catalog/fashion-mnist --objective worst-case --max-failures 1
 run simulate-cluster-4  $m simulate --plan $out/plan-cluster-4.json --servers examples/cluster-4.yaml --catalog catalog/fashion-mnist --hours 8760 --seed 0 --plot $out/simulate-cluster-4.png --force
 run simulate-edge-site-12 $m simulate --plan $out/plan-edge-site-12.json --servers examples/edge-site-12.yaml --catalog catalog/fashion-mnist --hours 8760 --seed 0 --plot $out/simulate-edge-site-12.png --force
-run bench-plan-scale  python3 benchmarks/plan_scale.py
+run examples-network  python3 scripts/examples_network.py
+run bench-plan-scale  python3 benchmarks/plan_scale.py --baseline "${BASELINE:-/tmp/melplan-f93844b}"
 run bench-selector    python3 benchmarks/selector.py --replan
 run bench-train-step  python3 benchmarks/train_step.py

@@ -54,7 +54,8 @@ def test_imagefolder_seeded_split_keeps_pixels_and_records_preprocessing(tmp_pat
     found = {img.tobytes() for img in pixels}
     assert all(x[0].numpy().tobytes() in found for x in stored)
     prep = ds.info["preprocessing"]
-    assert prep["modality"] == "image" and prep["size"] == [28, 28] and prep["color"] == "RGB"
+    assert prep["modality"] == "image" and prep["size"] == prep["raw_size"] == [28, 28]
+    assert prep["decode"]["color"] == "RGB" and prep["channels"] == prep["raw_channels"] == 3
     mean = ds.train.images.double().div(255).mean(dim=(0, 2, 3))
     assert prep["mean"] == pytest.approx(mean.tolist(), abs=1e-4)
     assert ds.info["split"] == {"kind": "seeded", "seed": 0, "test_fraction": 0.2, "stratified": True}

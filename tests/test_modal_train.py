@@ -54,14 +54,21 @@ def test_train_imagefolder_from_the_cli_writes_an_entry(tmp_path):
     )
     assert r.exit_code == 0, r.output
     fam = load_catalog(cat).families[0]
+    assert fam.upstreams[0].extra.get("feature_shape", [0, 0, 0])[1:] == [6, 6]  # measured at 24x24: stem /4
     assert fam.dataset["name"] == "imagefolder" and fam.dataset["input_shape"] == [3, 24, 24]
     assert fam.dataset["classes"] == ["class0", "class1", "class7"]
     prep = fam.dataset["preprocessing"]
-    assert prep["size"] == [24, 24] and len(prep["mean"]) == 3 and fam.dataset["split"]["kind"] == "seeded"
+    assert (
+        prep["size"] == prep["raw_size"] == [24, 24]
+        and len(prep["mean"]) == 3
+        and fam.dataset["split"]["kind"] == "seeded"
+    )
     assert fam.training["augment"] == "random crop (pad 2)"
     check_entry(fam, "image")
     ds = load_dataset("imagefolder", data_root=data, image_size=24)
     assert reevaluate(fam, ds) == pytest.approx(dict(fam.accuracy), abs=1e-6)
+    x, _, _ = next(iter(Batches(ds, ds.test, batch_size=4, shuffle=False, augment=False)))
+    assert tuple(x.shape[1:]) == (3, 24, 24)
 
 
 def test_train_imagefolder_wrong_base_for_the_modality_exits_2(tmp_path):

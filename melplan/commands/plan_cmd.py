@@ -351,6 +351,17 @@ def render(result, cluster, catalog, servers_file: str) -> str:
         f"  expected accuracy {plan.expected_accuracy:.5f} (exact), all up {plan.accuracy_all_up:.4f}, "
         f"worst with {worst_txt}"
     )
+    net = plan.extra.get("network") or {}
+    if net.get("ingress"):
+        lines.append(
+            f"  ingress {net['ingress']}: down {100 * net['ingress_down_probability']:.2f}% of the time, costing "
+            f"{net['ingress_share']:.4f} expected accuracy (the worst case counts failures of the other servers)"
+        )
+    if net.get("relays"):
+        lines.append(f"  relays on its paths: {', '.join(net['relays'])} (their failures are counted)")
+    if net.get("accuracy_by_domain_down"):
+        doms = ", ".join(f"{k} {v:.4f}" for k, v in net["accuracy_by_domain_down"].items())
+        lines.append(f"  accuracy with a whole failure domain down: {doms}")
     counts: dict[str, int] = {}
     for o in result.considered:
         counts[o.status] = counts.get(o.status, 0) + 1

@@ -48,6 +48,9 @@ def shipped_catalog_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "catalog"
 
 
+DEFAULT_DATASET = "fashion-mnist"  # what the default catalog plans when it holds several datasets
+
+
 def default_catalog_dir() -> Path:
     """``$MELPLAN_CATALOG``, else ``./catalog`` when it exists, else the shipped catalog
     (:func:`shipped_catalog_dir`), whatever the working directory."""
@@ -334,7 +337,13 @@ def load_family(path: str | os.PathLike) -> Family:
 
 
 def load_catalog(root: str | os.PathLike | None = None, *, dataset: str | None = None) -> Catalog:
-    """Load every ``*.json`` family under ``root`` (recursively). Raises CatalogError when empty."""
+    """Load every ``*.json`` family under ``root`` (recursively). Raises CatalogError when empty.
+
+    Without ``root`` (the default catalog, which ships several datasets: catalog/fashion-mnist beside
+    catalog/fsdd and catalog/trec) and without ``dataset``, only ``DEFAULT_DATASET``'s families are
+    kept, so ``melplan plan --servers ...`` plans Fashion-MNIST as it always did; pass ``--catalog
+    catalog/fsdd`` or ``--dataset`` for the others."""
+    default = root is None
     root = Path(root) if root is not None else default_catalog_dir()
     if not root.exists():
         raise CatalogError(
@@ -356,6 +365,9 @@ def load_catalog(root: str | os.PathLike | None = None, *, dataset: str | None =
         seen[f.id] = f.source or ""
     if dataset is not None:
         families = [f for f in families if f.dataset.get("name") == dataset]
+    elif default and len({f.dataset.get("name") for f in families}) > 1:
+        if any(f.dataset.get("name") == DEFAULT_DATASET for f in families):
+            families = [f for f in families if f.dataset.get("name") == DEFAULT_DATASET]
     if not families:
         what = f" for dataset '{dataset}'" if dataset else ""
         raise EmptyCatalogError(

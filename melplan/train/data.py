@@ -106,19 +106,21 @@ class Dataset:
 
 
 def image_preprocessing(ds: Dataset) -> dict:
-    """What ``to_input`` does to a stored image, as data: uint8 pixels scaled by 1/255, normalised
-    per channel, 28x28 padded by 2 (with the value of a black pixel), grey replicated to 3 channels."""
-    h, w = (int(x) for x in ds.train.images.shape[-2:])
+    """What ``to_input`` does to a stored image, as the catalog's ``dataset.preprocessing`` record in
+    the serving format (``melplan.core.preprocessing``): uint8 pixels divided by ``scale``,
+    normalised per channel, centred-padded to ``size`` with the value of a black pixel (28x28 -> 32x32),
+    grey replicated to ``channels``."""
+    c, h, w = (int(d) for d in ds.train.images.shape[1:])
     return {
         "modality": "image",
-        "channels": int(ds.train.images.shape[1]),
-        "size": [h, w],
-        "resize": None,
-        "scale": 1 / 255,
-        "mean": list(ds.mean),
-        "std": list(ds.std),
-        "pad": 2 if (h, w) == (28, 28) else 0,
-        "replicate_to": 3,
+        "raw_channels": c,
+        "raw_size": [h, w],
+        "scale": 255.0,
+        "mean": [round(float(m), 6) for m in ds.mean],
+        "std": [round(float(s), 6) for s in ds.std],
+        "size": [32, 32] if (h, w) == (28, 28) else [h, w],
+        "pad_value": 0.0,
+        "channels": 3,
     }
 
 
@@ -303,6 +305,7 @@ class Batches:
         self.flip = flip
         self.gen = generator
         self.modality = ds.modality
+        self.pad28 = tuple(ds.input_shape[-2:]) == (32, 32)  # built-in 28x28 sets are padded; imagefolder is not
         self.mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(ds.std).view(1, -1, 1, 1)
 
@@ -324,7 +327,7 @@ class Batches:
             if self.modality != "image":  # audio features and token ids are stored as the network input
                 x = self.split.images[idx]
             else:
-                x = to_input(self.split.images[idx], self.mean, self.std)
+                x = to_input(self.split.images[idx], self.mean, self.std, pad28=self.pad28)
                 if self.augment:
                     x = self._augment(x)
             coarse = None if self.split.coarse is None else self.split.coarse[idx]
@@ -342,11 +345,12 @@ class Batches:
         return x.contiguous()
 
 
-def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W -> normalised float N x 3 x 32 x 32 (28x28 images are padded by 2)."""
+def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, pad28: bool = True) -> torch.Tensor:
+    """uint8 N x C x H x W -> normalised float N x 3 x H x W (28x28 images are padded by 2 to 32x32
+    unless ``pad28`` is off: the user's own images are stored at the size the entry records)."""
     x = images.float().div_(255.0)
     x = (x - mean) / std
-    if x.shape[-1] == 28:
+    if pad28 and x.shape[-1] == 28:
         x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=float((-mean / std).flatten()[0]))
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)

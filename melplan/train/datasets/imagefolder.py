@@ -113,17 +113,17 @@ def load_imagefolder(root, *, image_size: int = 32) -> Dataset:
     pixels = xtr.astype(np.float64) / 255.0
     mean = tuple(round(float(v), 4) for v in pixels.mean(axis=(0, 2, 3)))
     std = tuple(round(max(float(v), 1e-3), 4) for v in pixels.std(axis=(0, 2, 3)))
-    prep = {
+    prep = {  # the serving record of melplan.core.preprocessing, plus how files become raw pixels
         "modality": "image",
-        "channels": 3,
-        "color": "RGB",
-        "size": [image_size, image_size],
-        "resize": {"size": [image_size, image_size], "method": "bilinear (PIL)"},
-        "scale": 1 / 255,
+        "raw_channels": 3,
+        "raw_size": [image_size, image_size],
+        "scale": 255.0,
         "mean": list(mean),
         "std": list(std),
-        "pad": 0,
-        "replicate_to": 3,
+        "size": [image_size, image_size],
+        "pad_value": 0.0,
+        "channels": 3,
+        "decode": {"color": "RGB", "resize": [image_size, image_size], "method": "bilinear (PIL)"},
     }
     return Dataset(
         "imagefolder",
