@@ -311,14 +311,14 @@ def _check_plan_fields(data: Mapping[str, Any], fail: Any) -> None:
     if "objective" in data and not isinstance(data["objective"], str):
         fail("objective", f"expected a string, got {data['objective']!r}"[:200], fix)
     for key in ("expected_accuracy", "accuracy_all_up"):
-        if key in data and data[key] is not None and not _is_number(data[key], 0.0, 1.0):
+        if key in data and not _is_number(data[key], 0.0, 1.0):
             fail(key, f"expected an accuracy in [0, 1], got {data[key]!r}"[:200], fix)
     wca = data.get("worst_case_accuracy")
     if wca is not None:
         if not isinstance(wca, Mapping):
             fail("worst_case_accuracy", f"expected an object of k -> accuracy, got {wca!r}"[:200], fix)
         for k, v in wca.items():
-            if v is not None and not _is_number(v, 0.0, 1.0):
+            if not _is_number(v, 0.0, 1.0):
                 fail(f"worst_case_accuracy.{k}", f"expected an accuracy in [0, 1], got {v!r}"[:200], fix)
     fallback = data.get("fallback")
     if fallback is not None and (not isinstance(fallback, list) or not all(isinstance(x, Mapping) for x in fallback)):
