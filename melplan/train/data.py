@@ -65,6 +65,31 @@ class Split:
         return Split(self.images[:n], self.labels[:n], None if self.coarse is None else self.coarse[:n])
 
 
+def carve_validation(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Split a training set into (train, validation): ``round(fraction * n)`` samples, stratified by
+    class (each class contributes its share), chosen by a permutation seeded with ``seed``. The
+    test split is never touched. Both parts keep their original order."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(split), generator=gen)
+    take = torch.zeros(len(split), dtype=torch.bool)
+    n_val = round(fraction * len(split))
+    labels = split.labels[order]
+    for c in torch.unique(split.labels).tolist():
+        members = order[labels == c]
+        take[members[: round(fraction * len(members))]] = True
+    # per-class rounding can miss the total by a few samples: adjust along the same permutation
+    extra = n_val - int(take.sum())
+    if extra > 0:
+        take[order[~take[order]][:extra]] = True
+    elif extra < 0:
+        take[order[take[order]][:(-extra)]] = False
+
+    def part(mask: torch.Tensor) -> Split:
+        return Split(split.images[mask], split.labels[mask], None if split.coarse is None else split.coarse[mask])
+
+    return part(~take), part(take)
+
+
 @dataclass(frozen=True)
 class Dataset:
     name: str

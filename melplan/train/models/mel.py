@@ -110,9 +110,10 @@ class Upstream(nn.Module):
         *,
         num_coarse: int | None = None,
         base_args: dict[str, Any] | None = None,
+        pretrained: bool = False,
     ) -> None:
         super().__init__()
-        net = build_base(base, num_classes=num_classes, **(base_args or {}))
+        net = build_base(base, num_classes=num_classes, pretrained=pretrained, **(base_args or {}))
         if not 1 <= blocks <= len(net.blocks):
             from melplan.core.errors import InputError
 
@@ -231,6 +232,7 @@ class MELNet(nn.Module):
         self.config = dict(config)
         base, blocks, kind = config["base"], list(config["blocks"]), config["combiner"]
         num_classes, num_coarse = config["num_classes"], config.get("num_coarse")
+        pretrained = bool(config.get("pretrained", False))  # initialisation only; weights files override it
         base_args = dict(config.get("base_args") or {})
         self.input_shape = tuple(config.get("input_shape") or DEFAULT_INPUT_SHAPE)
         self.input_dtype = str(config.get("input_dtype") or "float32")
@@ -238,7 +240,7 @@ class MELNet(nn.Module):
         self.kind = kind
         self.upstreams = nn.ModuleDict(
             {
-                n: Upstream(base, b, num_classes, num_coarse=num_coarse, base_args=base_args)
+                n: Upstream(base, b, num_classes, num_coarse=num_coarse, base_args=base_args, pretrained=pretrained)
                 for n, b in zip(self.names, blocks)
             }
         )
@@ -347,6 +349,7 @@ def build_mel(
     input_shape: Sequence[int] | None = None,
     input_dtype: str | None = None,
     base_args: dict[str, Any] | None = None,
+    pretrained: bool = False,
 ) -> MELNet:
     """A MEL network; ``input_shape``, ``input_dtype`` and ``base_args`` are only recorded in the
     config when given (image families keep their old config)."""
@@ -363,4 +366,6 @@ def build_mel(
         config["input_dtype"] = input_dtype
     if base_args:
         config["base_args"] = dict(base_args)
+    if pretrained:
+        config["pretrained"] = True
     return MELNet(config)

