@@ -6,6 +6,7 @@ import click
 
 from melplan.commands.common import (
     FiniteFloat,
+    check_writable,
     echo_json,
     force_option,
     json_option,
@@ -254,6 +255,8 @@ def simulate(
 
     refuse_overwrite(plot_path, force, "--plot")
     refuse_overwrite(write_trace_path, force, "--write-trace")
+    check_writable(plot_path, "--plot")
+    check_writable(write_trace_path, "--write-trace")
     options = SimOptions(
         policy=Policy.named(policy, grace_s=grace_s, hold_down_s=hold_down_s),
         detection_s=DEFAULT_DETECTION_S if detection_s is None else detection_s,

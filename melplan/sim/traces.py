@@ -168,17 +168,10 @@ def load_trace(
     path: str | os.PathLike, *, servers: Iterable[str] | None = None, horizon_s: float | None = None
 ) -> Trace:
     """Read a CSV trace file; raises :class:`TraceError` when it is unreadable or malformed."""
+    from melplan.core.fileio import read_text_limited
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TraceError(
-            f"cannot read the file ({exc.strerror})", file=str(path), fix="check the path given to --trace"
-        ) from None
-    except UnicodeDecodeError:
-        raise TraceError(
-            "not a text file", file=str(path), fix="give a CSV file with columns time_s,server,state"
-        ) from None
+    text = read_text_limited(path, error=TraceError, fix="check the path given to --trace")
     return parse_trace(text, servers=servers, horizon_s=horizon_s, source=str(path))
 
 
