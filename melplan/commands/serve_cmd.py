@@ -9,13 +9,11 @@ from typing import Any
 
 import click
 
-from melplan.commands.common import catalog_option, table
+from melplan.commands.common import force_option, plan_catalog_option, plan_option, servers_option, table
 
 
 @click.command("serve")
-@click.option(
-    "--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan file from `melplan plan --out`."
-)
+@plan_option
 @click.option("--port", type=int, default=8000, show_default=True, help="Gateway port (0 picks a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Gateway address (0.0.0.0 to expose it).")
 @click.option(
@@ -25,12 +23,8 @@ from melplan.commands.common import catalog_option, table
     type=click.Path(file_okay=False),
     help="Folder for deployment.json, the family entry and component logs.",
 )
-@click.option(
-    "--servers",
-    "cluster_path",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Cluster file (a v1 plan needs it for latencies and re-plans; a v2 plan embeds it).",
+@servers_option(
+    required=False, help="Cluster file (a v1 plan needs it for latencies and re-plans; a v2 plan embeds it)."
 )
 @click.option(
     "--policy",
@@ -43,8 +37,8 @@ from melplan.commands.common import catalog_option, table
 @click.option("--restart/--no-restart", default=True, show_default=True, help="Start a component again when it dies.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads per component.")
 @click.option("--ready-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for readiness.")
-@click.option("--force", is_flag=True, help="Replace a deployment.json left by an earlier run.")
-@catalog_option
+@force_option
+@plan_catalog_option
 def serve(
     plan_path: str,
     port: int,

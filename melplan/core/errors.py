@@ -123,3 +123,33 @@ class ObjectiveError(InputError):
 
 class NoFamilyMatchesError(InfeasiblePlanError):
     """No family of the catalog satisfies every ``--pick`` constraint."""
+
+
+class ProtocolError(Exception):
+    """A request the server refuses; ``status`` is the HTTP status (4xx) to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class CallFailed(Exception):
+    """A component call that failed; ``status`` is the HTTP status when one came back."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.status = status
+
+    @property
+    def server_fault(self) -> bool:
+        """A dead, hung, loading or broken server (not a request the component refused as bad)."""
+        return self.status is None or self.status >= 500
+
+
+class ServeError(MelplanError):
+    """The deployment could not start (a component failed to load, a port is taken, ...)."""
+
+    exit_code = 1

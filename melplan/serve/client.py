@@ -18,23 +18,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from melplan.core.errors import CallFailed
 from melplan.serve.protocol import HEADER_LENGTH, ProtocolError, decode_response, encode_request
-
-
-class CallFailed(Exception):
-    """A component call that failed; ``status`` is the HTTP status when one came back."""
-
-    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
-        super().__init__(f"{url}: {reason}")
-        self.url = url
-        self.reason = reason
-        self.status = status
-
-    @property
-    def server_fault(self) -> bool:
-        """A dead, hung, loading or broken server (not a request the component refused as bad)."""
-        return self.status is None or self.status >= 500
-
 
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, http.client.BadStatusLine)
 

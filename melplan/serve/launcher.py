@@ -27,18 +27,12 @@ from typing import Any
 
 from melplan.core.catalog import Family
 from melplan.core.cluster import Cluster
-from melplan.core.errors import InputError, MelplanError, PlanFileError
+from melplan.core.errors import InputError, MelplanError, PlanFileError, ServeError
 from melplan.core.fileio import atomic_write_json
 from melplan.core.plan import Plan
 from melplan.runtime.selector import ReplanResult
 from melplan.serve.gateway import DEFAULT_HEARTBEAT_MS, DEFAULT_TIMEOUT_MS, Endpoint, Gateway
 from melplan.serve.httpserver import OIPServer
-
-
-class ServeError(MelplanError):
-    """The deployment could not start (a component failed to load, a port is taken, ...)."""
-
-    exit_code = 1
 
 
 @dataclass

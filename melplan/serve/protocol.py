@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from melplan.core.errors import ProtocolError
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 # datatype name -> numpy dtype (little-endian, as the protocol's binary extension sends them)
@@ -51,15 +53,6 @@ def package_version() -> str:
         return version("melplan")
     except PackageNotFoundError:
         return "unknown"
-
-
-class ProtocolError(Exception):
-    """A request the server refuses; ``status`` is the HTTP status (4xx) to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
