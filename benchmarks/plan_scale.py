@@ -356,7 +356,10 @@ def main() -> int:
     )
 
     # 3. ILP vs brute force on 6 servers
-    print("\n[3] ILP vs brute force, 6 servers, exact expected accuracy (every state), R = combiner replicas")
+    print(
+        "\n[3] ILP vs brute force (tests/oracle.py), 6 servers with an ingress, exact expected accuracy "
+        "(every state), R = combiner replicas"
+    )
     # a 2-upstream family, a 3-upstream family with a shared combiner, a 3-upstream fc family (4 combiners)
     pick = [
         next((f for f in cat if f.n == 2), None),
@@ -384,11 +387,13 @@ def main() -> int:
         t = time.perf_counter()
         pr = plan([fam], cl6, PlanOptions(combiner_replicas=reps, gap=0.0, threads=args.threads, solver=args.solver))
         t_pl = time.perf_counter() - t
-        same = abs(ilp_val - bf) < 1e-9 and abs(pr.plan.expected_accuracy - bf) < 1e-9
+        # the same optimum up to the planner's optimality tolerance (relative 1e-7, docs/ilp.md)
+        diff = max(abs(ilp_val - bf), abs(pr.plan.expected_accuracy - bf))
+        same = diff <= 1e-7 * max(1.0, bf)
         ratios.append(t_bf / t_ilp)
         print(
             f"    {fam.id[:26] + ' seed ' + str(100 + k):<34} {reps:>1} {count:>10,} {t_bf:8.3f} {t_ilp:7.3f} "
-            f"{t_pl:9.3f} {t_bf / t_ilp:9.1f} {t_bf / t_pl:13.1f}  {'yes' if same else 'NO'}"
+            f"{t_pl:9.3f} {t_bf / t_ilp:9.1f} {t_bf / t_pl:13.1f}  {'yes' if same else 'NO'} (max diff {diff:.1e})"
         )
     geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
     print(f"    geometric mean brute/ILP time ratio: {geo:.1f}x")
