@@ -198,3 +198,27 @@ def test_progress_goes_to_the_callback_and_a_proven_plan_says_so():
     assert res.proven_optimal and res.plan.solver["status"] == "optimal" and res.plan.solver["gap"] <= 1e-7
     assert not any("NOT proven" in n for n in res.notes)
     assert lines == []  # a run this short prints no progress
+
+
+def test_progress_goes_to_stderr_and_json_stays_clean(monkeypatch, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    import melplan.planner.planner as driver
+    from melplan.cli import main
+    from melplan.core.cluster import dump_cluster_yaml
+
+    monkeypatch.setattr(driver, "PROGRESS_AFTER_S", -1.0)  # report every family, however short the run
+    path = tmp_path / "site.yaml"
+    path.write_text(dump_cluster_yaml(make_site(6, seed=3)))
+    for quiet in (False, True):
+        args = ["plan", "--servers", str(path), "--json"] + (["--quiet"] if quiet else [])
+        res = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert res.exit_code == 0
+        doc = json.loads(res.stdout)  # exactly one JSON document on stdout
+        assert doc["network"]["ingress"] == "s0"
+        lines = [ln for ln in res.stderr.splitlines() if "families searched" in ln]
+        assert (lines == []) == quiet
+        if not quiet:
+            assert "best" in lines[-1] and "bound" in lines[-1]
