@@ -11,9 +11,9 @@ planned one after another by weight (each on what the previous left) and each pl
 The site is synthetic and seeded (``site(servers, services, seed)`` below): servers with a small
 memory budget set aside for models (0.6-4 MiB: the shipped models are 0.5-16 MiB) and compute of
 2-40 GMAC/s, so that the reliable servers are contested; failure probabilities log-normal around
-3% (a few very reliable servers).  Services draw a catalog from every catalog shipped under
-catalog/ (only catalog/fashion-mnist when this was written), a rate of 20-400 requests/s, a weight of
-1-5, and a subset of the catalog's families: "all", "small" (the families whose upstreams are the
+3% (a few very reliable servers).  Services take the catalogs under catalog/ in turn
+(fashion-mnist, fsdd, fsdd-heldout, trec when this was written), a rate of 20-400 requests/s, a weight
+of 1-5, and a subset of the catalog's families: "all", "small" (the families whose upstreams are the
 smallest) or "pairs" (single models and two-upstream ensembles).  Those subsets are derived from
 the real catalogs, nothing is invented: a service that may only run some models.
 """

@@ -67,3 +67,23 @@ def test_shipped_weights_reproduce_the_catalog_accuracy(name, dataset):
     assert len(with_weights) >= 3
     for fam in with_weights:
         assert reevaluate(fam, ds) == pytest.approx(dict(fam.accuracy), abs=1e-6), fam.id
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_retraining_a_shipped_text_family_from_its_sweep_reproduces_it(tmp_path):
+    """The sweep file is the recipe: the same spec and seed on one thread give the shipped numbers."""
+    torch = pytest.importorskip("torch")
+    from melplan.train.trainer import sweep_specs, train_family
+
+    spec = next(s for s, _ in sweep_specs(ROOT / "sweeps" / "trec.yaml") if s.blocks == (2,))
+    shipped = load_catalog(ROOT / "catalog" / "trec").get("trec-textcnn-b2-s0")
+    assert spec.val_fraction == 0 and spec.epochs == shipped.training["epochs"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fam = train_family(spec, catalog_dir=tmp_path, latency=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert fam.accuracy == pytest.approx(dict(shipped.accuracy), abs=0.01)
+    assert fam.params == shipped.params and [u.macs for u in fam.upstreams] == [u.macs for u in shipped.upstreams]

@@ -176,3 +176,21 @@ def test_trec_vocabulary_comes_from_the_training_split_only():
     assert ds.base_args == {"vocab_size": len(vocab)}
     first = (ROOT / "data/trec/TREC.test.all").read_text(errors="replace").splitlines()[0].partition(" ")[2]
     assert text_input(first, prep).tolist() == ds.test.images[0].tolist()
+
+
+def test_batches_of_raw_audio_and_text():
+    from melplan.core.audio import audio_batch
+    from melplan.core.text import text_batch
+
+    prep = {"sample_rate": 8000, "features": LOGMEL_DEFAULTS, "mean": -10.0, "std": 5.0}
+    pcm = (np.random.default_rng(0).standard_normal((2, 4000)) * 3000).astype(np.int16)
+    out = audio_batch(pcm, prep)
+    assert out.shape == (2, 1, 40, 61) and out.dtype == np.float32
+    assert np.array_equal(out[1], audio_input(pcm[1].astype(np.float32) / 32768.0, 8000, prep))
+    with pytest.raises(InputError, match="INT16"):
+        audio_batch(np.zeros(10, np.int16), prep)
+    vocab = ["<pad>", "<unk>", "who", "?"]
+    tprep = {"tokenizer": "lower-alnum-punct", "vocabulary": vocab, "max_len": 3}
+    assert text_batch([b"Who?", "who who who who"], tprep).tolist() == [[2, 3, 0], [2, 2, 2]]
+    with pytest.raises(InputError, match="UTF-8"):
+        text_batch([b"\xff\xfe"], tprep)

@@ -114,3 +114,17 @@ def _subsets(n: int):
 
     names = [f"u{i + 1}" for i in range(n)]
     return [c for r in range(1, n + 1) for c in itertools.combinations(names, r)]
+
+
+def test_same_seed_same_initialisation_whether_or_not_shapes_were_cached():
+    from melplan.train.models import build_mel
+    from melplan.train.models.mel import _spatial
+
+    def build():
+        torch.manual_seed(0)
+        return build_mel(base="dscnn", blocks=(2, 3), combiner="fc", num_classes=10, input_shape=(1, 40, 61))
+
+    _spatial.cache_clear()
+    cold = build().state_dict()
+    warm = build().state_dict()  # the spatial probes now come from the cache
+    assert all(torch.equal(cold[k], warm[k]) for k in cold)

@@ -175,7 +175,7 @@ def test_memory_binds_in_the_oracle_instances():
 
 # -- the services file ----------------------------------------------------------------------------
 
-EXAMPLE = ROOT / "examples" / "site-6-services.yaml"
+EXAMPLE = ROOT / "examples" / "site-6-fmnist-services.yaml"
 
 
 def write_site(tmp_path, services, cluster="cluster.yaml"):
@@ -314,3 +314,16 @@ def test_simulate_accepts_a_service_of_the_site_plan(site_plan):
     assert data["services"]["returns"]["family"] in json.dumps(doc)
     res = CliRunner().invoke(main, ["simulate", "--plan", str(out), "--hours", "10"])
     assert res.exit_code == 2 and "--service" in res.output
+
+
+def test_three_datasets_on_one_site():
+    """The multi-dataset example: images, spoken digits and questions share the six boxes."""
+    site = load_site(ROOT / "examples" / "site-6-services.yaml")
+    datasets = {next(iter(s.catalog)).dataset["name"] for s in site.services}
+    assert datasets == {"fashion-mnist", "fsdd", "trec"}
+    res = plan_site(site, SiteOptions(time_limit_s=60))
+    assert res.gap <= 0.01
+    assert res.plans["helpdesk"].expected_accuracy >= 0.85  # its floor
+    assert not res.baselines["alone"]["fits"]
+    for name, u in res.servers.items():
+        assert u["memory_mb"] <= site.cluster.server(name).memory_mb * (1 + 1e-9)

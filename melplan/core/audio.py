@@ -116,3 +116,20 @@ def audio_input(samples: np.ndarray, sample_rate: int, prep: Mapping[str, Any], 
         )
     feats = log_mel(samples, prep["features"])
     return ((feats - np.float32(prep["mean"])) / np.float32(prep["std"]))[None].astype(np.float32)
+
+
+def audio_batch(samples: np.ndarray, prep: Mapping[str, Any], *, what: str = "input") -> np.ndarray:
+    """A batch of raw clips at the entry's sample rate -> FP32 ``[N, 1, n_mels, frames]``.
+
+    ``samples``: ``INT16 [N, S]`` (16-bit PCM) or ``FP32 [N, S]`` in [-1, 1); clips are cut or
+    zero-padded to the entry's clip length. Raises InputError for another shape or dtype."""
+    arr = np.asarray(samples)
+    if arr.ndim != 2 or arr.shape[1] == 0 or arr.dtype not in (np.int16, np.float32, np.float64):
+        raise InputError(
+            f"audio of shape {list(arr.shape)} and type {arr.dtype}",
+            file=what,
+            fix=f"send INT16 [N, samples] (16-bit PCM, mono, {int(prep['sample_rate'])} Hz) or FP32 in [-1, 1)",
+        )
+    x = arr.astype(np.float32) / 32768.0 if arr.dtype == np.int16 else arr.astype(np.float32)
+    rate = int(prep["sample_rate"])
+    return np.stack([audio_input(row, rate, prep, what=what) for row in x])

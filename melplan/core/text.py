@@ -63,3 +63,19 @@ def text_input(text: Any, prep: Mapping[str, Any], *, what: str = "input") -> np
     if not isinstance(text, str) or not text.strip():
         raise InputError("expected a non-empty sentence (a JSON string)", file=what, fix='send {"text": "..."}')
     return encode([text], prep["vocabulary"], int(prep["max_len"]))[0]
+
+
+def text_batch(texts: Sequence[Any], prep: Mapping[str, Any], *, what: str = "input") -> np.ndarray:
+    """Sentences (``str`` or UTF-8 ``bytes``, as an Open Inference Protocol ``BYTES`` tensor carries
+    them) -> INT64 ``[N, max_len]``. Raises InputError for an empty batch or undecodable bytes."""
+    if len(texts) == 0:
+        raise InputError("no sentences", file=what, fix="send BYTES [N] with N >= 1 UTF-8 sentences")
+    out = []
+    for t in texts:
+        if isinstance(t, (bytes, bytearray)):
+            try:
+                t = bytes(t).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError("a sentence is not valid UTF-8", file=what, fix="encode text as UTF-8") from None
+        out.append(text_input(t, prep, what=what))
+    return np.stack(out)

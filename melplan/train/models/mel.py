@@ -321,8 +321,10 @@ def _spatial(
     input_dtype: str = "float32",
     base_args: tuple = (),
 ) -> tuple[int, int]:
-    """(height, width) of the feature map after ``blocks`` blocks."""
-    with torch.no_grad():
+    """(height, width) of the feature map after ``blocks`` blocks. Builds a throw-away base under a
+    forked random state, so that whether the answer was cached does not change the initialisation of
+    the network being built (same spec and seed, same family, whatever was trained before)."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
         net = build_base(base, num_classes=2, **dict(base_args))
         dtype = torch.int64 if input_dtype == "int64" else torch.float32
         x = torch.zeros(1, *input_shape, dtype=dtype)
