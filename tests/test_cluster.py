@@ -55,7 +55,7 @@ MALFORMED = [
     ("missing memory", GOOD.replace("memory_mb: 512, ", ""), "memory_mb", "missing"),
     ("missing compute", GOOD.replace("compute_gmacs: 20, ", ""), "compute_gmacs", "missing"),
     ("missing failure probability", GOOD.replace(", failure_prob: 0.02", ""), "failure_prob", "missing"),
-    ("probability 1", GOOD.replace("failure_prob: 0.02", "failure_prob: 1.0"), "failure_prob", "< 1"),
+    ("probability 1", GOOD.replace("failure_prob: 0.02", "failure_prob: 1.0"), "failure_prob", "<= 0.99"),
     ("negative probability", GOOD.replace("failure_prob: 0.02", "failure_prob: -0.1"), "failure_prob", ">= 0"),
     ("probability as text", GOOD.replace("failure_prob: 0.02", "failure_prob: high"), "failure_prob", "number"),
     (

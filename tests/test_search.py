@@ -301,7 +301,7 @@ def test_state_from_other_settings_is_refused(tmp_path):
         S.run_search(replace(st, epochs=2), budget=2, out_dir=tmp_path, evaluate=Recorder(st), plot=False)
     assert exc.value.field == "settings.epochs" and exc.value.exit_code == 2
     (tmp_path / S.STATE_FILE).write_text("{not json")
-    with pytest.raises(S.SearchStateError, match="cannot read"):
+    with pytest.raises(S.SearchStateError, match="not valid JSON"):
         S.run_search(st, budget=2, out_dir=tmp_path, evaluate=Recorder(st), plot=False)
 
 

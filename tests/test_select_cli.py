@@ -108,7 +108,7 @@ def test_simulate_trace_json_matches_a_hand_computation(files):
     assert plan["accuracy"] == pytest.approx((1 * 0.9 + 2 * 0.8 + 1 * 0.9) / 4, abs=1e-6)
     assert plan["availability"] == 1.0
     assert [s["key"] for s in d["strategies"]] == ["plan", "cold-restart", "backup", "cloud"]
-    assert d["floor"] == pytest.approx(0.9 * 0.95) and "reference" in d["floor_source"]
+    assert d["floor"] == pytest.approx(0.9 * 0.95) and "best single model" in d["floor_source"]
 
 
 def test_simulate_generated_trace_table_plot_and_replay(files):
@@ -144,7 +144,7 @@ def test_simulate_generated_trace_table_plot_and_replay(files):
         "below floor (h)",
         "plan: ",
         "cold restart",
-        "compressed backup",
+        "smaller backup",
         "cloud failover",
         "Assumptions:",
         "seed=4",

@@ -373,9 +373,14 @@ def test_replan_after_grace_moves_components_and_records_everything():
     assert calls[0].current_family is family
     assert [str(a) for a in res.actions] == ["start u2 on s2", "stop u2 on s1"]
     assert res.bytes_moved == family.upstream("u2").weight_bytes == sel.bytes_moved
+    # readiness: u2 on s2 is pending until it reports ready; the old placement (u1 alone) serves meanwhile
+    assert res.pending == (("u2", "s2"),) and sel.pending == {("u2", "s2")}
+    assert sel.route().answer == "u1" and sel.history[-1].pending == (("u2", "s2"),)
+    assert sel.status(now=311.0).pending == (("u2", "s2"),)
+    assert sel.mark_ready("u2", "s2", now=340.0).answer == "u1+u2"
     assert sel.route().answer == "u1+u2" and not sel.route().degraded and sel.route().generation == 1
-    assert "s1" not in sel.route().servers
-    assert [r.kind for r in sel.history] == ["down", "wait", "replan"] and sel.history[-1].changed
+    assert "s1" not in sel.route().servers and sel.pending == frozenset()
+    assert [r.kind for r in sel.history] == ["down", "wait", "replan", "ready"] and sel.history[-1].changed
     assert "next check at t=310" in sel.history[1].detail and not sel.history[1].changed
     assert sel.tick(now=400.0) is None  # nothing left to do
     # s1 comes back: counted as recovered only after the hold-down, then re-planned with it
@@ -399,7 +404,8 @@ def test_replan_failure_is_recorded_and_backed_off():
     )
     sel.mark_down("s1", now=0.0)
     assert sel.tick(now=0.0) is None
-    assert sel.history[-1].kind == "replan-failed" and "fewer servers" in sel.history[-1].detail
+    assert sel.history[-1].kind == "replan-failed" and "fewer servers" in sel.history[-1].failure
+    assert "grace" in sel.history[-1].detail and sel.history[-1].to_dict()["failure"] == sel.history[-1].failure
     assert sel.replan_failures == 1 and sel.next_due(now=1.0) == 60.0
     assert sel.tick(now=30.0) is None and sel.replans == 1
     sel.tick(now=60.0)

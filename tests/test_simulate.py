@@ -17,7 +17,7 @@ from melplan.core.cluster import Cluster, Link, Server, Workload
 from melplan.core.errors import InfeasiblePlanError, InputError, PlanFileError, TraceError
 from melplan.core.plan import Plan
 from melplan.runtime.reconcile import Policy
-from melplan.sim.simulate import SimOptions, baseline_families, binned_series, fitting_servers, plot_report, simulate
+from melplan.sim.simulate import SimOptions, binned_series, choose_baselines, fitting_servers, plot_report, simulate
 from melplan.sim.traces import (
     Trace,
     TraceEvent,
@@ -187,7 +187,8 @@ def test_failed_replans_are_noted_not_raised():
 
 def test_long_run_matches_the_exact_expected_accuracy():
     fam = make_family(3, seed=1)
-    cluster = make_cluster(6, seed=2, memory=(4, 16))
+    # no ingress: the evaluator of this branch does not count the ingress's own failures yet
+    cluster = replace(make_cluster(6, seed=2, memory=(4, 16)), ingress=None)
     placement = {
         "u1": ("s0",),
         "u2": ("s1",),
@@ -286,42 +287,46 @@ def test_observed_events_are_delayed_and_debounced():
 # -- baselines, plot ----------------------------------------------------------------------------
 
 
-def test_baseline_families_by_role_by_size_and_from_the_reference_block():
+def test_baselines_are_the_best_trained_single_models():
     fam, cluster, plan, catalog, ref = hand_setup()
-    r, b, how = baseline_families(catalog, fam)
-    assert (r.id, b.id) == ("full", "small") and "role" in how
-    plain = Catalog(tuple(replace(f, extra={}) for f in catalog))
-    r, b, how = baseline_families(plain, fam)
-    assert (r.id, b.id) == ("full", "small") and "largest" in how
-    r, b, how = baseline_families(Catalog((fam,)), fam)
-    assert r is not None and r.accuracy_all_up == fam.reference["accuracy"] and b is None
-    assert r.upstreams[0].weight_bytes == 4 * fam.reference["params"]
+    m = choose_baselines(catalog, fam, cluster)
+    assert (m.primary.id, m.backup.id, m.cloud.id) == ("full", "small", "full")
+    assert m.primary_servers[0] == "d" and m.backup_server == "e"
+    # an under-trained reference: the better (smaller) single model is the primary, the reference is
+    # used nowhere (it is larger than the primary, so not a backup), and the backup is a hot replica
+    weak = Catalog((fam, replace(ref, accuracy={"u1": 0.70}), catalog.get("small")))
+    m = choose_baselines(weak, fam, cluster)
+    assert (m.primary.id, m.backup.id, m.cloud.id) == ("small", "small", "small") and "hot replica" in m.how
+    rep = simulate(plan, fam, cluster, trace_of([(1, "d", "down"), (2, "d", "up")], 4), catalog=weak)
+    assert rep.floor == pytest.approx(0.9 * 0.85) and "small" in rep.floor_source
+    assert "hot replica" in rep.strategy("backup").label
+    # without single models: the family's reference block; without that either: not deployable
+    m = choose_baselines(Catalog((fam,)), fam, cluster)
+    assert m.primary is not None and m.primary.accuracy_all_up == fam.reference["accuracy"]
+    assert m.primary.upstreams[0].weight_bytes == 4 * fam.reference["params"]
     no_ref = replace(fam, reference=None)
-    assert baseline_families(Catalog((no_ref,)), no_ref)[0] is None
-    # a backup-role model is never taken as the reference, nor a model as its own backup
-    only_backup = Catalog((no_ref, catalog.get("small")))
-    r, b, how = baseline_families(only_backup, no_ref)
-    assert r is None and b.id == "small"
-    r, b, how = baseline_families(Catalog((fam, catalog.get("full"))), fam)
-    assert r.id == "full" and b is None and "no backup" in how
+    assert choose_baselines(Catalog((no_ref,)), no_ref, cluster).primary is None
     rep = simulate(
         plan,
         no_ref,
         cluster,
         trace_of([(1, "a", "down")], 2),
-        catalog=only_backup,
+        catalog=Catalog((no_ref,)),
         options=SimOptions(policy=Policy.named("failover-only")),
     )
     assert [s.deployable for s in rep.strategies] == [True, False, False, False]
-    assert "no reference model" in rep.strategy("cold-restart").note
+    assert "no single model" in rep.strategy("cold-restart").note
 
 
 def test_baselines_that_fit_nowhere_are_reported_not_deployable():
     fam, cluster, plan, catalog, ref = hand_setup()
     huge = replace(ref, upstreams=(replace(ref.upstreams[0], weight_bytes=10**12),))
-    cat = Catalog(tuple(huge if f.id == "full" else f for f in catalog))
     ok, why = fitting_servers(huge, cluster)
     assert ok == [] and "MiB" in why["d"]
+    # the full model fits nowhere: the small one runs at the edge, the cloud runs the full one
+    m = choose_baselines(Catalog((fam, huge, catalog.get("small"))), fam, cluster)
+    assert (m.primary.id, m.cloud.id) == ("small", "full")
+    cat = Catalog((fam, huge))
     rep = simulate(
         plan,
         fam,
@@ -352,10 +357,12 @@ def test_unknown_trace_server_and_bad_plan_are_input_errors():
 
 
 def test_binned_series_and_plot(tmp_path):
-    starts, mean, low, gap = binned_series([(0.0, 0.9), (30.0, 0.0), (40.0, 0.5)], 100.0, 4)
+    # no answer (None) is kept apart: it lowers neither the mean nor the minimum of a bin, it is a gap
+    starts, mean, low, gap = binned_series([(0.0, 0.9), (30.0, None), (40.0, 0.5), (80, None)], 100.0, 4)
     assert starts == [0, 25, 50, 75]
-    assert mean == pytest.approx([0.9, (5 * 0.9 + 10 * 0 + 10 * 0.5) / 25, 0.5, 0.5])
-    assert low == [0.9, 0.0, 0.5, 0.5] and gap == [0, 10, 0, 0]
+    assert mean == pytest.approx([0.9, (5 * 0.9 + 10 * 0.5) / 15, 0.5, 0.5])
+    assert low == [0.9, 0.5, 0.5, 0.5] and gap == [0, 10, 0, 20]
+    assert binned_series([(0.0, None)], 10.0, 2) == ([0, 5], [None, None], [None, None], [5, 5])
     fam, cluster, plan, catalog, _ = hand_setup()
     rep = simulate(
         plan,
@@ -429,7 +436,7 @@ def test_failover_only_equals_integrating_the_oracle_over_the_trace(n, seed, row
     table = RouteTable(fam, placement, cluster)
     up, t, total, answered = set(cluster.names), 0.0, 0.0, 0.0
     for time_s, server, state in events + [(100.0, None, None)]:
-        r = table.route(up)
+        r = table.route(up if cluster.ingress in up else ())  # nothing answers while the ingress is down
         total += r.accuracy * (time_s - t)
         answered += (time_s - t) if r.answer is not None else 0.0
         t = time_s

@@ -142,8 +142,13 @@ def test_checkpoint_of_another_spec_is_refused(tmp_path):
     other = FamilySpec(
         **{**TINY, "train_limit": 64, "test_limit": 50, "finetune_epochs": 0, "family_id": "same-id", "lr": 0.01}
     )
-    with pytest.raises(TrainingError, match="different spec"):
+    # the entry of that id is protected first (issue 11), before any training step
+    with pytest.raises(InputError, match="different recipe") as e:
         train_family(other, catalog_dir=tmp_path, checkpoint_dir=tmp_path / "ck", latency=False)
+    assert e.value.field == "--id"
+    # with --force the entry may be replaced, and the checkpoint of the other spec is still refused
+    with pytest.raises(TrainingError, match="different spec"):
+        train_family(other, catalog_dir=tmp_path, checkpoint_dir=tmp_path / "ck", latency=False, force=True)
 
 
 def test_lambda_parsing_and_errors():

@@ -59,8 +59,10 @@ class FiniteFloat(click.ParamType):
 
     name = "NUMBER"
 
-    def __init__(self, min: float | None = None, max: float | None = None, *, min_open: bool = False) -> None:
-        self.min, self.max, self.min_open = min, max, min_open
+    def __init__(
+        self, min: float | None = None, max: float | None = None, *, min_open: bool = False, max_open: bool = False
+    ) -> None:
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if value is None:
@@ -73,8 +75,8 @@ class FiniteFloat(click.ParamType):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         if self.min is not None and (v <= self.min if self.min_open else v < self.min):
             self.fail(f"{value} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
-        if self.max is not None and v > self.max:
-            self.fail(f"{value} must be <= {self.max:g}", param, ctx)
+        if self.max is not None and (v >= self.max if self.max_open else v > self.max):
+            self.fail(f"{value} must be {'<' if self.max_open else '<='} {self.max:g}", param, ctx)
         return v
 
 
@@ -153,6 +155,68 @@ def refuse_overwrite(path: str | None, force: bool, option: str) -> None:
             field=option,
             fix="pass --force to overwrite it, or choose another path",
         )
+
+
+def check_writable(path: str | None, option: str, *, directory: bool = False) -> None:
+    """Before any work: raise :class:`InputError` when ``path`` (a file, or with ``directory`` a
+    folder that will be created) cannot be written: an ancestor is a file, or the nearest existing
+    folder is not writable."""
+    import os
+    from pathlib import Path
+
+    from melplan.core.errors import InputError
+
+    if not path:
+        return
+    p = Path(path).absolute()
+    if p.exists():
+        if directory and not p.is_dir():
+            raise InputError("exists and is not a directory", file=str(path), field=option, fix="choose a folder path")
+        if not directory and p.is_dir():
+            raise InputError("is a directory", file=str(path), field=option, fix="give a file path")
+        target = p if directory else p.parent
+        if not os.access(target, os.W_OK | os.X_OK) or (not directory and not os.access(p, os.W_OK)):
+            raise InputError("is not writable", file=str(path), field=option, fix="choose a path you can write to")
+        return
+    ancestor = p.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(
+            f"cannot be created: {ancestor} is a file, not a folder",
+            file=str(path),
+            field=option,
+            fix="choose a path under a folder",
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(
+            f"cannot be created: the folder {ancestor} is not writable",
+            file=str(path),
+            field=option,
+            fix="choose a path you can write to",
+        )
+
+
+def save_or_rescue(save: Callable[[str], Any], path: str, option: str, what: str) -> str:
+    """``save(path)``; when that fails (the disk filled up, permissions changed after the check), save
+    to a file in the temporary folder instead and say so on stderr, so a result is never lost.
+    Returns the path written."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    try:
+        save(path)
+        return path
+    except OSError as exc:
+        fd, rescue = tempfile.mkstemp(prefix=f"melplan-{what}-", suffix=Path(path).suffix or ".out")
+        os.close(fd)
+        save(rescue)
+        click.echo(
+            f"Error: {path}: cannot write {option} ({exc.strerror or exc}); the {what} was saved to {rescue} instead.",
+            err=True,
+        )
+        return rescue
 
 
 def echo_json(obj: Any) -> None:

@@ -6,6 +6,7 @@ import click
 
 from melplan.commands.common import (
     FiniteFloat,
+    check_writable,
     echo_json,
     json_option,
     plan_catalog_option,
@@ -73,6 +74,7 @@ def export(
             namespace=namespace,
             overhead_mib=0.0 if overhead_mib is None else overhead_mib,
         )
+    check_writable(out_dir, "--out", directory=True)
     result = export_plan(plan_path, fmt, out_dir, catalog_dir=catalog_dir, k8s=options, service=service)
     for w in result.warnings:
         click.echo(f"Warning: {w}", err=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import echo_json, force_option, json_option, refuse_overwrite, table
+from melplan.commands.common import check_writable, echo_json, force_option, json_option, refuse_overwrite, table
 from melplan.core.catalog import Catalog, load_catalog
 from melplan.core.errors import InputError
 from melplan.pareto.front import DEFAULT_OBJECTIVES, KNOWN_NAMES, ParetoResult, analyse
@@ -151,6 +151,7 @@ def pareto(
       melplan pareto --pick "params<=0.4*reference, acc_weakest_single>=0.85" --prefer acc_all_up
     """
     refuse_overwrite(plot_path, force, "--plot")
+    check_writable(plot_path, "--plot")
     catalog = load_catalogs(catalog_dirs, dataset)
     result = analyse(catalog, objectives, dataset=dataset, pick=pick, prefer=prefer, weights=weights)
     written = None

@@ -5,12 +5,15 @@ from __future__ import annotations
 import click
 
 from melplan.commands.common import (
+    FiniteFloat,
     catalog_option,
+    check_writable,
     echo_json,
     force_option,
     json_option,
     quiet_option,
     refuse_overwrite,
+    save_or_rescue,
     servers_option,
     table,
     verbose_option,
@@ -66,7 +69,7 @@ class FailuresType(click.ParamType):
 )
 @click.option(
     "--min-accuracy-under-failure",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloat(0.0, 1.0),
     default=None,
     help="Only plans that keep at least this accuracy whichever K servers (1 with 'all') fail.",
 )
@@ -86,14 +89,14 @@ class FailuresType(click.ParamType):
 )
 @click.option(
     "--time-limit",
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=FiniteFloat(min=0.0, min_open=True, max=7 * 86400.0),
     default=30.0,
     show_default=True,
     help="Seconds for the whole planning run; the status says when it stopped the search.",
 )
 @click.option(
     "--gap",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    type=FiniteFloat(0.0, 1.0, max_open=True),
     default=None,
     help="Relative optimality gap at which the search may stop [default: 0.0001; 0.01 with --services].",
 )
@@ -137,6 +140,7 @@ def plan(
     from melplan.planner.planner import plan as run_plan
 
     refuse_overwrite(out_file, force, "--out")
+    check_writable(out_file, "--out")
     if services_file is not None:
         given = [
             opt
@@ -163,6 +167,13 @@ def plan(
         raise InputError("missing", field="--servers", fix="give --servers cluster.yaml (or --services services.yaml)")
     gap = 1e-4 if gap is None else gap
     cluster = load_cluster(cluster_path)
+    if isinstance(max_failures, int) and max_failures > len(cluster.servers):
+        raise InputError(
+            f"{max_failures} is more than the cluster's {len(cluster.servers)} servers",
+            file=cluster_path,
+            field="--max-failures",
+            fix=f"give at most {len(cluster.servers)}, or 'all'",
+        )
     catalog = load_catalog(catalog_dir, dataset=dataset)
     datasets = sorted({str(f.dataset.get("name")) for f in catalog})
     if len(datasets) > 1:
@@ -186,7 +197,7 @@ def plan(
     )
     result = run_plan(catalog, cluster, options)
     if out_file:
-        result.plan.save(out_file)
+        out_file = save_or_rescue(result.plan.save, out_file, "--out", "plan")
     if as_json:
         echo_json(result.plan.to_dict())
         return
@@ -210,7 +221,7 @@ def _plan_site(services_file, objective, max_failures, combiner_replicas, solver
     )
     result = plan_site(site, options)
     if out_file:
-        result.save(out_file)
+        out_file = save_or_rescue(result.save, out_file, "--out", "plan")
     if as_json:
         echo_json(result.to_dict())
         return

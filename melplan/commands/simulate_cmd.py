@@ -6,6 +6,7 @@ import click
 
 from melplan.commands.common import (
     FiniteFloat,
+    check_writable,
     echo_json,
     force_option,
     json_option,
@@ -16,6 +17,23 @@ from melplan.commands.common import (
     table,
     verbose_option,
 )
+
+
+def _pairs(items: tuple[str, ...], option: str) -> dict[str, float]:
+    from melplan.core.errors import InputError
+
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise InputError(
+                f"expected NAME=SECONDS, got {item!r}", field=option, fix=f"write e.g. {option} cloud=2"
+            ) from None
+        if not sep or not name.strip():
+            raise InputError(f"expected NAME=SECONDS, got {item!r}", field=option, fix=f"write e.g. {option} cloud=2")
+    return out
 
 
 def _bytes(n: float) -> str:
@@ -46,7 +64,22 @@ def _bytes(n: float) -> str:
     "trace_path",
     default=None,
     type=click.Path(dir_okay=False),
-    help="Failure trace CSV with columns time_s,server,state (down/up).",
+    help="Failure trace: a CSV with columns time_s,server,state (down/up), or a real record (--trace-format).",
+)
+@click.option(
+    "--trace-format",
+    type=click.Choice(["csv", "lanl", "fta"]),
+    default="csv",
+    show_default=True,
+    help="csv: melplan's trace; lanl: the LANL failure record (.csv/.csv.xz); fta: a Failure Trace Archive "
+    "event_trace.tab(.xz) such as Grid'5000. Real records are mapped onto the servers with --seed.",
+)
+@click.option(
+    "--trace-nodes",
+    default=None,
+    metavar="SEL",
+    help="Real records: lanl, the system number [default: 2]; fta, a node-name prefix such as G1/site1/c1 "
+    "[default: every node].",
 )
 @click.option(
     "--hours",
@@ -54,7 +87,12 @@ def _bytes(n: float) -> str:
     default=None,
     help="Horizon in hours: generate failures (with --seed), or cut a --trace.",
 )
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the generated trace [default: 0].")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Seed of the generated trace, or of the mapping of a real record's nodes onto servers [default: 0].",
+)
 @click.option(
     "--default-mttr",
     "default_mttr_h",
@@ -113,21 +151,36 @@ def _bytes(n: float) -> str:
     "detection_s",
     type=FiniteFloat(0.0),
     default=None,
-    help="Heartbeat detection delay in seconds, for every strategy [default: 10].",
+    help="Heartbeat detection delay in seconds, for every strategy [default: 10, an assumption].",
+)
+@click.option(
+    "--detection-for",
+    "detection_for",
+    multiple=True,
+    metavar="STRATEGY=S",
+    help="Detection delay of one strategy (plan, cold-restart, backup, cloud); repeatable.",
 )
 @click.option(
     "--load",
     "load_s",
     type=FiniteFloat(0.0),
     default=None,
-    help="Seconds to start a component (cold restart, re-plan) [default: 60].",
+    help="Seconds to start any component or model (re-plan, cold restart) [default: measured, by size: "
+    "benchmarks/component_load.py].",
+)
+@click.option(
+    "--load-for",
+    "load_for",
+    multiple=True,
+    metavar="NAME=S",
+    help="Load time of one component (u1, u1+u2) or strategy (plan, cold-restart); repeatable.",
 )
 @click.option(
     "--wan-ms",
     "wan_rtt_ms",
     type=FiniteFloat(0.0),
     default=None,
-    help="Cloud failover: WAN round trip in ms [default: 80].",
+    help="Cloud failover: WAN round trip in ms [default: 40, an assumption; see docs/results.md].",
 )
 @click.option(
     "--wan-mbps",
@@ -158,6 +211,8 @@ def simulate(
     cluster_path: str | None,
     catalog_dir: str | None,
     trace_path: str | None,
+    trace_format: str,
+    trace_nodes: str | None,
     hours: float | None,
     seed: int | None,
     default_mttr_h: float | None,
@@ -169,7 +224,9 @@ def simulate(
     replan_time_limit_s: float | None,
     any_family: bool,
     detection_s: float | None,
+    detection_for: tuple[str, ...],
     load_s: float | None,
+    load_for: tuple[str, ...],
     wan_rtt_ms: float | None,
     wan_mbps: float | None,
     plot_path: str | None,
@@ -190,7 +247,6 @@ def simulate(
     from melplan.runtime.reconcile import Policy
     from melplan.sim.simulate import (
         DEFAULT_DETECTION_S,
-        DEFAULT_LOAD_S,
         DEFAULT_WAN_MBPS,
         DEFAULT_WAN_RTT_MS,
         SimOptions,
@@ -199,10 +255,14 @@ def simulate(
 
     refuse_overwrite(plot_path, force, "--plot")
     refuse_overwrite(write_trace_path, force, "--write-trace")
+    check_writable(plot_path, "--plot")
+    check_writable(write_trace_path, "--write-trace")
     options = SimOptions(
         policy=Policy.named(policy, grace_s=grace_s, hold_down_s=hold_down_s),
         detection_s=DEFAULT_DETECTION_S if detection_s is None else detection_s,
-        load_s=DEFAULT_LOAD_S if load_s is None else load_s,
+        load_s=load_s,
+        detection_by=_pairs(detection_for, "--detection-for"),
+        load_by=_pairs(load_for, "--load-for"),
         wan_rtt_ms=DEFAULT_WAN_RTT_MS if wan_rtt_ms is None else wan_rtt_ms,
         wan_mbps=DEFAULT_WAN_MBPS if wan_mbps is None else wan_mbps,
         floor=floor,
@@ -214,6 +274,8 @@ def simulate(
         service=service,
         catalog_dir=catalog_dir,
         trace_path=trace_path,
+        trace_format=trace_format,
+        trace_nodes=trace_nodes,
         hours=hours,
         seed=seed,
         default_mttr_h=default_mttr_h,
@@ -232,6 +294,7 @@ def simulate(
         return
     dropped = f"; {rep.dropped_after_horizon} row(s) after the horizon ignored" if rep.dropped_after_horizon else ""
     click.echo(f"Simulated {rep.hours:g} h, {rep.events} failure/recovery events ({rep.trace_source}{dropped}).")
+    click.echo(f"Baselines: {rep.baselines}.")
     click.echo(
         f"Plan {rep.plan_family}: exact expected accuracy under independent failures "
         f"{rep.expected_accuracy:.4f}; floor {rep.floor:.4f} ({rep.floor_source})."
@@ -259,12 +322,25 @@ def simulate(
             align="lrrrrrl",
         )
     )
+    plan_row = rep.strategy("plan")
+    if plan_row.failed_replans:
+        click.echo(f"Failed re-plans ({plan_row.failed_replans}), by reason:")
+        for reason, n in plan_row.failure_reasons:
+            click.echo(f"  {n:>5} x replan-failed: {reason}")
     o = rep.options
+    loads = sorted(set(round(v, 3) for _, v in rep.load_times))
+    load_txt = (
+        f"{o.load_s:g} s"
+        if o.load_s is not None
+        else ("measured by size: " + ", ".join(f"{v:g} s" for v in loads) if loads else "measured by size")
+    )
+    det = ", ".join(f"{k} {v:g} s" for k, v in sorted(o.detection_by.items()))
     click.echo(
         f"Assumptions: policy {o.policy.name} (grace {o.policy.grace_s:g} s, hold-down {o.policy.hold_down_s:g} s, "
         f"replanner {replanner}), "
-        f"detection {o.detection_s:g} s, load {o.load_s:g} s, WAN {o.wan_rtt_ms:g} ms / {o.wan_mbps:g} Mbit/s. "
-        "Re-plans column: re-plans for the plan, restarts for cold restart."
+        f"detection {o.detection_s:g} s{f' ({det})' if det else ''}, load {load_txt}, "
+        f"WAN {o.wan_rtt_ms:g} ms / {o.wan_mbps:g} Mbit/s. "
+        "Re-plans column: re-plans applied for the plan (failed ones are listed above), restarts for cold restart."
     )
     if run.plot:
         click.echo(f"Wrote {run.plot}.")

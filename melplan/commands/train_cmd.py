@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from melplan.commands.common import FiniteFloat, IntList, Shard, quiet_option, seed_option
+from melplan.commands.common import FiniteFloat, IntList, Shard, force_option, quiet_option, seed_option
 
 
 def _set_threads(threads: int | None) -> None:
@@ -122,6 +122,7 @@ def _set_threads(threads: int | None) -> None:
 )
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@force_option
 @quiet_option
 def train(
     base,
@@ -151,6 +152,7 @@ def train(
     checkpoint_dir,
     device,
     threads,
+    force,
     quiet,
 ):
     """Train a MEL family (or a single model) jointly, fine-tune its combiners, measure every
@@ -191,6 +193,7 @@ def train(
         save_weights=save_weights,
         checkpoint_dir=checkpoint_dir,
         log=lambda m: click.echo(m, err=True),
+        force=force,
     )
     _summary(fam)
 

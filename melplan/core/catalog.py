@@ -11,7 +11,6 @@ for the ``shared`` kind, serves several subsets through one network (optional ``
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import re
@@ -328,21 +327,12 @@ def _lambda_label(f: Family) -> str:
 
 
 def load_family(path: str | os.PathLike) -> Family:
+    """Read and validate one family JSON file (bounded, strict UTF-8 JSON: see
+    :func:`melplan.core.fileio.parse_json_text`); raises CatalogError naming file, field and fix."""
+    from melplan.core.fileio import load_json_file
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CatalogError(
-            f"cannot read the file ({exc.strerror})", file=str(path), fix="check the path and its permissions"
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CatalogError(
-            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-            file=str(path),
-            fix="repair the JSON syntax or regenerate the file with `melplan train`",
-        ) from None
+    data = load_json_file(path, error=CatalogError, fix="check the path and its permissions")
     return _parse_family(data, str(path))
 
 
@@ -396,6 +386,9 @@ def save_family(family: Family, root: str | os.PathLike) -> Path:
 # -- validation ------------------------------------------------------------------------------
 
 
+MAX_COUNT = 1e15  # parameters, MACs, bytes, latencies: nothing real is larger
+
+
 class _Checker:
     def __init__(self, source: str | None) -> None:
         self.source = source
@@ -426,9 +419,12 @@ class _Checker:
             return default
         v = obj[key]
         ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok or (isinstance(v, float) and not math.isfinite(v)):
+        if isinstance(v, bool) or not ok or abs(v) > MAX_COUNT or (isinstance(v, float) and not math.isfinite(v)):
+            shown = f"an integer of {len(str(abs(v)))} digits" if isinstance(v, int) and abs(v) > 1e18 else repr(v)
             self.fail(
-                fld, f"expected a {'whole ' if integer else ''}number, got {v!r}", f"set '{key}' to a number >= {low:g}"
+                fld,
+                f"expected a finite {'whole ' if integer else ''}number of at most {MAX_COUNT:g}, got {shown}",
+                f"set '{key}' to a number >= {low:g}",
             )
         if v < low:
             self.fail(fld, f"must be >= {low:g}, got {v!r}", f"set '{key}' to a number >= {low:g}")
@@ -482,9 +478,37 @@ def _parse_family(data: Any, source: str | None) -> Family:
     dataset = ck.mapping(data["dataset"], "dataset")
     if not isinstance(dataset.get("name"), str):
         ck.fail("dataset.name", "missing or not a string", 'name the dataset, e.g. "fashion-mnist"')
+    if "num_classes" in dataset:
+        nc = dataset["num_classes"]
+        if isinstance(nc, bool) or not isinstance(nc, int) or not 2 <= nc <= 1_000_000:
+            ck.fail("dataset.num_classes", f"expected a whole number in [2, 1000000], got {nc!r}", "e.g. 10")
+    if "input_shape" in dataset:
+        shape = dataset["input_shape"]
+        if (
+            not isinstance(shape, list)
+            or not 1 <= len(shape) <= 4
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 100_000 for x in shape)
+        ):
+            ck.fail(
+                "dataset.input_shape",
+                f"expected a list of 1 to 4 positive whole numbers, got {shape!r}"[:200],
+                "e.g. [3, 32, 32] (channels, height, width)",
+            )
+    if "role" in data and data["role"] is not None and not isinstance(data["role"], str):
+        ck.fail("role", f"expected a string, got {data['role']!r}"[:200], 'use "reference", "backup" or drop it')
     if not isinstance(data["base"], str):
         ck.fail("base", "expected a string", 'name the base network, e.g. "efficientnet_b0"')
     training = ck.mapping(data.get("training", {}), "training")
+    lambdas = training.get("lambdas")
+    if lambdas is not None:
+        ck.mapping(lambdas, "training.lambdas")
+        for k, v in lambdas.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1e6:
+                ck.fail(
+                    f"training.lambdas.{k}",
+                    f"expected a finite weight >= 0, got {v!r}"[:200],
+                    'write lambdas as an object of subset -> number, e.g. {"u1": 1.0, "u1+u2": 1.0}',
+                )
 
     ups_raw = data["upstreams"]
     if not isinstance(ups_raw, list) or not ups_raw:
@@ -550,6 +574,9 @@ def _parse_family(data: Any, source: str | None) -> Family:
             ck.fail(
                 f"{where}.name", f"invalid combiner name {name!r}", "use lower-case letters, digits, '_', '+' and '-'"
             )
+        kind = c.get("kind")
+        if kind is not None and not isinstance(kind, str):
+            ck.fail(f"{where}.kind", f"expected a string, got {kind!r}"[:200], 'name the combiner kind, e.g. "fc"')
         combiners.append(
             Combiner(
                 subset=subset,
@@ -616,9 +643,31 @@ def _parse_family(data: Any, source: str | None) -> Family:
                 )
         if "params" in reference:
             ck.number(reference, "params", "reference", integer=True)
+        if reference.get("id") is not None and not isinstance(reference.get("id"), str):
+            ck.fail(
+                "reference.id", f"expected a family id, got {reference.get('id')!r}"[:200], "give the id as a string"
+            )
     weights = data.get("weights")
     if weights is not None and not isinstance(weights, str):
         ck.fail("weights", "expected a file name", "give the weights file relative to the JSON file, or drop the field")
+    if isinstance(weights, str):
+        from pathlib import PurePosixPath, PureWindowsPath
+
+        parts = PurePosixPath(weights).parts
+        if (
+            not weights
+            or PurePosixPath(weights).is_absolute()
+            or PureWindowsPath(weights).is_absolute()
+            or weights.startswith("~")
+            or ".." in parts
+            or "\\" in weights
+            or "\x00" in weights
+        ):
+            ck.fail(
+                "weights",
+                f"the weights path {weights[:100]!r} leaves the catalog folder",
+                "give a path inside the catalog folder, relative to the JSON file (e.g. weights/<id>.pt)",
+            )
 
     return Family(
         id=fid,

@@ -24,6 +24,9 @@ from typing import Any
 
 from melplan.core.errors import ClusterError
 
+MAX_MAGNITUDE = 1e9  # no memory, speed, rate, latency or time in a cluster file is larger
+MIN_MTBF_H = 1 / 60  # a server that fails more often than once a minute is not a server
+MAX_FAILURE_PROB = 0.99  # a server down more than 99% of the time should be left out of the file
 SERVER_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 DEFAULT_LINK = {"latency_ms": 1.0, "bandwidth_mbps": 1000.0}
 
@@ -318,27 +321,10 @@ class Cluster:
 
 def load_cluster(path: str | os.PathLike) -> Cluster:
     """Read and validate a cluster YAML file; raises ClusterError naming file, field and fix."""
-    import yaml
+    from melplan.core.fileio import load_yaml_file
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ClusterError(
-            f"cannot read the file ({exc.strerror})", file=str(path), fix="check the path given to --servers"
-        ) from None
-    try:
-        # the C parser when libyaml is there (10x faster on large clusters), same safe subset of YAML
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ClusterError(
-            f"not valid YAML{where} ({problem})",
-            file=str(path),
-            fix="repair the YAML syntax (indentation, colons, brackets)",
-        ) from None
+    data = load_yaml_file(path, error=ClusterError, fix="check the path given to --servers")
     return parse_cluster(data, source=str(path))
 
 
@@ -374,8 +360,19 @@ def parse_cluster(data: Any, *, source: str | None = None) -> Cluster:
                 fail(f"{fld}.{key}", "missing", f"add '{key}'")
             return None
         v = obj[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            fail(f"{fld}.{key}", f"expected a number, got {v!r}", f"set '{key}' to a number")
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or (isinstance(v, int) and abs(v) > MAX_MAGNITUDE)
+            or not math.isfinite(v)
+            or abs(v) > MAX_MAGNITUDE
+        ):
+            shown = f"an integer of {len(str(abs(v)))} digits" if isinstance(v, int) and abs(v) > 1e18 else repr(v)
+            fail(
+                f"{fld}.{key}",
+                f"expected a finite number of magnitude at most {MAX_MAGNITUDE:g}, got {shown}",
+                f"set '{key}' to a number",
+            )
         bad_low = v <= low if low_open else v < low
         bad_high = high is not None and (v >= high if high_open else v > high)
         if bad_low or bad_high:
@@ -420,11 +417,18 @@ def parse_cluster(data: Any, *, source: str | None = None) -> Cluster:
             )
         mtbf = mttr = None
         if has_m:
-            mtbf = number(s, "mtbf_h", fld, low=0, low_open=True)
+            mtbf = number(s, "mtbf_h", fld, low=MIN_MTBF_H)
             mttr = number(s, "mttr_h", fld, low=0)
             prob = mttr / (mtbf + mttr)
+            if prob > MAX_FAILURE_PROB:
+                fail(
+                    f"{fld}.mttr_h",
+                    f"mtbf_h {mtbf:g} and mttr_h {mttr:g} mean the server is down {prob:.1%} of the time",
+                    f"check the units (hours); a server down more than {MAX_FAILURE_PROB:.0%} of the time "
+                    "should be left out",
+                )
         elif has_p:
-            prob = number(s, "failure_prob", fld, low=0, high=1, high_open=True)
+            prob = number(s, "failure_prob", fld, low=0, high=MAX_FAILURE_PROB)
         else:
             fail(
                 f"{fld}.failure_prob",
@@ -434,6 +438,13 @@ def parse_cluster(data: Any, *, source: str | None = None) -> Cluster:
         labels = s.get("labels") or {}
         if not isinstance(labels, Mapping):
             fail(f"{fld}.labels", "expected a mapping", "write labels as 'key: value' pairs, e.g. {zone: north}")
+        for k, v in labels.items():
+            if not isinstance(k, (str, int)) or isinstance(v, (list, dict, set, bytes)) or len(str(v)) > 253:
+                fail(
+                    f"{fld}.labels",
+                    f"label {str(k)[:40]!r} must map a name to a short text value, got {str(v)[:40]!r}",
+                    "write labels as 'key: value' pairs of plain words, e.g. {zone: north}",
+                )
         servers.append(Server(name, memory, compute, prob, mtbf, mttr, {str(k): str(v) for k, v in labels.items()}))
 
     default: Link | None = Link(**DEFAULT_LINK)
@@ -461,7 +472,12 @@ def parse_cluster(data: Any, *, source: str | None = None) -> Cluster:
             fld = f"links.overrides[{i}]"
             o = mapping(o, fld, {"between", "latency_ms", "bandwidth_mbps"})
             between = o.get("between")
-            if not isinstance(between, list) or len(between) != 2 or between[0] == between[1]:
+            if (
+                not isinstance(between, list)
+                or len(between) != 2
+                or not all(isinstance(b, str) for b in between)
+                or between[0] == between[1]
+            ):
                 fail(
                     f"{fld}.between",
                     f"expected two different server names, got {between!r}",
@@ -490,7 +506,7 @@ def parse_cluster(data: Any, *, source: str | None = None) -> Cluster:
             )
 
     ingress = top.get("ingress")
-    if ingress is not None and ingress not in seen:
+    if ingress is not None and (not isinstance(ingress, str) or ingress not in seen):
         fail("ingress", f"unknown server {ingress!r}", "name one of the servers, or drop 'ingress'")
 
     if "workload" not in top or top["workload"] is None:

@@ -464,6 +464,19 @@ class RouteTable:
                     return ci
         return -1
 
+    def choice_ok(self, ci: int, mask: int) -> bool:
+        """Whether choice ``ci`` can answer in up-mask ``mask`` (its servers up and reachable from the
+        ingress, or from one another without one), whatever the choices before it."""
+        need = self._need[ci]
+        if mask & need != need:
+            return False
+        ing = self.bit[self.ingress] if self.ingress else 0
+        if ing:
+            return self._reach_one(mask, ing) & need == need
+        if self.complete:
+            return True
+        return self._reach_one(mask, need & -need) & need == need
+
     def route_mask(self, mask: int) -> Route:
         i = self.choice_index(mask)
         return DOWN if i < 0 else self.choices[i].route()

@@ -13,7 +13,7 @@ catalog and a cluster file, and says so clearly when they are missing.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -239,6 +239,7 @@ class Plan:
         for k, v in placement.items():
             if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
                 fail(f"placement.{k}", f"expected a non-empty list of server names, got {v!r}", "list server names")
+        _check_plan_fields(data, fail)
         family_entry = cluster = weights = None
         catalog_dir = None
         if schema == PLAN_SCHEMA:
@@ -298,6 +299,61 @@ class Plan:
         return atomic_write_json(path, self.file_dict(path), strict=True)
 
 
+def _is_number(v: Any, low: float = -1e15, high: float = 1e15) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and low <= v <= high
+
+
+def _check_plan_fields(data: Mapping[str, Any], fail: Any) -> None:
+    """Types and ranges of the fields every consumer reads; raises through ``fail(field, msg, fix)``."""
+    fix = "regenerate the plan with `melplan plan --out plan.json` (or repair this field)"
+    if not isinstance(data["family"], str) or not data["family"]:
+        fail("family", f"expected a family id, got {data['family']!r}"[:200], fix)
+    if "objective" in data and not isinstance(data["objective"], str):
+        fail("objective", f"expected a string, got {data['objective']!r}"[:200], fix)
+    for key in ("expected_accuracy", "accuracy_all_up"):
+        if key in data and not _is_number(data[key], 0.0, 1.0):
+            fail(key, f"expected an accuracy in [0, 1], got {data[key]!r}"[:200], fix)
+    wca = data.get("worst_case_accuracy")
+    if wca is not None:
+        if not isinstance(wca, Mapping):
+            fail("worst_case_accuracy", f"expected an object of k -> accuracy, got {wca!r}"[:200], fix)
+        for k, v in wca.items():
+            if not _is_number(v, 0.0, 1.0):
+                fail(f"worst_case_accuracy.{k}", f"expected an accuracy in [0, 1], got {v!r}"[:200], fix)
+    fallback = data.get("fallback")
+    if fallback is not None and (not isinstance(fallback, list) or not all(isinstance(x, Mapping) for x in fallback)):
+        fail("fallback", f"expected a list of objects, got {fallback!r}"[:200], fix)
+    for key in ("solver", "servers", "latency_ms"):
+        v = data.get(key)
+        if v is not None and not isinstance(v, Mapping):
+            fail(key, f"expected an object, got {v!r}"[:200], fix)
+    for name, v in (data.get("servers") or {}).items():
+        if not isinstance(v, Mapping):
+            fail(f"servers.{name}", f"expected an object, got {v!r}"[:200], fix)
+    for k, v in (data.get("latency_ms") or {}).items():
+        if v is not None and not _is_number(v, 0.0):
+            fail(f"latency_ms.{k}", f"expected a latency in ms, got {v!r}"[:200], fix)
+
+
+def check_plan_rules(plan: Plan, family: Family, cluster: Cluster | None, source: str | None) -> None:
+    """A (possibly hand-edited) plan must respect what the planner guarantees: known components on
+    known servers, one server per upstream, no two upstreams on one server, memory, compute and the
+    latency SLO.  Raises :class:`PlanFileError` naming the first violation."""
+    if cluster is None:
+        return
+    from melplan.core.evaluate import capacity_violations, validate_placement
+
+    validate_placement(family, plan.placement, cluster, source=source)
+    problems = capacity_violations(family, plan.placement, cluster)
+    if problems:
+        raise PlanFileError(
+            f"the placement breaks the cluster's limits: {'; '.join(problems[:3])}",
+            file=source,
+            field="placement",
+            fix="re-plan with `melplan plan --out plan.json` instead of editing the placement by hand",
+        )
+
+
 def _embedded_family(data: Any, source: str | None) -> Family:
     try:
         fam = Family.from_dict(data, source=f"{source or 'plan'}, embedded family_entry")
@@ -325,22 +381,11 @@ def _embedded_cluster(data: Any, source: str | None) -> Cluster:
 
 def read_plan_json(path: str | os.PathLike) -> Any:
     """The parsed JSON of a plan file; raises :class:`PlanFileError` when unreadable or not JSON."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PlanFileError(
-            f"cannot read the file ({exc.strerror})",
-            file=str(path),
-            fix="write one with `melplan plan --servers cluster.yaml --out plan.json`",
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        what = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-        raise PlanFileError(
-            f"not valid JSON ({what})",
-            file=str(path),
-            fix="regenerate it with `melplan plan --out`",
-        ) from None
+    from melplan.core.fileio import load_json_file
+
+    return load_json_file(
+        path, error=PlanFileError, fix="write one with `melplan plan --servers cluster.yaml --out plan.json`"
+    )
 
 
 def load_plan(path: str | os.PathLike, *, service: str | None = None) -> Plan:
@@ -466,6 +511,7 @@ def load_plan_bundle(
         if cluster is not None:
             _check_cluster_agrees(cluster, given, source, str(cluster_path))
         cluster = given
+    check_plan_rules(plan, family, cluster, source)
     return PlanBundle(plan, family, cluster, source, catalog)
 
 

@@ -106,27 +106,13 @@ def with_workload(cluster: Cluster, workload: Workload) -> Cluster:
 
 
 def load_site(path: str | os.PathLike) -> Site:
-    """Read and validate a services file and everything it names (cluster, catalogs)."""
-    import yaml
+    """Read and validate a services file and everything it names (cluster, catalogs); the YAML is
+    read with the bounds of :func:`melplan.core.fileio.load_yaml_file`."""
+    from melplan.core.fileio import load_yaml_file
 
     path = Path(path)
     src = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ServicesError(
-            f"cannot read the file ({exc.strerror})", file=src, fix="check the path given to --services"
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ServicesError(
-            f"not valid YAML{where} ({getattr(exc, 'problem', None) or 'syntax error'})",
-            file=src,
-            fix="repair the YAML syntax (indentation, colons, brackets)",
-        ) from None
+    data = load_yaml_file(path, error=ServicesError, fix="check the path given to --services")
     return parse_site(data, base=path.parent, source=src)
 
 

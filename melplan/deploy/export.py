@@ -235,21 +235,45 @@ def _stale_files(out: Path, keep: set[str]) -> list[Path]:
 
 
 def write_k8s(objects: list[Mapping[str, Any]], out: Path, namespace: str | None) -> tuple[list[Path], list[Path]]:
-    """One YAML file per object, then ``kustomization.yaml`` listing them, each written atomically.
+    """One YAML file per object plus ``kustomization.yaml``, whole or not at all.
 
-    Files an earlier ``melplan export --format k8s`` listed in the same folder and this export no
-    longer writes are deleted after the new kustomization is in place.  Returns (written, removed).
+    Every file is first written (and synced) into a temporary folder beside ``out``; only when all of
+    them are there does the export appear: a missing or empty ``out`` is replaced by the temporary
+    folder in one rename, an existing one receives the files by rename (objects first, the
+    kustomization last).  A failure while writing leaves ``out`` as it was.  Files an earlier export
+    listed in the same folder and this one no longer writes are deleted afterwards.  Returns
+    (written, removed).
     """
+    import shutil
+    import tempfile
+
+    from melplan.core.fileio import _umask
     from melplan.deploy.k8s import file_name, kustomization
 
     names = [file_name(o) for o in objects]
-    stale = _stale_files(out, set(names))
-    written = [atomic_write_text(out / n, dump_yaml(o)) for n, o in zip(names, objects)]
-    written.append(
-        atomic_write_text(out / "kustomization.yaml", K8S_MARKER + "\n" + dump_yaml(kustomization(names, namespace)))
-    )
+    texts = [dump_yaml(o) for o in objects]  # serialise everything before touching the disk
+    kust = K8S_MARKER + "\n" + dump_yaml(kustomization(names, namespace))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stale = _stale_files(out, set(names)) if out.is_dir() else []
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for n, text in zip(names, texts):
+            atomic_write_text(tmp / n, text)
+        atomic_write_text(tmp / "kustomization.yaml", kust)
+        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+            if out.exists():
+                out.rmdir()
+            os.chmod(tmp, 0o777 & ~_umask())
+            os.replace(tmp, out)
+        else:
+            for n in [*names, "kustomization.yaml"]:
+                os.replace(tmp / n, out / n)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     for p in stale:
         p.unlink(missing_ok=True)
+    written = [out / n for n in names] + [out / "kustomization.yaml"]
     return written, stale
 
 

@@ -27,7 +27,6 @@ tests run a deterministic search without training.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -341,14 +340,11 @@ def load_state(path: str | Path, settings: SearchSettings) -> list[Evaluation]:
     if not path.exists():
         return []
     fix = "rerun with the options of the run that wrote it, or pass another --out-dir to start afresh"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SearchStateError(
-            f"cannot read the search state ({exc})",
-            file=str(path),
-            fix="delete it to start afresh (its evaluations' catalog entries stay)",
-        ) from None
+    from melplan.core.fileio import load_json_file
+
+    data = load_json_file(
+        path, error=SearchStateError, fix="delete it to start afresh (its evaluations' catalog entries stay)"
+    )
     if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
         raise SearchStateError(f"not a {STATE_SCHEMA} file", file=str(path), field="schema", fix=fix)
     theirs, ours = data.get("settings", {}), settings.to_dict()

@@ -13,20 +13,26 @@ placement and the cluster without the excluded servers:
 * a combiner replica that fits nowhere is dropped (its subsets may still be served elsewhere); an
   upstream that fits nowhere raises :class:`InfeasiblePlanError`.
 
-It moves the minimum (only displaced components start), is greedy rather than optimal, and never
-moves anything back after a recovery: use the ILP replanner for that.  Cost: one exact evaluation
-per (displaced component, candidate server), milliseconds each for plans on a few servers.
+It moves the minimum (only displaced components start) and is greedy rather than optimal.  After a
+recovery, once every server of the selector's original placement (``ReplanRequest.original``: the
+plan it started with, optimal for the whole site) is available again and that placement is more
+accurate in expectation than the repaired one, it goes back to it (``extra.repair.how`` says which).
+Servers that only relay requests (``ReplanRequest.hosts_nothing``: an excluded ingress) host nothing,
+nor do servers with no path from the ingress (behind a gateway that is down): what runs there is
+displaced too.
+Cost: one exact evaluation per (displaced component, candidate server), milliseconds each for plans on a few servers.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 
 from melplan.core.catalog import Family, subset_key
 from melplan.core.cluster import Cluster
 from melplan.core.errors import InfeasiblePlanError
-from melplan.core.evaluate import RouteTable, evaluate_placement, scores
+from melplan.core.evaluate import RouteTable, capacity_violations, evaluate_placement, scores
 from melplan.core.plan import Plan
 
 
@@ -39,10 +45,13 @@ def expected_accuracy(family: Family, placement: Mapping[str, Sequence[str]], cl
 
 
 def repair_placement(
-    family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster
+    family: Family, placement: Mapping[str, Sequence[str]], cluster: Cluster, *, no_hosts: Sequence[str] = ()
 ) -> dict[str, tuple[str, ...]]:
-    """The repaired placement on ``cluster`` (the available servers).  Raises InfeasiblePlanError."""
-    avail = set(cluster.names)
+    """The repaired placement on ``cluster`` (the available servers, except ``no_hosts``: servers
+    that only relay requests, such as an excluded ingress).  Raises InfeasiblePlanError."""
+    avail = set(cluster.names) - set(no_hosts)
+    if cluster.ingress is not None:  # a server requests cannot reach (its gateway is down) hosts nothing
+        avail = {s for s in avail if math.isfinite(cluster.path(cluster.ingress, s).latency_ms)}
     new: dict[str, list[str]] = {c: [s for s in servers if s in avail] for c, servers in placement.items()}
     rate = cluster.workload.rate_rps
     slo = cluster.workload.latency_slo_ms
@@ -61,7 +70,9 @@ def repair_placement(
         best_served = max(family.accuracy[subset_key(s)] for s in c.serves)
         comb_slots += [(-best_served, c.name)] * lost
     slots += [name for _, name in sorted(comb_slots)]
-    order = sorted(cluster.servers, key=lambda s: (s.failure_prob, -s.compute_gmacs, s.name))
+    order = sorted(
+        (s for s in cluster.servers if s.name in avail), key=lambda s: (s.failure_prob, -s.compute_gmacs, s.name)
+    )
     for comp in slots:
         c = family.component(comp)
         is_up = comp in family.upstream_names
@@ -119,12 +130,34 @@ def repair_replanner():
     from melplan.runtime.selector import ReplanRequest
 
     def replan(request: ReplanRequest) -> Plan:
+        from melplan.runtime.replanners import check_request
+
         started = time.perf_counter()
+        check_request(request)
         family = request.current_family
-        placement = repair_placement(family, request.current.placement, request.cluster)
+        placement = repair_placement(family, request.current.placement, request.cluster, no_hosts=request.hosts_nothing)
+        how = "repaired"
+        home = request.original
+        if (
+            home is not None
+            and request.original_family is not None
+            and request.original_family.id == family.id
+            and dict(home.placement) != placement
+            and {s for v in home.placement.values() for s in v} <= set(request.hosts)
+            and not capacity_violations(family, home.placement, request.cluster)
+        ):
+            mine, _ = expected_accuracy(family, placement, request.cluster)
+            theirs, _ = expected_accuracy(family, home.placement, request.cluster)
+            if theirs > mine + 1e-12:  # everything the best placement needs is back: go home
+                placement = {k: tuple(v) for k, v in home.placement.items()}
+                how = "restored the original placement"
         ev = evaluate_placement(family, placement, request.cluster)
         extra = dict(request.current.extra)
-        extra["repair"] = {"from_generation_of": request.current.family, "excluded": list(request.excluded)}
+        extra["repair"] = {
+            "from_generation_of": request.current.family,
+            "excluded": list(request.excluded),
+            "how": how,
+        }
         return Plan(
             family=family.id,
             placement=placement,

@@ -1,22 +1,30 @@
-"""Runtime selector: which subset answers now, and when to re-plan (no torch).
+"""Runtime selector: which subset answers now, when to re-plan, and when new components may serve
+(no torch).
 
-Fast path: :class:`RouteLookup` precomputes, for one placement, the route of every up/down state of
-the servers the placement uses (a list of ``2^m`` entries indexed by an up-bit-mask, m <= 16; a
-memoised scan above that).  ``RuntimeSelector.mark_down`` / ``mark_up`` flip one bit and index the
-list, under a lock: one failover decision is a few microseconds (``benchmarks/selector.py``).  The
-semantics are those of :class:`melplan.core.evaluate.RouteTable` (DESIGN §1): the most accurate servable
-subset answers, through the fastest up replica of its combiner; a route never uses a down server.
+Fast path: :class:`~melplan.runtime.routes.RouteLookup` holds the route of every up/down state of the
+servers a placement depends on; ``RuntimeSelector.mark_down`` / ``mark_up`` flip one bit and index the
+list, under a lock: one failover decision is a few microseconds (``benchmarks/selector.py``).  Failure
+domains (a zone, a rack, a power feed: servers that share a label) go down and up as one with
+``mark_domain_down`` / ``mark_domain_up``; a server is up when it and every domain it is in are up.
 
 Slow path: the selector keeps an immutable :class:`~melplan.runtime.reconcile.Health` snapshot, asks the
 pure :func:`~melplan.runtime.reconcile.decide` whether to re-plan (policy, grace period, hold-down,
-back-off), and ``tick()`` acts on it: it calls the planner without the down servers, preferring to
-keep what already runs, and swaps in the new placement together with the start/stop actions that
-get there.  The solver runs outside the lock, so failovers never wait for it.
+back-off), and ``tick()`` acts on it: it calls the replanner on
+:func:`~melplan.runtime.replanners.replan_cluster` (the cluster without the excluded servers, the
+ingress kept as the point where requests enter), preferring to keep what already runs, and swaps in
+the new placement together with the start/stop actions that get there.  The solver runs outside the
+lock, so failovers never wait for it.  **Re-planning never raises**: any exception of the replanner is
+recorded as ``replan-failed`` with its reason and backed off.
 
-Every event and decision is kept as a frozen :class:`Record`; ``on_route_change`` and
-``on_replan`` callbacks run in event order, under the selector's (re-entrant) lock, on the thread
-that caused them: keep them short (hand work to a queue).  Time comes from an injectable clock, or
-an explicit ``now=`` on every call, so tests and the simulator are deterministic.
+Readiness: a component a re-plan starts is *pending* until the orchestrator calls
+``mark_ready(component, server)``; routes never use a pending component.  Until then the previous
+placement keeps serving (its components are stopped only after the starts are ready: make before
+break), or the new placement's best route that needs nothing pending, whichever is more accurate.
+
+Every event and decision is kept as a frozen :class:`Record`; ``on_route_change``, ``on_replan`` and
+``on_replan_failed`` callbacks run in event order, under the selector's (re-entrant) lock, on the thread
+that caused them: keep them short (hand work to a queue).  Time comes from an injectable clock, or an
+explicit ``now=`` on every call, so tests and the simulator are deterministic.
 """
 
 from __future__ import annotations
@@ -24,14 +32,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from melplan.core.catalog import Catalog, Family
 from melplan.core.cluster import Cluster, Server
-from melplan.core.errors import MelplanError, PlanFileError, SelectorError
-from melplan.core.evaluate import RouteTable, validate_placement
+from melplan.core.errors import InfeasiblePlanError, PlanFileError, SelectorError
+from melplan.core.evaluate import validate_placement
 from melplan.core.plan import Plan
 from melplan.runtime.reconcile import (
     Action,
@@ -44,181 +52,29 @@ from melplan.runtime.reconcile import (
     decide,
     placement_actions,
 )
+from melplan.runtime.replanners import (  # noqa: F401  (re-exported: the selector's public API)
+    DEFAULT_MIGRATION_WEIGHT,
+    DEFAULT_REPLAN_TIME_LIMIT_S,
+    Replanner,
+    ReplanRequest,
+    check_request,
+    failure_reason,
+    planner_replanner,
+    replan_cluster,
+)
+from melplan.runtime.routes import EAGER_TABLE_MAX_SERVERS, Route, RouteLookup  # noqa: F401  (re-exported)
 
-EAGER_TABLE_MAX_SERVERS = 16  # 2^16 precomputed routes; above that routes are memoised on demand
 _EPS = 1e-12
-
-
-# -- routes -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Route:
-    """What answers for one up/down state of a plan's servers.
-
-    ``answer``: the subset key that answers (None when the service is down); ``servers``: the servers
-    on the answering path (upstreams, then the combiner's); ``components``: (component, server)
-    pairs on that path; ``degraded``: accuracy below the plan's all-up accuracy (always true when
-    down); ``generation``: which placement (0 for the initial plan, +1 per applied re-plan).
-    """
-
-    answer: str | None
-    accuracy: float
-    servers: tuple[str, ...]
-    components: tuple[tuple[str, str], ...] = ()
-    combiner: str | None = None
-    combiner_server: str | None = None
-    latency_ms: float | None = None
-    degraded: bool = True
-    accuracy_all_up: float = 0.0
-    generation: int = field(default=0, compare=False)
-
-    @property
-    def down(self) -> bool:
-        """No subset is servable: the service has no answer."""
-        return self.answer is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "answer": self.answer,
-            "accuracy": self.accuracy,
-            "servers": list(self.servers),
-            "components": [{"component": c, "server": s} for c, s in self.components],
-            "combiner": self.combiner,
-            "combiner_server": self.combiner_server,
-            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
-            "degraded": self.degraded,
-            "down": self.down,
-            "accuracy_all_up": self.accuracy_all_up,
-            "generation": self.generation,
-        }
-
-
-class RouteLookup:
-    """Every route of one placement, indexed by an up-mask over ``relevant`` (bit i = ``relevant[i]``
-    up): the used servers, then the ingress and the relays on the placement's paths.
-
-    Routes, their order and reachability are those of :class:`melplan.core.evaluate.RouteTable`
-    (the one evaluator; replicas fastest first, latency filled in).  Without a cluster (``melplan
-    select`` with no ``--servers``) replicas are tried in placement order, ``latency_ms`` is None
-    and there is no reachability.  Raises :class:`PlanFileError` for a placement that does not fit
-    the family (or the cluster).
-    """
-
-    def __init__(
-        self,
-        family: Family,
-        placement: Mapping[str, Sequence[str]],
-        cluster: Cluster | None = None,
-        *,
-        generation: int = 0,
-        source: str | None = None,
-        eager_max_servers: int = EAGER_TABLE_MAX_SERVERS,
-    ) -> None:
-        self.family = family
-        self.placement = {k: tuple(v) for k, v in placement.items()}
-        self.cluster = cluster
-        self.generation = generation
-        try:
-            rt = RouteTable(family, self.placement, cluster)
-        except PlanFileError as exc:
-            raise PlanFileError(exc.message, file=source, field=exc.field, fix=exc.fix) from None
-        self._rt = rt
-        self.used: tuple[str, ...] = tuple(rt.used)
-        # the servers whose state matters: used, then the ingress and relays (bits of the up-mask)
-        self.relevant: tuple[str, ...] = tuple(rt.relevant)
-        self.bit: dict[str, int] = dict(rt.bit)
-        self.full_mask = rt.full_mask
-        upstream_server = rt.upstream_server
-        protos = []
-        for ch in rt.choices:
-            comps = tuple((u, upstream_server[u]) for u in ch.key.split("+"))
-            if ch.combiner is not None:
-                comps += ((ch.combiner, ch.combiner_server),)
-            protos.append((ch.key, ch.accuracy, ch.servers, comps, ch.combiner, ch.combiner_server, ch.latency_ms))
-        all_up = self._scan_index(self.full_mask)
-        self.accuracy_all_up = 0.0 if all_up < 0 else protos[all_up][1]
-        self.routes: tuple[Route, ...] = tuple(
-            Route(
-                key,
-                acc,
-                servers,
-                comps,
-                comb,
-                srv,
-                lat,
-                acc < self.accuracy_all_up - _EPS,
-                self.accuracy_all_up,
-                generation,
-            )
-            for key, acc, servers, comps, comb, srv, lat in protos
-        )
-        self.down_route = Route(None, 0.0, (), (), None, None, None, True, self.accuracy_all_up, generation)
-        m = len(self.relevant)
-        if m <= eager_max_servers:
-            self.table: list[Route] | None = self._build_table()
-            self.route_mask: Callable[[int], Route] = self.table.__getitem__
-        else:
-            self.table = None
-            self._memo: dict[int, Route] = {}
-            self.route_mask = self._route_memo
-
-    @property
-    def all_up(self) -> Route:
-        return self.route_mask(self.full_mask)
-
-    def _scan_index(self, mask: int) -> int:
-        return self._rt.choice_index(mask)
-
-    def _route_memo(self, mask: int) -> Route:
-        r = self._memo.get(mask)
-        if r is None:
-            i = self._scan_index(mask)
-            r = self.down_route if i < 0 else self.routes[i]
-            self._memo[mask] = r
-        return r
-
-    def _build_table(self) -> list[Route]:
-        idx = self._rt.choice_by_mask()
-        pool = list(self.routes) + [self.down_route]  # index -1 -> down
-        return [pool[i] for i in idx.tolist()]
-
-    def mask_of(self, down: Iterable[str]) -> int:
-        """The up-mask with the given servers down (servers that do not matter are ignored)."""
-        mask = self.full_mask
-        for s in down:
-            mask &= ~self.bit.get(s, 0)
-        return mask
-
-    def route(self, down: Iterable[str] = ()) -> Route:
-        """The route with ``down`` servers down (servers that do not matter are ignored)."""
-        return self.route_mask(self.mask_of(down))
+Pair = tuple[str, str]  # (component, server)
 
 
 # -- records and re-plans -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ReplanRequest:
-    """What a replanner gets: the catalog, the cluster without the excluded servers, the plan that
-    runs now (and its family) and the migration weight to prefer keeping it."""
-
-    time: float
-    reason: str
-    catalog: Catalog
-    cluster: Cluster
-    current: Plan
-    current_family: Family
-    excluded: tuple[str, ...]
-    migration_weight: float | None = None
-
-
-Replanner = Callable[[ReplanRequest], Plan]
-
-
-@dataclass(frozen=True)
 class ReplanResult:
-    """An applied re-plan: the new plan, the actions from the old placement and the bytes they move."""
+    """An applied re-plan: the new plan, the actions from the old placement, the bytes they move and
+    the starts still ``pending`` (not ready) when it was applied."""
 
     time: float
     reason: str
@@ -229,6 +85,7 @@ class ReplanResult:
     bytes_moved: int
     wall_s: float
     generation: int
+    pending: tuple[Pair, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -241,10 +98,11 @@ class ReplanResult:
             "bytes_moved": self.bytes_moved,
             "wall_s": round(self.wall_s, 4),
             "generation": self.generation,
+            "pending": [{"component": c, "server": s} for c, s in self.pending],
         }
 
 
-RECORD_KINDS = ("down", "up", "join", "wait", "replan", "replan-failed")
+RECORD_KINDS = ("down", "up", "join", "domain-down", "domain-up", "ready", "wait", "replan", "replan-failed")
 
 
 @dataclass(frozen=True)
@@ -252,9 +110,11 @@ class Record:
     """One event or decision, in order (``seq``).  ``route`` is the route after it, ``previous``
     the route before; ``changed`` says whether the answering path moved.
 
-    Kinds: ``down``/``up``/``join`` (an event and the fast path's verdict), ``wait`` (``tick`` saw a
-    pending re-plan: grace period, hold-down or back-off; recorded once per new verdict),
-    ``replan`` (applied, with ``replan``), ``replan-failed`` (the planner's error in ``detail``).
+    Kinds: ``down``/``up``/``join`` (an event and the fast path's verdict), ``domain-down``/``domain-up``
+    (``server`` is ``key=value``), ``ready`` (a started component reported ready), ``wait`` (``tick``
+    saw a pending re-plan: grace period, hold-down or back-off; recorded once per new verdict),
+    ``replan`` (applied, with ``replan``), ``replan-failed`` (why the re-plan was wanted in ``detail``,
+    why it failed in ``failure``).  ``pending``: the starts not ready after this record.
     """
 
     seq: int
@@ -265,6 +125,8 @@ class Record:
     previous: Route
     detail: str = ""
     replan: ReplanResult | None = None
+    failure: str = ""
+    pending: tuple[Pair, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -273,7 +135,7 @@ class Record:
         return self.route != self.previous
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
+        d: dict[str, Any] = {
             "seq": self.seq,
             "time": self.time,
             "kind": self.kind,
@@ -283,7 +145,10 @@ class Record:
             "servers": list(self.route.servers),
             "changed": self.changed,
             "detail": self.detail,
+            "pending": [{"component": c, "server": s} for c, s in self.pending],
         }
+        if self.failure:
+            d["failure"] = self.failure
         if self.replan is not None:
             d["replan"] = self.replan.to_dict()
         return d
@@ -303,51 +168,9 @@ class SelectorStatus:
     replans: int
     replan_failures: int
     bytes_moved: int
-
-
-DEFAULT_REPLAN_TIME_LIMIT_S = 10.0
-DEFAULT_MIGRATION_WEIGHT = 0.05  # accuracy points (0.01 accuracy each) given up per MiB of weights started
-
-
-def planner_replanner(**plan_options: Any) -> Replanner:
-    """A replanner that calls :func:`melplan.planner.planner.plan` on the cluster without the excluded
-    servers, with the running placement (``current``, ``current_family``) and the migration weight
-    (default :data:`DEFAULT_MIGRATION_WEIGHT` points per MiB started), so it prefers what already runs.
-
-    The settings the plan was made with (objective, ``max_failures``, ``combiner_replicas``,
-    ``min_accuracy_under_failure``, read from the plan's ``planner`` block) are kept; the time limit
-    is :data:`DEFAULT_REPLAN_TIME_LIMIT_S`.  ``plan_options`` override any ``PlanOptions`` field.
-    """
-
-    def replan(request: ReplanRequest) -> Plan:
-        from melplan.planner import planner
-
-        made_with = request.current.extra.get("planner")
-        made_with = made_with if isinstance(made_with, Mapping) else {}
-        opts: dict[str, Any] = {
-            "objective": request.current.objective,
-            "time_limit_s": DEFAULT_REPLAN_TIME_LIMIT_S,
-            "current": {k: tuple(v) for k, v in request.current.placement.items()},
-            "current_family": request.current_family.id,
-            "migration_weight": DEFAULT_MIGRATION_WEIGHT
-            if request.migration_weight is None
-            else request.migration_weight,
-        }
-        mf = made_with.get("max_failures")
-        if isinstance(mf, int) and not isinstance(mf, bool):
-            opts["max_failures"] = mf
-        elif isinstance(mf, str) and mf.isdigit():
-            opts["max_failures"] = int(mf)
-        reps = made_with.get("combiner_replicas")
-        if isinstance(reps, int) and not isinstance(reps, bool) and reps >= 1:
-            opts["combiner_replicas"] = reps
-        floor = made_with.get("min_accuracy_under_failure")
-        if isinstance(floor, (int, float)) and not isinstance(floor, bool):
-            opts["min_accuracy_under_failure"] = float(floor)
-        opts.update(plan_options)
-        return planner.plan(request.catalog, request.cluster, planner.PlanOptions(**opts)).plan
-
-    return replan
+    pending: tuple[Pair, ...] = ()
+    domains_down: tuple[str, ...] = ()
+    last_failure: str = ""
 
 
 # -- the selector -------------------------------------------------------------------------------
@@ -357,13 +180,15 @@ class RuntimeSelector:
     """Routes requests of one deployed plan through failures and re-plans it when failures last.
 
     Parameters: the :class:`~melplan.core.plan.Plan`, its :class:`~melplan.core.catalog.Family`, and the
-    :class:`~melplan.core.cluster.Cluster` (needed for latencies and re-planning; without it the policy
-    defaults to ``failover-only`` and only the plan's servers are known).  ``catalog`` lets a re-plan
-    switch family (default: the plan's family only).  ``policy``: a name or a
-    :class:`~melplan.runtime.reconcile.Policy` (default ``replan-after``).  ``clock``: seconds, default
-    ``time.monotonic``; every method also takes ``now=``.  ``replanner``: default
+    :class:`~melplan.core.cluster.Cluster` (needed for latencies, the ingress, failure domains and
+    re-planning; without it the policy defaults to ``failover-only`` and only the plan's servers are
+    known).  ``catalog`` lets a re-plan switch family (default: the plan's family only).  ``policy``:
+    a name or a :class:`~melplan.runtime.reconcile.Policy` (default ``replan-after``).  ``clock``:
+    seconds, default ``time.monotonic``; every method also takes ``now=``.  ``replanner``: default
     :func:`planner_replanner`.  ``migration_weight``: accuracy points per MiB of weights a re-plan
-    starts (default :data:`DEFAULT_MIGRATION_WEIGHT`).  ``history_limit``: keep only the last N records (default all).
+    starts (default :data:`DEFAULT_MIGRATION_WEIGHT`).  ``await_ready``: components a re-plan starts
+    serve only after ``mark_ready`` (default True; False treats them as ready at once).
+    ``history_limit``: keep only the last N records (default all).
 
     Raises :class:`PlanFileError` when the plan does not match the family or cluster, and
     :class:`SelectorError` for a policy that needs a cluster without one.
@@ -382,6 +207,8 @@ class RuntimeSelector:
         migration_weight: float | None = None,
         on_route_change: Callable[[Record], Any] | None = None,
         on_replan: Callable[[ReplanResult], Any] | None = None,
+        on_replan_failed: Callable[[Record], Any] | None = None,
+        await_ready: bool = True,
         history_limit: int | None = None,
         source: str | None = None,
     ) -> None:
@@ -424,20 +251,28 @@ class RuntimeSelector:
             )
         self._replanner = replanner if replanner is not None else planner_replanner()
         self._migration_weight = migration_weight
+        self._await_ready = bool(await_ready)
         self._route_listeners: list[Callable[[Record], Any]] = [on_route_change] if on_route_change else []
         self._replan_listeners: list[Callable[[ReplanResult], Any]] = [on_replan] if on_replan else []
+        self._failed_listeners: list[Callable[[Record], Any]] = [on_replan_failed] if on_replan_failed else []
         self._records: deque[Record] = deque(maxlen=history_limit)
         self._seq = 0
         self._plan = plan
         self._family = family
+        self._original, self._original_family = plan, family
         self._lookup = RouteLookup(family, plan.placement, cluster, generation=0, source=source)
         self._known: set[str] = set(cluster.names) if cluster is not None else set(self._lookup.used)
         self._basis = frozenset(self._known)
         self._health = Health()
+        self._marked_down: set[str] = set()  # servers reported down themselves
+        self._domains_down: set[tuple[str, str]] = set()
         self._rstate = ReplanState()
         self._replanning = False
         self._last_wait: tuple | None = None
+        self._last_failure = ""
         self._bytes_moved = 0
+        self._pending: frozenset[Pair] = frozenset()
+        self._serving: RouteLookup | None = None  # the last fully ready placement, while starts are pending
         self._mask = self._lookup.full_mask
         self._route = self._lookup.route_mask(self._mask)
 
@@ -497,7 +332,20 @@ class RuntimeSelector:
 
     @property
     def down(self) -> frozenset[str]:
+        """Servers down now (reported down themselves, or in a domain that is down)."""
         return self._health.down
+
+    @property
+    def pending(self) -> frozenset[Pair]:
+        """(component, server) pairs a re-plan started that have not reported ready."""
+        return self._pending
+
+    @property
+    def serving_placement(self) -> dict[str, tuple[str, ...]] | None:
+        """The previous placement, still serving while starts are pending (its stops wait until they
+        are ready); None when nothing is pending."""
+        serving = self._serving
+        return None if serving is None else dict(serving.placement)
 
     @property
     def history(self) -> tuple[Record, ...]:
@@ -522,9 +370,21 @@ class RuntimeSelector:
         """The current route (lock-free: one attribute read)."""
         return self._route
 
+    def answers(self, down: Iterable[str]) -> bool:
+        """Whether the current route still answers when exactly ``down`` servers are down (its path
+        up and reachable from the ingress): what a request sent along it meets."""
+        route = self._route
+        if route.answer is None:
+            return False
+        down = set(down)
+        for lookup in (self._lookup, self._serving):
+            if lookup is not None and lookup.owns(route):
+                return lookup.answers(route, down)
+        return False
+
     def route_for(self, down: Iterable[str]) -> Route:
-        """What would answer on the current placement with exactly ``down`` servers down (no state
-        change).  Raises :class:`SelectorError` for an unknown server name."""
+        """What would answer on the current placement, every component ready, with exactly ``down``
+        servers down (no state change).  Raises :class:`SelectorError` for an unknown server name."""
         down = list(down)
         for s in down:
             if s not in self._known:
@@ -537,6 +397,7 @@ class RuntimeSelector:
         *,
         on_route_change: Callable[[Record], Any] | None = None,
         on_replan: Callable[[ReplanResult], Any] | None = None,
+        on_replan_failed: Callable[[Record], Any] | None = None,
     ) -> None:
         """Add callbacks (they run in event order under the selector's lock)."""
         with self._lock:
@@ -544,6 +405,8 @@ class RuntimeSelector:
                 self._route_listeners.append(on_route_change)
             if on_replan:
                 self._replan_listeners.append(on_replan)
+            if on_replan_failed:
+                self._failed_listeners.append(on_replan_failed)
 
     # -- fast path ------------------------------------------------------------------------------
     def mark_down(self, server: str, now: float | None = None) -> Route:
@@ -551,7 +414,8 @@ class RuntimeSelector:
         return self._observe("down", server, now)
 
     def mark_up(self, server: str, now: float | None = None) -> Route:
-        """Record that ``server`` is up again and return the new route at once."""
+        """Record that ``server`` is up again and return the new route at once (it stays down while a
+        domain it belongs to is down)."""
         return self._observe("up", server, now)
 
     def add_server(self, server: Server, now: float | None = None) -> Route:
@@ -576,6 +440,61 @@ class RuntimeSelector:
             self._known.add(server.name)
             return self._observe("join", server.name, now)
 
+    def domain_members(self, key: str, value: str) -> tuple[str, ...]:
+        """The servers of the failure domain ``key=value`` (servers whose label ``key`` is ``value``).
+
+        Raises :class:`SelectorError` without a cluster or when no server carries that label."""
+        if self._cluster is None:
+            raise SelectorError(
+                "failure domains need the cluster", field="cluster", fix="pass the cluster to RuntimeSelector"
+            )
+        members = tuple(s.name for s in self._cluster.servers if s.labels.get(key) == value)
+        if not members:
+            values = sorted({s.labels[key] for s in self._cluster.servers if key in s.labels})
+            raise SelectorError(
+                f"no server has the label {key}={value}",
+                field="domain",
+                fix=f"use a label of the cluster's servers ({key}: {', '.join(values) or 'none'})",
+            )
+        return members
+
+    def mark_domain_down(self, key: str, value: str, now: float | None = None) -> Route:
+        """A whole failure domain (every server labelled ``key=value``: a zone, a rack, a power feed)
+        is down; returns the new route at once."""
+        return self._observe_domain(key, value, True, now)
+
+    def mark_domain_up(self, key: str, value: str, now: float | None = None) -> Route:
+        """The domain ``key=value`` is back: its servers are up unless reported down themselves or in
+        another domain that is down."""
+        return self._observe_domain(key, value, False, now)
+
+    def mark_ready(self, component: str, server: str, now: float | None = None) -> Route:
+        """A component a re-plan started on ``server`` reports ready (loaded, first inference done):
+        from now on routes may use it.  Returns the route.  A pair that is not pending changes
+        nothing; a component or server the current placement does not have raises
+        :class:`SelectorError`."""
+        with self._lock:
+            if server not in self._plan.placement.get(component, ()):
+                raise SelectorError(
+                    f"the current placement does not run {component} on {server}",
+                    field="component",
+                    fix="report readiness of a component a re-plan started (see ReplanResult.pending)",
+                )
+            pair = (component, server)
+            if pair not in self._pending:
+                return self._route
+            t = self._clock() if now is None else now
+            self._pending = self._pending - {pair}
+            if not self._pending:
+                self._serving = None
+            previous = self._route
+            route = self._route = self._compute_route()
+            record = self._record(t, "ready", server, route, previous, detail=f"{component} on {server} is ready")
+            if route != previous:
+                for cb in self._route_listeners:
+                    cb(record)
+            return route
+
     def _unknown(self, server: Any) -> SelectorError:
         known = sorted(self._known)
         more = " ..." if len(known) > 12 else ""
@@ -585,22 +504,60 @@ class RuntimeSelector:
             fix=f"use a server of the plan or cluster: {', '.join(known[:12])}{more}",
         )
 
+    def _in_down_domain(self, server: str) -> bool:
+        if not self._domains_down or self._cluster is None or server not in self._cluster.index:
+            return False
+        labels = self._cluster.server(server).labels
+        return any(labels.get(k) == v for k, v in self._domains_down)
+
     def _observe(self, kind: str, server: str, now: float | None) -> Route:
         with self._lock:
             if server not in self._known:
                 raise self._unknown(server)
             t = self._clock() if now is None else now
-            self._health = health = self._health.observe(Event(t, kind, server))
-            bit = self._lookup.bit.get(server, 0)
-            if bit:
-                self._mask = self._mask & ~bit if server in health.down_since else self._mask | bit
-            previous = self._route
-            route = self._route = self._lookup.route_mask(self._mask)
-            record = self._record(t, kind, server, route, previous)
-            if route is not previous and self._route_listeners:
-                for cb in self._route_listeners:
-                    cb(record)
-            return route
+            if kind == "down":
+                self._marked_down.add(server)
+            else:
+                self._marked_down.discard(server)
+            effective = kind
+            if kind in ("up", "join") and self._in_down_domain(server):
+                effective = "down"  # its domain is still down
+            self._health = self._health.observe(Event(t, effective, server))
+            return self._after_health_change(t, kind, server)
+
+    def _observe_domain(self, key: str, value: str, down: bool, now: float | None) -> Route:
+        with self._lock:
+            members = self.domain_members(key, value)
+            t = self._clock() if now is None else now
+            (self._domains_down.add if down else self._domains_down.discard)((key, value))
+            health = self._health
+            for s in members:
+                is_down = s in self._marked_down or self._in_down_domain(s)
+                health = health.observe(Event(t, "down" if is_down else "up", s))
+            self._health = health
+            return self._after_health_change(t, "domain-down" if down else "domain-up", f"{key}={value}")
+
+    def _after_health_change(self, t: float, kind: str, server: str) -> Route:
+        lookup = self._lookup
+        self._mask = lookup.mask_of(self._health.down)
+        previous = self._route
+        route = self._route = lookup.route_mask(self._mask) if not self._pending else self._compute_route()
+        record = self._record(t, kind, server, route, previous)
+        if route is not previous and route != previous and self._route_listeners:
+            for cb in self._route_listeners:
+                cb(record)
+        return route
+
+    def _compute_route(self) -> Route:
+        """The route now: the current placement's, skipping pending components, or the previous
+        (fully ready) placement's when that is more accurate."""
+        lookup = self._lookup
+        route = lookup.route_ready(self._mask, self._pending)
+        if self._pending and self._serving is not None:
+            old = self._serving.route(self._health.down)
+            if old.answer is not None and (route.answer is None or old.accuracy > route.accuracy + _EPS):
+                route = old
+        return route
 
     def _record(
         self,
@@ -611,9 +568,10 @@ class RuntimeSelector:
         previous: Route,
         detail: str = "",
         replan: ReplanResult | None = None,
+        failure: str = "",
     ) -> Record:
         self._seq += 1
-        rec = Record(self._seq, t, kind, server, route, previous, detail, replan)
+        rec = Record(self._seq, t, kind, server, route, previous, detail, replan, failure, tuple(sorted(self._pending)))
         self._records.append(rec)
         return rec
 
@@ -645,12 +603,16 @@ class RuntimeSelector:
                 self._rstate.count,
                 self._rstate.failures,
                 self._bytes_moved,
+                tuple(sorted(self._pending)),
+                tuple(f"{k}={v}" for k, v in sorted(self._domains_down)),
+                self._last_failure,
             )
 
     def tick(self, now: float | None = None) -> ReplanResult | None:
         """Run a re-plan if one is due (call it from the control loop).  Returns the applied
-        re-plan, or None.  A planner failure (:class:`MelplanError`) is recorded as
-        ``replan-failed`` and backed off, not raised; other exceptions propagate."""
+        re-plan (its ``pending`` starts serve once ``mark_ready`` says so), or None.  Never raises
+        for a replanner's failure: any exception it raises, and a plan that uses an excluded server,
+        is recorded as ``replan-failed`` with its reason (``Record.failure``) and backed off."""
         with self._lock:
             t = self._clock() if now is None else now
             d = decide(self._health, self._view(), self._rstate, self._policy, t)
@@ -669,29 +631,47 @@ class RuntimeSelector:
                 return None
             self._replanning = True
             self._last_wait = None
+            assert self._cluster is not None  # a re-planning policy needs one (checked in __init__)
+            cluster, hosts_nothing = replan_cluster(self._cluster, d.exclude)
             request = ReplanRequest(
                 t,
                 d.reason,
                 self._catalog,
-                self._cluster.without(d.exclude),
+                cluster,
                 self._plan,
                 self._family,
                 d.exclude,
                 self._migration_weight,
+                self._original,
+                self._original_family,
+                hosts_nothing,
             )
         try:
             started = time.perf_counter()
             try:
+                check_request(request)
                 new_plan = self._replanner(request)
                 new_family = self._catalog.get(new_plan.family)
                 validate_placement(new_family, new_plan.placement, request.cluster)  # never on an excluded server
+                on_relay = sorted({s for v in new_plan.placement.values() for s in v} & set(request.hosts_nothing))
+                if on_relay:
+                    raise InfeasiblePlanError(
+                        f"the replanner placed components on {', '.join(on_relay)}, which may only relay requests",
+                        field="placement",
+                    )
                 lookup = RouteLookup(
                     new_family, new_plan.placement, self._cluster_snapshot(), generation=self._lookup.generation + 1
                 )
-            except MelplanError as exc:
+            except Exception as exc:  # never raises: every failure is recorded with its reason
+                reason = failure_reason(exc)
                 with self._lock:
                     self._rstate = self._rstate.after(t, self._policy, ok=False)
-                    self._record(t, "replan-failed", None, self._route, self._route, detail=f"{d.reason}: {exc}")
+                    self._last_failure = reason
+                    rec = self._record(
+                        t, "replan-failed", None, self._route, self._route, detail=d.reason, failure=reason
+                    )
+                    for cb in self._failed_listeners:
+                        cb(rec)
                 return None
             wall = time.perf_counter() - started
             with self._lock:
@@ -702,6 +682,7 @@ class RuntimeSelector:
 
     def _cluster_snapshot(self) -> Cluster:
         with self._lock:
+            assert self._cluster is not None
             return self._cluster
 
     def _apply(
@@ -710,22 +691,47 @@ class RuntimeSelector:
         t = request.time
         actions = placement_actions(self._family, self._plan.placement, new_family, new_plan.placement)
         moved = sum(a.bytes for a in actions if a.verb == "start")
+        starts = frozenset((a.component, a.server) for a in actions if a.verb == "start")
+        if self._await_ready:
+            same_family = new_family.id == self._family.id
+            still = {p for p in self._pending if same_family and p[1] in new_plan.placement.get(p[0], ())}
+            # what the placement still serving (its stops wait for readiness) runs is ready already
+            running: set[Pair] = set()
+            if self._serving is not None and self._serving.family.id == new_family.id:
+                running = {(c, x) for c, xs in self._serving.placement.items() for x in xs}
+            pending = frozenset((starts | still) - running)
+        else:
+            pending = frozenset()
+        if pending and self._serving is None and not self._pending:
+            self._serving = self._lookup  # the old placement serves until the new one is ready
+        elif not pending:
+            self._serving = None
         result = ReplanResult(
-            t, request.reason, request.excluded, self._plan, new_plan, actions, moved, wall, lookup.generation
+            t,
+            request.reason,
+            request.excluded,
+            self._plan,
+            new_plan,
+            actions,
+            moved,
+            wall,
+            lookup.generation,
+            tuple(sorted(pending)),
         )
-        # the new basis: what the re-plan could use, plus servers left out only by coincidence (down or
-        # unsettled, already accounted for, not used by the old plan): their return needs no re-plan.
-        # Servers the old plan lost, and those never accounted for (recovering, joined), stay outside
-        # and trigger a re-plan once stable.
+        # the new basis: what the re-plan could place on, plus servers left out only by coincidence
+        # (down or unsettled, already accounted for, not used by the old plan): their return needs no
+        # re-plan.  Servers the old plan lost, and those never accounted for (recovering, joined), stay
+        # outside and trigger a re-plan once stable.
         old_used = set(self._lookup.used)
         coincidental = {s for s in request.excluded if s in self._basis and s not in old_used}
-        self._basis = frozenset(request.cluster.names) | frozenset(coincidental)
+        self._basis = frozenset(request.hosts) | frozenset(coincidental)
         self._plan, self._family, self._lookup = new_plan, new_family, lookup
+        self._pending = pending
         self._rstate = self._rstate.after(t, self._policy, ok=True)
         self._bytes_moved += moved
         self._mask = lookup.mask_of(self._health.down)
         previous = self._route
-        route = self._route = lookup.route_mask(self._mask)
+        route = self._route = self._compute_route()
         record = self._record(t, "replan", None, route, previous, detail=request.reason, replan=result)
         for cb in self._replan_listeners:
             cb(result)

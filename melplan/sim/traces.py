@@ -1,9 +1,12 @@
-"""Failure traces: read and validate CSV traces, generate seeded ones from MTBF/MTTR (no torch).
+"""Failure traces: read and validate CSV traces, generate seeded ones from MTBF/MTTR, with correlated
+outages of failure domains (no torch).  Real public records: :mod:`melplan.sim.realtraces`.
 
 A trace is a CSV file with the header ``time_s,server,state``: seconds from the start, a server
-name of the cluster, and ``down`` or ``up``.  Every server is up at time 0.  Rows may come in any
-order (they are sorted by time, keeping file order for ties); a repeated state (``down`` for a
-server already down) changes nothing.  Lines starting with ``#`` and blank lines are skipped.
+name of the cluster or a failure domain written ``key=value`` (every server labelled ``key: value``;
+a server is up when it and every domain it is in are up), and ``down`` or ``up``.
+Every server is up at time 0.  Rows may come in any order (they are sorted by time, keeping file
+order for ties); a repeated state (``down`` for a server already down) changes nothing.
+Lines starting with ``#`` and blank lines are skipped.
 
 Generated traces (:func:`generate_trace`) alternate exponential up and down times per server:
 mean up time ``mtbf_h``, mean down time ``mttr_h``.  A server given only ``failure_prob`` p gets
@@ -12,6 +15,10 @@ of the time, as its probability says; p = 0 never fails.  Each server starts in 
 state (down with probability p) and draws from its own stream seeded by ``(seed, name)``, so adding
 a server does not change the others' failures.  Times are rounded to the millisecond so a written
 trace replays exactly.
+
+Failure domains (DESIGN §1, the cluster's ``failure_domains:``) alternate the same way from their own
+MTBF/MTTR (or failure probability), each from its own stream seeded by ``(seed, "key=value")``; while
+a domain is down all its servers are down together (correlated outages).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import io
 import math
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +57,7 @@ class Trace:
     source: str
     seed: int | None = None
     dropped_after_horizon: int = 0
+    mapping: tuple[tuple[str, str], ...] = ()  # (server, node of the real record it plays)
 
     @property
     def hours(self) -> float:
@@ -128,7 +136,7 @@ def parse_trace(
                 f"line {lineno}: unknown server {server!r}",
                 file=source,
                 field="server",
-                fix=f"use server names of the cluster file ({known})",
+                fix=f"use server names of the cluster file, or key=value for a failure domain ({known})",
             )
         if not server:
             raise TraceError(f"line {lineno}: empty server name", file=source, field="server", fix="name a server")
@@ -160,17 +168,10 @@ def load_trace(
     path: str | os.PathLike, *, servers: Iterable[str] | None = None, horizon_s: float | None = None
 ) -> Trace:
     """Read a CSV trace file; raises :class:`TraceError` when it is unreadable or malformed."""
+    from melplan.core.fileio import read_text_limited
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TraceError(
-            f"cannot read the file ({exc.strerror})", file=str(path), fix="check the path given to --trace"
-        ) from None
-    except UnicodeDecodeError:
-        raise TraceError(
-            "not a text file", file=str(path), fix="give a CSV file with columns time_s,server,state"
-        ) from None
+    text = read_text_limited(path, error=TraceError, fix="check the path given to --trace")
     return parse_trace(text, servers=servers, horizon_s=horizon_s, source=str(path))
 
 
@@ -203,6 +204,70 @@ def server_rates(cluster: Cluster, *, default_mttr_h: float = DEFAULT_MTTR_H) ->
     return out
 
 
+def domain_names(cluster: Cluster) -> list[str]:
+    """Every ``key=value`` label of the cluster's servers (each is a possible failure domain)."""
+    return sorted({f"{k}={v}" for s in cluster.servers for k, v in s.labels.items()})
+
+
+def domain_members(cluster: Cluster, domain: str) -> tuple[str, ...]:
+    key, _, value = domain.partition("=")
+    return tuple(s.name for s in cluster.servers if s.labels.get(key) == value)
+
+
+def _rate(spec, default_mttr_h: float) -> tuple[float, float] | None:
+    get = spec.get if isinstance(spec, Mapping) else (lambda k, d=None: getattr(spec, k, d))
+    mtbf, mttr, p = get("mtbf_h"), get("mttr_h"), get("failure_prob")
+    if mtbf is not None:
+        return float(mtbf), float(mttr or 0.0)
+    if p is None or p <= 0:
+        return None
+    return default_mttr_h * (1 - p) / p, default_mttr_h
+
+
+def domain_rates(cluster: Cluster, *, default_mttr_h: float = DEFAULT_MTTR_H) -> dict[str, tuple[float, float]]:
+    """``"key=value" -> (mtbf_h, mttr_h)`` of the cluster's failure domains (``failure_domains:`` of
+    the cluster file: ``{key: {value: {failure_prob | mtbf_h + mttr_h}}}``); empty without any.  A
+    domain given only ``failure_prob`` p gets ``mttr_h = default_mttr_h``, as servers do."""
+    spec = getattr(cluster, "failure_domains", None) or {}
+    out: dict[str, tuple[float, float]] = {}
+    if isinstance(spec, Mapping):
+        items = [(k, v, d) for k, vals in spec.items() for v, d in (vals or {}).items()]
+    else:  # a sequence of domain objects with key, value and rates
+        items = [(getattr(d, "key", None) or getattr(d, "label", None), getattr(d, "value", None), d) for d in spec]
+    for k, v, d in items:
+        r = _rate(d, default_mttr_h)
+        if r is not None and k is not None and v is not None:
+            out[f"{k}={v}"] = r
+    return out
+
+
+def effective_events(events: Sequence[TraceEvent], cluster: Cluster) -> list[TraceEvent]:
+    """Server events only: domain events (``key=value``) expanded, so a server is down while it or
+    any domain it is in is down.  Each server's changes of state, in time order."""
+    members = {d: domain_members(cluster, d) for d in {e.server for e in events if "=" in e.server}}
+    self_down: set[str] = set()
+    dom_down: set[str] = set()
+    state: dict[str, bool] = {}
+    doms_of: dict[str, list[str]] = {}
+    for d, ms in members.items():
+        for m in ms:
+            doms_of.setdefault(m, []).append(d)
+    out = []
+    for e in events:
+        if "=" in e.server:
+            (dom_down.add if e.state == "down" else dom_down.discard)(e.server)
+            touched: Sequence[str] = members.get(e.server, ())
+        else:
+            (self_down.add if e.state == "down" else self_down.discard)(e.server)
+            touched = (e.server,)
+        for s in touched:
+            down = s in self_down or any(d in dom_down for d in doms_of.get(s, ()))
+            if state.get(s, False) != down:
+                state[s] = down
+                out.append(TraceEvent(e.time_s, s, "down" if down else "up"))
+    return out
+
+
 def generate_trace(
     cluster: Cluster,
     hours: float,
@@ -210,10 +275,12 @@ def generate_trace(
     *,
     default_mttr_h: float = DEFAULT_MTTR_H,
     servers: Sequence[str] | None = None,
+    domains: Mapping[str, tuple[float, float]] | None = None,
 ) -> Trace:
-    """A seeded trace over ``hours`` for the cluster's servers (or the ``servers`` named).
+    """A seeded trace over ``hours`` for the cluster's servers (or the ``servers`` named) and its
+    failure domains (``domains``: ``"key=value" -> (mtbf_h, mttr_h)``, default :func:`domain_rates`).
 
-    Raises :class:`TraceError` for a horizon that is not a positive number.
+    Raises :class:`TraceError` for a horizon that is not a positive number or an unknown domain.
     """
     if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours <= 0:
         raise TraceError(
@@ -230,6 +297,16 @@ def generate_trace(
     horizon = float(hours) * 3600.0
     rates = server_rates(cluster, default_mttr_h=default_mttr_h)
     names = list(servers) if servers is not None else cluster.names
+    doms = dict(domain_rates(cluster, default_mttr_h=default_mttr_h) if domains is None else domains)
+    for d in doms:
+        if not domain_members(cluster, d):
+            raise TraceError(
+                f"failure domain {d!r} has no server",
+                field="failure_domains",
+                fix="name a label key and value the cluster's servers carry, e.g. zone=north",
+            )
+    rates.update(doms)
+    names += sorted(doms)
     events: list[tuple[float, int, TraceEvent]] = []
     order = 0
     for name in names:
@@ -254,7 +331,8 @@ def generate_trace(
     return Trace(
         tuple(e[2] for e in events),
         horizon,
-        f"generated: seed={seed}, hours={hours:g}, default_mttr_h={default_mttr_h:g}",
+        f"generated: seed={seed}, hours={hours:g}, default_mttr_h={default_mttr_h:g}"
+        + (f", domains {', '.join(sorted(doms))}" if doms else ""),
         seed,
     )
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -144,13 +146,17 @@ def parse_lambdas(text: str | None, n: int) -> dict[str, float] | None:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     try:
         if all("=" in p for p in parts):
-            return {k.strip(): float(v) for k, v in (p.split("=", 1) for p in parts)}
-        if len(parts) != len(keys):
+            lam = {k.strip(): float(v) for k, v in (p.split("=", 1) for p in parts)}
+        elif len(parts) != len(keys):
             raise ValueError
-        return dict(zip(keys, map(float, parts)))
+        else:
+            lam = dict(zip(keys, map(float, parts)))
+        if not all(math.isfinite(v) and 0 <= v <= 1e6 for v in lam.values()) or not any(lam.values()):
+            raise ValueError
+        return lam
     except ValueError:
         raise InputError(
-            f"cannot read lambdas {text!r}",
+            f"cannot read lambdas {text!r} (finite weights >= 0, not all 0)",
             field="--lambdas",
             fix=f"give {len(keys)} numbers in the order {', '.join(keys)}, or key=value pairs",
         ) from None
@@ -217,9 +223,60 @@ def _validate(spec: FamilySpec, n_base_blocks: int) -> None:
         )
 
 
+def check_output_entry(spec: FamilySpec, fid: str, catalog_dir: str | Path, *, force: bool = False) -> None:
+    """Before the first training step: the id is a plain file name (it cannot leave the catalog or
+    checkpoint folder), the catalog folder can be written, and an existing entry of that id is replaced
+    only when it was made by the same recipe (same spec digest: a rerun) or with ``force``.
+    Raises InputError naming the option."""
+    from melplan.core.catalog import FAMILY_ID_RE
+
+    if not FAMILY_ID_RE.match(fid) or len(fid) > 200:
+        raise InputError(
+            f"invalid family id {fid!r}",
+            field="--id",
+            fix="use lower-case letters, digits, '.', '_' and '-' only (no '/'), starting with a letter or digit",
+        )
+    folder = Path(catalog_dir)
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(
+            "the catalog folder cannot be written", file=str(folder), field="--catalog", fix="choose a writable folder"
+        )
+    existing = folder / f"{fid}.json"
+    if existing.exists() and not force:
+        from melplan.core.fileio import load_json_file
+
+        try:
+            old = load_json_file(existing)
+            digest = old.get("training", {}).get("spec_digest") if isinstance(old, dict) else None
+        except InputError:
+            digest = None
+        if digest != spec.digest():
+            raise InputError(
+                "an entry with this id exists and was made by a different recipe",
+                file=str(existing),
+                field="--id",
+                fix="give another --id (say what differs, e.g. ...-e1-lr0.1), or pass --force to replace it",
+            )
+
+
 def pick_device(device: str | None = None) -> torch.device:
+    """The torch device named (validated: an unknown or absent device is an InputError), else cuda
+    when present, else cpu."""
     if device:
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            raise InputError(
+                f"unknown torch device {device!r}", field="--device", fix="use cpu, cuda or cuda:N"
+            ) from None
+        if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+            raise InputError(f"device {device!r} is not available here", field="--device", fix="use --device cpu")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise InputError(f"unsupported device {device!r}", field="--device", fix="use cpu or cuda")
+        return dev
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -250,6 +307,7 @@ def train_family(
     latency: bool = True,
     channels_last: bool = True,
     stop_after_epochs: int | None = None,
+    force: bool = False,
 ) -> Family:
     """Train, fine-tune, select on validation, evaluate and measure one family; write
     ``<catalog_dir>/<id>.json`` (and the weights with ``save_weights``).
@@ -265,6 +323,7 @@ def train_family(
     if catalog_dir.exists() and not catalog_dir.is_dir():
         raise InputError("the catalog path is not a folder", file=str(catalog_dir), fix="give a folder path")
     dev = pick_device(device)
+    check_output_entry(spec, fid, catalog_dir, force=force)
     out = _Progress(progress, log)
     ds = load_dataset(
         spec.dataset,
@@ -659,14 +718,9 @@ def load_weights(family: Family) -> MELNet:
 def sweep_specs(path: str | Path) -> list[tuple[FamilySpec, bool]]:
     """Read a sweep YAML: ``defaults:`` and ``families:`` (overrides of FamilySpec fields, plus
     ``save_weights``). Returns (spec, save_weights) pairs."""
-    import yaml
+    from melplan.core.fileio import load_yaml_file
 
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(
-            f"cannot read the sweep file ({exc})", file=str(path), fix="check the path and YAML syntax"
-        ) from None
+    data = load_yaml_file(path, error=InputError, fix="check the path of the sweep file")
     if not isinstance(data, dict) or not isinstance(data.get("families"), list):
         raise InputError(
             "expected 'defaults:' and a 'families:' list",
@@ -683,9 +737,25 @@ def sweep_specs(path: str | Path) -> list[tuple[FamilySpec, bool]]:
             fix="use 'catalog', 'defaults' and 'families'",
         )
     allowed = set(FamilySpec.__dataclass_fields__) | {"save_weights"}
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise InputError(
+            f"expected a mapping of option: value, got {defaults!r}"[:200],
+            file=str(path),
+            field="defaults",
+            fix="write defaults as 'key: value' lines (see sweeps/fashion-mnist.yaml)",
+        )
     out = []
+    seen_ids: dict[str, int] = {}
     for i, item in enumerate(data["families"]):
-        merged = {**(data.get("defaults") or {}), **(item or {})}
+        if item is not None and not isinstance(item, dict):
+            raise InputError(
+                f"expected a mapping of option: value, got {item!r}"[:200],
+                file=str(path),
+                field=f"families[{i}]",
+                fix="write each family as '- {blocks: [5, 5], combiner: fc}'",
+            )
+        merged = {**defaults, **(item or {})}
         unknown = sorted(set(merged) - allowed)
         if unknown:
             raise InputError(
@@ -694,15 +764,88 @@ def sweep_specs(path: str | Path) -> list[tuple[FamilySpec, bool]]:
                 field=f"families[{i}]",
                 fix=f"use keys from: {', '.join(sorted(allowed))}",
             )
-        save = bool(merged.pop("save_weights", False))
-        merged["blocks"] = tuple(merged.get("blocks", (5, 5)))
-        lam = merged.get("lambdas")
-        if isinstance(lam, (list, str)):
-            merged["lambdas"] = parse_lambdas(
-                ",".join(map(str, lam)) if isinstance(lam, list) else lam, len(merged["blocks"])
-            )
-        out.append((FamilySpec(**merged), save))
+        try:
+            spec, save = _sweep_entry(merged)
+        except InputError as exc:
+            raise InputError(
+                exc.message, file=str(path), field=f"families[{i}].{exc.field or ''}".rstrip("."), fix=exc.fix
+            ) from None
+        if spec.family_id is not None:
+            if spec.family_id in seen_ids:
+                raise InputError(
+                    f"id {spec.family_id!r} is also used by families[{seen_ids[spec.family_id]}]",
+                    file=str(path),
+                    field=f"families[{i}].family_id",
+                    fix="give every entry its own id",
+                )
+            seen_ids[spec.family_id] = i
+        out.append((spec, save))
     return out
+
+
+_SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "base": (str,),
+    "combiner": (str,),
+    "dataset": (str,),
+    "family_id": (str,),
+    "role": (str,),
+    "epochs": (int,),
+    "finetune_epochs": (int,),
+    "batch_size": (int,),
+    "seed": (int,),
+    "train_limit": (int,),
+    "test_limit": (int,),
+    "image_size": (int,),
+    "lr": (int, float),
+    "weight_decay": (int, float),
+    "label_smoothing": (int, float),
+    "coarse_weight": (int, float),
+    "augment": (bool,),
+    "hierarchical": (bool,),
+}
+
+
+def _sweep_entry(merged: dict[str, Any]) -> tuple[FamilySpec, bool]:
+    """One sweep entry (defaults merged) as a FamilySpec, every field type- and range-checked;
+    raises InputError naming the field."""
+    import math
+
+    save = merged.pop("save_weights", False)
+    if not isinstance(save, bool):
+        raise InputError(f"expected true or false, got {save!r}", field="save_weights", fix="write true or false")
+    blocks = merged.get("blocks", (5, 5))
+    if (
+        not isinstance(blocks, (list, tuple))
+        or not 1 <= len(blocks) <= 8
+        or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 64 for b in blocks)
+    ):
+        raise InputError(
+            f"expected a list of block counts, one per upstream, got {blocks!r}"[:200],
+            field="blocks",
+            fix="write e.g. 'blocks: [5, 5]' (a single model: [8])",
+        )
+    merged["blocks"] = tuple(blocks)
+    for key, types in _SPEC_TYPES.items():
+        v = merged.get(key)
+        if v is None:
+            continue
+        wrong = not isinstance(v, types) or (bool not in types and isinstance(v, bool))
+        if not wrong and isinstance(v, (int, float)) and not isinstance(v, bool):
+            wrong = (
+                not math.isfinite(v)
+                or v < 0
+                or v > 1e9
+                or (key in ("epochs", "batch_size", "train_limit", "test_limit", "image_size") and v < 1)
+            )
+        if wrong:
+            kind = {str: "a string", int: "a whole number", bool: "true or false", float: "a number"}[types[-1]]
+            raise InputError(f"expected {kind}, got {v!r}"[:200], field=key, fix=f"set '{key}' to {kind}")
+    lam = merged.get("lambdas")
+    if isinstance(lam, (list, str)):
+        merged["lambdas"] = parse_lambdas(",".join(map(str, lam)) if isinstance(lam, list) else lam, len(blocks))
+    elif lam is not None and not isinstance(lam, dict):
+        raise InputError(f"expected a list of numbers, got {lam!r}"[:200], field="lambdas", fix="write e.g. [1, 1, 1]")
+    return FamilySpec(**merged), save
 
 
 def run_sweep(
@@ -720,9 +863,9 @@ def run_sweep(
     A family whose entry exists with the same spec digest is skipped; afterwards every MEL family
     in the catalog gets the reference entry's numbers (``attach_reference``).
     """
-    import yaml
+    from melplan.core.fileio import load_yaml_file
 
-    specs, options = sweep_specs(path), yaml.safe_load(Path(path).read_text())
+    specs, options = sweep_specs(path), load_yaml_file(path, error=InputError)
     catalog_dir = Path(catalog_dir or options.get("catalog") or "catalog")
     ids = [spec.family_id or spec.default_id(validate_spec(spec)) for spec, _ in specs]  # all checked up front
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -754,7 +897,8 @@ def run_sweep(
                     continue
             except (OSError, json.JSONDecodeError):
                 pass
-        yield train_family(spec, catalog_dir=catalog_dir, save_weights=save, log=log, **kwargs)
+        # a sweep reproduces its catalog: an entry of another recipe under the same id is replaced
+        yield train_family(spec, catalog_dir=catalog_dir, save_weights=save, log=log, **{"force": True, **kwargs})
     attach_reference(catalog_dir)
 
 
