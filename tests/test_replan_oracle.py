@@ -282,3 +282,41 @@ def test_replanner_crash_is_recorded_with_its_reason():
     rec = sel.history[-1]
     assert rec.kind == "replan-failed" and "crashed (KeyError" in rec.failure
     assert sel.status(now=1.0).last_failure == rec.failure
+
+
+@pytest.mark.parametrize("which", ["planner", "repair"])
+def test_cli_whole_site_then_ingress_alone_exits_0_with_reasons(tmp_path, which):
+    import json
+
+    from click.testing import CliRunner
+
+    from melplan.cli import main
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    plan = tmp_path / "plan.json"
+    r = CliRunner().invoke(
+        main,
+        ["plan", "--servers", str(root / "examples/cluster-4.yaml"), "--catalog", str(root / "catalog/fashion-mnist")]
+        + ["--out", str(plan), "--quiet"],
+    )
+    assert r.exit_code == 0, r.output
+    trace = tmp_path / "site.csv"
+    rows = ["time_s,server,state"] + [f"100,{s},down" for s in ("edge-a", "edge-b", "edge-c", "edge-d")]
+    rows += [f"2000,{s},up" for s in ("edge-a", "edge-b", "edge-c", "edge-d")]
+    rows += ["4000,edge-a,down", "8000,edge-a,up"]  # later the ingress alone
+    trace.write_text("\n".join(rows) + "\n")
+    args = ["simulate", "--plan", str(plan), "--trace", str(trace), "--hours", "4", "--replanner", which]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "replan-failed: no server is up to place on" in r.output and "failed and were backed off" in r.output
+    r = CliRunner().invoke(main, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    p = json.loads(r.output)["strategies"][0]
+    assert p["failed_replans"] >= 1 and any("no server is up" in f["reason"] for f in p["failure_reasons"])
+    assert any(e["kind"] == "replan-failed" and e["failure"] for e in p["events"])
+    r = CliRunner().invoke(
+        main, ["select", "--plan", str(plan), "--down", "edge-a,edge-b,edge-c,edge-d", "--replan", which, "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    rp = json.loads(r.output)["replan"]
+    assert rp["kind"] == "replan-failed" and "no server is up" in rp["failure"]

@@ -31,9 +31,22 @@ from melplan.commands.common import (
 )
 @plan_catalog_option
 @service_option
+@click.option(
+    "--replan",
+    type=click.Choice(["planner", "repair"]),
+    default=None,
+    help="Also re-plan once without the --down servers with this re-planner and show the actions, or why "
+    "the re-plan failed.",
+)
 @json_option
 def select(
-    plan_path: str, down: str, cluster_path: str | None, catalog_dir: str | None, service: str | None, as_json: bool
+    plan_path: str,
+    down: str,
+    cluster_path: str | None,
+    catalog_dir: str | None,
+    service: str | None,
+    replan: str | None,
+    as_json: bool,
 ) -> None:
     """Show which subset of the plan's family answers when the --down servers are down, on which
     servers, and with what accuracy (the same choice the runtime selector makes).
@@ -46,8 +59,15 @@ def select(
     """
     from melplan.runtime.selector import select_route
 
+    replanner = None
+    if replan is not None:
+        from melplan.sim.simulate import make_replanner
+
+        replanner = make_replanner(replan)
     names = [s.strip() for s in down.split(",") if s.strip()]
-    sel = select_route(plan_path, names, catalog_dir=catalog_dir, cluster_path=cluster_path, service=service)
+    sel = select_route(
+        plan_path, names, catalog_dir=catalog_dir, cluster_path=cluster_path, service=service, replanner=replanner
+    )
     if as_json:
         echo_json(sel.to_dict())
         return
@@ -68,3 +88,12 @@ def select(
         )
     if sel.ignored:
         click.echo(f"Not used by the plan (no effect on the route): {', '.join(sel.ignored)}.")
+    rp = sel.replan
+    if rp is not None:
+        if rp["kind"] == "replan":
+            acts = ", ".join(a["action"] for a in rp["actions"]) or "nothing to move"
+            click.echo(f"Re-plan ({replan}): {acts}; the started components serve once ready.")
+        elif rp["kind"] == "replan-failed":
+            click.echo(f"Re-plan ({replan}): replan-failed: {rp['failure']} (wanted because: {rp['reason']}).")
+        else:
+            click.echo(f"Re-plan ({replan}): none ({rp['reason']}).")

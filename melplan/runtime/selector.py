@@ -754,9 +754,10 @@ class Selection:
     ignored: tuple[str, ...]  # down servers the plan does not use
     route: Route
     plan_servers: tuple[str, ...]
+    replan: dict[str, Any] | None = None  # with replanner=: the re-plan's outcome (applied or failed, why)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
+        d: dict[str, Any] = {
             "plan": self.plan_path,
             "family": self.family,
             "down_servers": list(self.down),
@@ -764,6 +765,8 @@ class Selection:
             "plan_servers": list(self.plan_servers),
         }
         d.update(self.route.to_dict())
+        if self.replan is not None:
+            d["replan"] = self.replan
         return d
 
 
@@ -774,9 +777,13 @@ def select_route(
     catalog_dir: str | None = None,
     cluster_path: str | None = None,
     service: str | None = None,
+    replanner: Replanner | None = None,
 ) -> Selection:
     """Load a plan with its family and cluster (embedded in a v2 plan; from ``catalog_dir`` and
-    ``cluster_path`` for a v1 plan) and return the route with ``down`` servers down.
+    ``cluster_path`` for a v1 plan) and return the route with ``down`` servers down.  With
+    ``replanner``, also re-plan once without the down servers (what a selector's ``tick`` would do
+    past the grace period) and report the outcome in ``replan``: the actions, or ``replan-failed``
+    with its reason (never raised).
 
     Raises :class:`PlanFileError`, :class:`CatalogError` or :class:`ClusterError` for bad files and
     :class:`SelectorError` for a server name that is neither in the plan nor in the cluster.
@@ -798,6 +805,25 @@ def select_route(
                 field="down",
                 fix=f"use one of: {', '.join(sorted(known)[:12])}{hint}",
             )
+    outcome = None
+    if replanner is not None:
+        if cluster is None:
+            raise SelectorError(
+                "a re-plan needs the cluster", field="--replan", fix="pass --servers for a v1 plan, or drop --replan"
+            )
+        sel = RuntimeSelector(
+            plan, family, cluster, policy=Policy.named("eager"), replanner=replanner, clock=lambda: 0.0
+        )
+        for s in names:
+            sel.mark_down(s, now=0.0)
+        result = sel.tick(now=0.0)
+        last = sel.history[-1]
+        if result is not None:
+            outcome = {"kind": "replan", **result.to_dict()}
+        elif last.kind == "replan-failed":
+            outcome = {"kind": "replan-failed", "reason": last.detail, "failure": last.failure}
+        else:
+            outcome = {"kind": "none", "reason": last.detail or "nothing to re-plan: no used server is down"}
     return Selection(
         str(plan_path),
         family.id,
@@ -805,4 +831,5 @@ def select_route(
         tuple(s for s in names if s not in lookup.bit),
         lookup.route(names),
         tuple(lookup.used),
+        outcome,
     )
