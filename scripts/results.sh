@@ -15,7 +15,8 @@ run() {  # run NAME CMD...: print the command, then its output, into $out/NAME.t
 m="python3 -m melplan"
 run catalog-list      $m catalog list --catalog catalog/fashion-mnist
 run catalog-report    $m catalog report --catalog catalog/fashion-mnist
-[ -f catalog/fashion-mnist/fmnist-effb0-full-e4-s0.json ] && run catalog-report-e4 $m catalog report --catalog catalog/fashion-mnist --reference fmnist-effb0-full-e4-s0
+run catalog-next-report $m catalog report --catalog catalog-next/fashion-mnist
+run catalog-next-list $m catalog list --catalog catalog-next/fashion-mnist
 run pareto            $m pareto --catalog catalog/fashion-mnist --plot $out/front.png --force
 run pareto-pick       $m pareto --catalog catalog/fashion-mnist --pick "params<=0.4*reference" --prefer acc_all_up
 run plan-cluster-4    $m plan --servers examples/cluster-4.yaml --catalog catalog/fashion-mnist --out $out/plan-cluster-4.json --force

@@ -318,6 +318,8 @@ def test_lite0_pretrained_prefixes_are_the_packaged_imagenet_network():
             f = b.eval()(f)
         assert torch.allclose(f, ref.extract_features(x), atol=1e-5)
     assert len(net.blocks) == 9 and net.channels == [32, 16, 24, 40, 80, 112, 192, 320, 1280]
+    # PyTorch's BN momentum (0.1), not the package's TensorFlow 0.01 whose running statistics lag ~100 steps
+    assert {m.momentum for b in net.blocks for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
     scratch = build_base("efficientnet_lite0", num_classes=10)
     assert not torch.equal(
         scratch.blocks[1][0].block._depthwise_conv.weight, net.blocks[1][0].block._depthwise_conv.weight

@@ -491,6 +491,7 @@ def train_family(
     training["channels_last"] = channels_last
     training["pretrained"] = "imagenet" if spec.pretrained else None
     training["independent"] = spec.independent
+    training["bn_momentum"] = sorted({m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)})
     training["validation"] = {
         "fraction": spec.val_fraction,
         "samples": len(val_split) if val_split else 0,

@@ -228,6 +228,9 @@ def efficientnet_lite0(*, num_classes: int, pretrained: bool = False) -> BaseNet
         m.load_state_dict(state)
         m._fc = nn.Linear(m._fc.in_features, num_classes)
     _plain_convs(m)
+    for bn in m.modules():  # the package keeps TensorFlow's BN decay 0.99 (momentum 0.01): running statistics
+        if isinstance(bn, nn.BatchNorm2d):  # then lag ~100 steps and a short run evaluates at chance.
+            bn.momentum = 0.1  # PyTorch's default, as in the torchvision bases
     # group the 16 MBConv blocks into stages by their (unscaled) repeats 1,2,2,3,3,4,1
     rate, n = m._global_params.drop_connect_rate or 0.0, len(m._blocks)
     blocks: list[nn.Module] = [nn.Sequential(m._conv_stem, m._bn0, nn.ReLU6(inplace=True))]
