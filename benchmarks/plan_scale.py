@@ -395,8 +395,9 @@ def main() -> int:
             f"    {fam.id[:26] + ' seed ' + str(100 + k):<34} {reps:>1} {count:>10,} {t_bf:8.3f} {t_ilp:7.3f} "
             f"{t_pl:9.3f} {t_bf / t_ilp:9.1f} {t_bf / t_pl:13.1f}  {'yes' if same else 'NO'} (max diff {diff:.1e})"
         )
-    geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-    print(f"    geometric mean brute/ILP time ratio: {geo:.1f}x")
+    if ratios:
+        geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        print(f"    geometric mean brute/ILP time ratio: {geo:.1f}x")
     return 0
 
 

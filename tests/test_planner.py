@@ -255,12 +255,13 @@ def test_a_tiny_time_limit_on_a_big_instance_reports_not_optimal():
     cl = generate_cluster(200, seed=0)
     cat = [make_family(1 + i % 3, seed=i, fid=f"f{i}") for i in range(12)]
     try:
-        res = plan(cat, cl, PlanOptions(time_limit_s=0.02))
+        # the limit counts from the call, so 1 ms leaves families unsolved however fast the machine
+        res = plan(cat, cl, PlanOptions(time_limit_s=0.001))
     except SolverError as exc:
         assert "time limit" in str(exc)
         return
     assert not res.proven_optimal and res.plan.solver["status"] != "optimal"
-    assert any(o.status == "not_solved" for o in res.considered)
+    assert any(o.status in ("not_solved", "time_limit") for o in res.considered)
 
 
 def test_families_left_unsolved_by_the_time_limit_make_the_status_time_limit(monkeypatch):
