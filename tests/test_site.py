@@ -327,3 +327,19 @@ def test_three_datasets_on_one_site():
     assert not res.baselines["alone"]["fits"]
     for name, u in res.servers.items():
         assert u["memory_mb"] <= site.cluster.server(name).memory_mb * (1 + 1e-9)
+
+
+def test_serve_loads_one_service_of_the_site_plan(site_plan, tmp_path):
+    """`melplan serve --service NAME` serves that service's plan; without it, exit 2 naming the choice
+    (checked before any process starts)."""
+    from melplan.serve.launcher import load_for_serving
+
+    out, _ = site_plan
+    data = json.loads(out.read_text())
+    for name, svc in data["services"].items():
+        inputs = load_for_serving(out, service=name)
+        assert inputs.plan.family == svc["family"]
+        assert dict(inputs.plan.placement) == {k: tuple(v) for k, v in svc["placement"].items()}
+    res = CliRunner().invoke(main, ["serve", "--plan", str(out), "--port", "0", "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "--service" in res.output
+    assert not (tmp_path / "run").exists()

@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from melplan.commands.common import force_option, plan_catalog_option, plan_option, servers_option, table
+from melplan.commands.common import (
+    force_option,
+    plan_catalog_option,
+    plan_option,
+    servers_option,
+    service_option,
+    table,
+)
 
 
 @click.command("serve")
@@ -39,6 +46,7 @@ from melplan.commands.common import force_option, plan_catalog_option, plan_opti
 @click.option("--ready-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for readiness.")
 @force_option
 @plan_catalog_option
+@service_option
 def serve(
     plan_path: str,
     port: int,
@@ -53,6 +61,7 @@ def serve(
     ready_timeout: float,
     force: bool,
     catalog_dir: str | None,
+    service: str | None,
 ) -> None:
     """Serve a plan: one process per placed component replica (standing for its server) and a
     gateway speaking the Open Inference Protocol (KServe v2 / Triton REST) on 127.0.0.1:PORT.
@@ -64,6 +73,7 @@ def serve(
       melplan serve --plan plan.json
       curl localhost:8000/v2/health/ready
       melplan serve --plan plan.json --port 8100 --run-dir /tmp/run --no-restart
+      melplan serve --plan site-plan.json --service sorter   # one service of a site plan
     """
     from melplan.core.errors import InputError
     from melplan.serve.launcher import LocalDeployment, load_for_serving
@@ -73,7 +83,7 @@ def serve(
             raise InputError(f"{name} must be > 0, got {value}", field=name, fix=f"pass a positive {name}")
     if not 0 <= port <= 65535:
         raise InputError(f"--port {port} is not a port", field="--port", fix="use 0..65535")
-    inputs = load_for_serving(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path)
+    inputs = load_for_serving(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path, service=service)
     stop = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ARG001

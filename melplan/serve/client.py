@@ -57,9 +57,12 @@ class ComponentClient:
             try:
                 if conn.sock is None:
                     conn.connect()
-                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     fresh = True
-                conn.sock.settimeout(timeout)
+                sock = conn.sock
+                assert sock is not None  # connect() sets it or raises
+                if fresh:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.settimeout(timeout)
                 conn.request(method, path, body=body, headers=dict(headers))
                 resp = conn.getresponse()
                 data = resp.read()

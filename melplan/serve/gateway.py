@@ -572,7 +572,7 @@ class Gateway:
             t = max(float(v) for v in ups if v is not None)
             if "+" in key:
                 combs = self.family.combiners_serving(key)
-                cl = [c.latency_ms.get("cpu") for c in combs if c.latency_ms.get("cpu") is not None]
+                cl = [v for v in (c.latency_ms.get("cpu") for c in combs) if v is not None]
                 if not cl:
                     return None
                 t += min(float(v) for v in cl)

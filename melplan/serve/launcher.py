@@ -49,17 +49,22 @@ class ServingInputs:
 
 
 def load_for_serving(
-    plan_path: str | os.PathLike, *, catalog_dir: str | None = None, cluster_path: str | None = None
+    plan_path: str | os.PathLike,
+    *,
+    catalog_dir: str | None = None,
+    cluster_path: str | None = None,
+    service: str | None = None,
 ) -> ServingInputs:
     """Load a plan, its family and weights (and the cluster when given or embedded).
 
     One loader (:func:`melplan.core.plan.load_plan_bundle`): a v2 plan embeds family, cluster and
-    the weights' location and digest.  Raises PlanFileError/CatalogError/ClusterError for bad files,
+    the weights' location and digest; ``service`` picks one service of a site plan.
+    Raises PlanFileError/CatalogError/ClusterError for bad files,
     and PlanFileError when the family has no weights file to serve or it cannot be found."""
     from melplan.core.plan import load_plan_bundle
     from melplan.serve.component import sha256_of
 
-    b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path)
+    b = load_plan_bundle(plan_path, catalog_dir=catalog_dir, cluster_path=cluster_path, service=service)
     wp = b.require_weights()  # found and digest-checked, or PlanFileError naming where it looked
     ref = b.plan.weights
     digest = ref.sha256 if ref is not None and ref.sha256 else sha256_of(wp)
@@ -459,7 +464,10 @@ class _Pending:
 
         raise ProtocolError("the gateway is starting", 503)
 
-    model_ready = model_metadata
+    def model_ready(self, model: str) -> bool:
+        from melplan.serve.protocol import ProtocolError
+
+        raise ProtocolError("the gateway is starting", 503)
 
     def infer(self, model: str, body: bytes, header_length: str | None):
         from melplan.serve.protocol import ProtocolError
