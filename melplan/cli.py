@@ -60,8 +60,9 @@ def main() -> None:
 
     Typical flow: `melplan catalog list` (what is trained), `melplan pareto` (which families are
     worth it), `melplan plan --servers cluster.yaml --out plan.json` (where to run them),
-    `melplan simulate --plan plan.json --servers cluster.yaml` (what failures cost), `melplan
-    export --plan plan.json --format k8s --out deploy/` (how to deploy).
+    `melplan simulate --plan plan.json` (what failures cost), `melplan serve --plan plan.json`
+    (run it for real), `melplan export --plan plan.json --format k8s --out deploy/` (manifests).
+    A plan embeds its family and cluster, so the commands after `plan` need only `--plan`.
     """
 
 
