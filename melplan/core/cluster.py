@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from melplan.core.errors import ClusterError
+from melplan.core.fields import FieldChecker
 
-MAX_MAGNITUDE = 1e9  # no memory, speed, rate, latency or time in a cluster file is larger
 MIN_MTBF_H = 1 / 60  # a server that fails more often than once a minute is not a server
 MAX_FAILURE_PROB = 0.99  # a server down more than 99% of the time should be left out of the file
 SERVER_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -329,57 +329,8 @@ def load_cluster(path: str | os.PathLike) -> Cluster:
 
 
 def parse_cluster(data: Any, *, source: str | None = None) -> Cluster:
-    def fail(fld: str, message: str, fix: str) -> None:
-        raise ClusterError(message, file=source, field=fld, fix=fix)
-
-    def mapping(value: Any, fld: str, allowed: set[str]) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            fail(fld, f"expected a mapping, got {type(value).__name__}", "write it as 'key: value' lines")
-        unknown = sorted(str(k) for k in value if k not in allowed)
-        if unknown:
-            fail(
-                f"{fld}.{unknown[0]}" if fld else unknown[0],
-                f"unknown key(s) {unknown}",
-                f"remove them or use one of: {', '.join(sorted(allowed))}",
-            )
-        return value
-
-    def number(
-        obj: Mapping[str, Any],
-        key: str,
-        fld: str,
-        *,
-        low: float,
-        low_open: bool = False,
-        high: float | None = None,
-        high_open: bool = False,
-        required: bool = True,
-    ):
-        if key not in obj or obj[key] is None:
-            if required:
-                fail(f"{fld}.{key}", "missing", f"add '{key}'")
-            return None
-        v = obj[key]
-        if (
-            isinstance(v, bool)
-            or not isinstance(v, (int, float))
-            or (isinstance(v, int) and abs(v) > MAX_MAGNITUDE)
-            or not math.isfinite(v)
-            or abs(v) > MAX_MAGNITUDE
-        ):
-            shown = f"an integer of {len(str(abs(v)))} digits" if isinstance(v, int) and abs(v) > 1e18 else repr(v)
-            fail(
-                f"{fld}.{key}",
-                f"expected a finite number of magnitude at most {MAX_MAGNITUDE:g}, got {shown}",
-                f"set '{key}' to a number",
-            )
-        bad_low = v <= low if low_open else v < low
-        bad_high = high is not None and (v >= high if high_open else v > high)
-        if bad_low or bad_high:
-            lo = f"{'>' if low_open else '>='} {low:g}"
-            hi = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
-            fail(f"{fld}.{key}", f"must be {lo}{hi}, got {v!r}", f"set '{key}' to a value {lo}{hi}")
-        return float(v)
+    check = FieldChecker(ClusterError, source)
+    fail, mapping, number = check.fail, check.mapping, check.number
 
     if data is None:
         fail("servers", "the file is empty", "list at least one server under 'servers:'")

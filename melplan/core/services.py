@@ -23,17 +23,16 @@ single-service planner and evaluator apply to it unchanged.  Raises
 
 from __future__ import annotations
 
-import math
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from melplan.core.catalog import Catalog, load_catalog
 from melplan.core.cluster import Cluster, Workload, load_cluster
 from melplan.core.errors import ServicesError
+from melplan.core.fields import FieldChecker
 
 SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 SERVICES_SCHEMA_KEYS = {"cluster", "services"}
@@ -120,29 +119,8 @@ def parse_site(data: Any, *, base: str | os.PathLike = ".", source: str | None =
     """Validate parsed YAML; paths are resolved against ``base``. Raises ServicesError."""
     base = Path(base)
 
-    def fail(fld: str, message: str, fix: str) -> NoReturn:
-        raise ServicesError(message, file=source, field=fld, fix=fix)
-
-    def mapping(value: Any, fld: str, allowed: set[str]) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            fail(fld, f"expected a mapping, got {type(value).__name__}", "write it as 'key: value' lines")
-        unknown = sorted(str(k) for k in value if k not in allowed)
-        if unknown:
-            fail(
-                f"{fld}.{unknown[0]}" if fld else unknown[0],
-                f"unknown key(s) {unknown}",
-                f"remove them or use one of: {', '.join(sorted(allowed))}",
-            )
-        return value
-
-    def number(obj: Mapping[str, Any], key: str, fld: str, *, low: float, high: float | None = None, low_open=False):
-        v = obj[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            fail(f"{fld}.{key}", f"expected a number, got {v!r}", f"set '{key}' to a number")
-        if (v <= low if low_open else v < low) or (high is not None and v > high):
-            rng = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
-            fail(f"{fld}.{key}", f"must be {rng}, got {v!r}", f"set '{key}' to a value {rng}")
-        return float(v)
+    check = FieldChecker(ServicesError, source)
+    fail, mapping, number = check.fail, check.mapping, check.number
 
     def resolve(value: Any, fld: str, what: str) -> Path:
         if not isinstance(value, str) or not value.strip():
