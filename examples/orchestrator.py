@@ -1,304 +1,296 @@
-"""Embed melplan's RuntimeSelector in a heartbeat loop over real local worker processes.
+"""A plan, served for real and failure-tested, end to end: what an orchestrator around melplan does.
 
-Run:  python examples/orchestrator.py            (about 6 s, no network beyond 127.0.0.1)
-      python examples/orchestrator.py --replan   (also re-plans with melplan.planner.planner once the
-                                                  failure outlasts a 1 s grace period)
-      python examples/orchestrator.py --plan plan.json --servers cluster.yaml [--catalog DIR]
+    python examples/orchestrator.py                     # plans examples/cluster-4.yaml first; ~1 minute
+    python examples/orchestrator.py --plan plan.json --kill u3 --rate 20
 
-One worker process per server listens on 127.0.0.1 (an ephemeral port) and answers three line
-commands: ``PING`` (heartbeat), ``RUN <component>`` (pretend inference; refused when the component
-is not started there) and ``START/STOP <component>`` (what a re-plan's actions do).  The
-orchestrator pings every worker every 100 ms; two missed heartbeats mark the server down, one good
-heartbeat marks it up.  Every route change arrives through the selector's ``on_route_change``
-callback, and one request is sent along the current route after each phase to show who answers.
+1. `melplan serve --policy eager --no-restart` starts one process per placed component (each stands for
+   its server) and the gateway, with the RuntimeSelector inside it, on 127.0.0.1 (a free port).
+2. A client streams real Fashion-MNIST test images (one per request, ``--rate`` a second) with the
+   official Open Inference Protocol client (tritonclient[http]) and prints every change of the
+   answering subset.
+3. One component of the all-up route is killed with SIGKILL (its pid from deployment.json).  The
+   gateway answers the requests in flight through the best subset that still replies, so none fails.
+4. With no restart and the eager policy, the selector re-plans at once: the killed component is started
+   on another server (a new process), and routes use it only once it reports ready.
+5. SIGTERM to `melplan serve`; every process it started must be gone.
 
-Scenario: all up -> kill (SIGKILL) the worker of the first upstream -> failover -> restart it ->
-recovery.  The whole run is bounded (see ``DEADLINE_S``).
+It prints, per answering subset, the requests and their accuracy on these images next to the catalog's
+accuracy for the subset (on the whole test set), the failover time (kill -> first answer that avoids the
+killed server) and the time until the re-planned component served.  Exit status 0 only when no request
+failed, the re-planned component served, and nothing was left running.  Every wait is bounded.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import socket
+import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from melplan.core.catalog import Combiner, Family, Upstream  # noqa: E402
-from melplan.core.cluster import Cluster, Link, Server, Workload  # noqa: E402
-from melplan.core.plan import Plan  # noqa: E402
-from melplan.runtime.reconcile import Policy  # noqa: E402
-from melplan.runtime.selector import RuntimeSelector, planner_replanner  # noqa: E402
-
-HEARTBEAT_S = 0.1
-TIMEOUT_S = 0.15
-MISSES_FOR_DOWN = 2
-DEADLINE_S = 25.0
+START_TIMEOUT_S = 300.0  # component processes import torch and load weights
+RECOVER_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60.0
 
 
-# -- a worker: one per server -------------------------------------------------------------------
+@dataclass
+class Answer:
+    t: float  # seconds since the start of the run
+    image: int
+    ok: bool
+    subset: str = ""
+    servers: tuple[str, ...] = ()
+    degraded: bool = False
+    accuracy: float = 0.0  # the catalog's, for the subset
+    right: bool = False
+    error: str = ""
 
 
-def worker_main(server: str, components: list[str], port_out) -> None:
-    """Serve PING / RUN / START / STOP on 127.0.0.1 until killed."""
-    running = set(components)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    port_out.send(sock.getsockname()[1])
-    port_out.close()
-    while True:
-        conn, _ = sock.accept()
-        with conn:
-            conn.settimeout(1.0)
-            try:
-                line = conn.makefile("r").readline().strip()
-            except OSError:
-                continue
-            verb, _, arg = line.partition(" ")
-            if verb == "PING":
-                reply = f"PONG {server}"
-            elif verb == "RUN":
-                reply = f"OK {arg}@{server}" if arg in running else f"ERR {arg} not running on {server}"
-            elif verb == "START":
-                running.add(arg)
-                reply = f"STARTED {arg}@{server}"
-            elif verb == "STOP":
-                running.discard(arg)
-                reply = f"STOPPED {arg}@{server}"
-            else:
-                reply = "ERR unknown command"
-            try:
-                conn.sendall((reply + "\n").encode())
-            except OSError:
-                pass
+def log(t0: float, msg: str) -> None:
+    print(f"[{time.monotonic() - t0:6.2f}s] {msg}", flush=True)
 
 
-def call(port: int, line: str, timeout: float = TIMEOUT_S) -> str | None:
-    """One request to a worker on 127.0.0.1; None when it does not answer in time."""
+def alive(pid: int) -> bool:
+    """True when ``pid`` runs (a zombie, exited but not reaped, counts as gone)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall((line + "\n").encode())
-            return s.makefile("r").readline().strip() or None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
-        return None
+        return True
 
 
-class Fleet:
-    """The worker processes, by server name."""
-
-    def __init__(self, placement: dict[str, tuple[str, ...]], servers: list[str]) -> None:
-        self.placement = placement
-        self.procs: dict[str, mp.Process] = {}
-        self.ports: dict[str, int] = {}
-        for s in servers:
-            self.start(s)
-
-    def components_on(self, server: str) -> list[str]:
-        return [c for c, srvs in self.placement.items() if server in srvs]
-
-    def start(self, server: str) -> None:
-        recv, send = mp.Pipe(duplex=False)
-        p = mp.Process(
-            target=worker_main, args=(server, self.components_on(server), send), daemon=True, name=f"worker-{server}"
-        )
-        p.start()
-        send.close()
-        if not recv.poll(10):
-            raise RuntimeError(f"worker {server} did not start")
-        self.ports[server] = recv.recv()
-        self.procs[server] = p
-
-    def kill(self, server: str) -> None:
-        p = self.procs[server]
-        p.kill()  # SIGKILL: no goodbye, only missed heartbeats tell
-        p.join(2)
-
-    def stop_all(self) -> None:
-        for p in self.procs.values():
-            if p.is_alive():
-                p.kill()
-                p.join(2)
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
 
 
-# -- the orchestrator ---------------------------------------------------------------------------
+class Client(threading.Thread):
+    """One image per request at a fixed rate through tritonclient; every answer (or failure) is kept."""
+
+    def __init__(self, url: str, model: str, images, labels, rate: float, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.model, self.images, self.labels = url.split("//", 1)[-1], model, images, labels
+        self.period, self.t0 = 1.0 / rate, t0
+        self.answers: list[Answer] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.url, connection_timeout=10.0, network_timeout=10.0)
+        out = [httpclient.InferRequestedOutput("label")]
+        i, last = 0, None
+        nxt = time.monotonic()
+        while not self.stop.is_set():
+            k = i % len(self.images)
+            x = self.images[k : k + 1]
+            inp = httpclient.InferInput("input", list(x.shape), "UINT8")
+            inp.set_data_from_numpy(x)
+            try:
+                res = client.infer(self.model, [inp], outputs=out)
+                p = res.get_response()["parameters"]
+                a = Answer(
+                    time.monotonic() - self.t0,
+                    k,
+                    True,
+                    p["subset"],
+                    tuple(p["servers"].split(",")),
+                    bool(p["degraded"]),
+                    float(p["accuracy"]),
+                    bool(res.as_numpy("label")[0] == self.labels[k]),
+                )
+            except Exception as exc:  # noqa: BLE001 - every failure of a request counts
+                a = Answer(time.monotonic() - self.t0, k, False, error=f"{type(exc).__name__}: {exc}")
+            self.answers.append(a)
+            now = (a.subset, a.servers, a.degraded) if a.ok else None
+            if now != last:
+                what = (
+                    f"answers from {a.subset} on {','.join(a.servers)}"
+                    f" (catalog accuracy {a.accuracy:.4f}{', degraded' if a.degraded else ''})"
+                    if a.ok
+                    else f"request FAILED: {a.error}"
+                )
+                log(self.t0, f"client: {what}")
+                last = now
+            i += 1
+            nxt += self.period
+            self.stop.wait(max(0.0, nxt - time.monotonic()))
 
 
-class Orchestrator:
-    def __init__(self, selector: RuntimeSelector, fleet: Fleet, t0: float) -> None:
-        self.sel = selector
-        self.fleet = fleet
-        self.t0 = t0
-        self.misses = {s: 0 for s in fleet.ports}
-        selector.subscribe(on_route_change=self.on_route_change, on_replan=self.on_replan)
-
-    def log(self, msg: str) -> None:
-        print(f"[{time.monotonic() - self.t0:5.2f}s] {msg}", flush=True)
-
-    def on_route_change(self, record) -> None:
-        r = record.route
-        what = (
-            "DOWN (no servable subset)"
-            if r.down
-            else f"{r.answer} on {', '.join(r.servers)}, accuracy {r.accuracy:.4f}{' (degraded)' if r.degraded else ''}"
-        )
-        cause = f"{record.kind} {record.server}" if record.server else record.kind
-        self.log(f"route change after '{cause}': {what}")
-
-    def on_replan(self, result) -> None:
-        self.log(
-            f"re-plan ({result.reason}): {len(result.actions)} action(s), {result.bytes_moved / 2**20:.2f} MiB to load"
-        )
-        for a in result.actions:  # act: starts first, then stops (make before break)
-            port = self.fleet.ports.get(a.server)
-            reply = call(port, f"{a.verb.upper()} {a.component}") if port else None
-            self.log(f"  {a}: {reply or 'server unreachable'}")
-        self.fleet.placement = {k: tuple(v) for k, v in result.new_plan.placement.items()}
-
-    def heartbeat_round(self) -> None:
-        for server, port in self.fleet.ports.items():
-            ok = call(port, "PING") is not None
-            if ok:
-                self.misses[server] = 0
-                if server in self.sel.down:
-                    self.sel.mark_up(server)
-            else:
-                self.misses[server] += 1
-                if self.misses[server] == MISSES_FOR_DOWN:
-                    started = time.perf_counter()
-                    self.sel.mark_down(server)
-                    self.log(
-                        f"{server} missed {MISSES_FOR_DOWN} heartbeats: marked down, failover decided in "
-                        f"{(time.perf_counter() - started) * 1e6:.0f} us (callback included)"
-                    )
-        self.sel.tick()
-
-    def run_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            started = time.monotonic()
-            self.heartbeat_round()
-            time.sleep(max(0.0, HEARTBEAT_S - (time.monotonic() - started)))
-
-    def request(self) -> None:
-        """Send one request along the current route and show who answered."""
-        r = self.sel.route()
-        if r.down:
-            self.log("request: no route, the service is down")
-            return
-        replies = [call(self.fleet.ports[s], f"RUN {c}", timeout=1.0) or f"no reply from {s}" for c, s in r.components]
-        self.log(f"request served by {r.answer} (accuracy {r.accuracy:.4f}): {'; '.join(replies)}")
+def relay(stream, t0: float) -> None:
+    """Print what `melplan serve` says on stderr, with the run's clock."""
+    for line in iter(stream.readline, b""):
+        log(t0, "serve:  " + line.decode(errors="replace").rstrip())
 
 
-# -- a small deployment: a 3-upstream MEL family on 5 servers -----------------------------------
-
-
-def demo_deployment() -> tuple[Plan, Family, Cluster]:
-    mib = 1 << 20
-    names = ["u1", "u2", "u3"]
-    ups = tuple(
-        Upstream(n, params=160_000, macs=9_000_000, weight_bytes=640_000, feature_bytes=1280, activation_bytes=200_000)
-        for n in names
-    )
-    subsets = [("u1", "u2"), ("u1", "u3"), ("u2", "u3"), ("u1", "u2", "u3")]
-    combs = tuple(
-        Combiner(subset=s, params=40_000 * len(s), macs=40_000 * len(s), weight_bytes=160_000 * len(s)) for s in subsets
-    )
-    acc = {"u1": 0.874, "u2": 0.869, "u3": 0.861, "u1+u2": 0.901, "u1+u3": 0.897, "u2+u3": 0.894, "u1+u2+u3": 0.915}
-    family = Family(
-        id="demo-effb0-u3",
-        dataset={"name": "fashion-mnist", "num_classes": 10, "input_shape": [3, 32, 32]},
-        base="efficientnet_b0",
-        training={},
-        upstreams=ups,
-        combiners=combs,
-        accuracy=acc,
-    )
-    servers = tuple(
-        Server(f"edge-{c}", memory_mb=64.0, compute_gmacs=20.0, failure_prob=p)
-        for c, p in zip("abcde", (0.02, 0.03, 0.02, 0.01, 0.01))
-    )
-    cluster = Cluster(servers, Workload(rate_rps=50.0, latency_slo_ms=100.0), Link(1.0, 1000.0), (), "edge-d")
-    placement = {
-        "u1": ("edge-a",),
-        "u2": ("edge-b",),
-        "u3": ("edge-c",),
-        "u1+u2": ("edge-d",),
-        "u1+u3": ("edge-d",),
-        "u2+u3": ("edge-e",),
-        "u1+u2+u3": ("edge-d", "edge-e"),
-    }
-    del mib
-    return Plan(family.id, placement, "expected", 0.0, 0.0, {}), family, cluster
+def read_deployment(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not written yet, or being replaced
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plan", help="plan.json (default: a built-in 3-upstream deployment)")
-    ap.add_argument("--servers", help="cluster.yaml of the plan (needed with --plan for --replan)")
-    ap.add_argument("--catalog", help="catalog directory of the plan's family")
+    ap.add_argument("--plan", help="plan.json (default: plan examples/cluster-4.yaml into a temporary folder)")
     ap.add_argument(
-        "--replan",
-        action="store_true",
-        help="policy replan-after with a 1 s grace period (calls melplan.planner.planner)",
+        "--kill", help="component to SIGKILL (default: an upstream of the all-up route alone on its server)"
     )
+    ap.add_argument("--rate", type=float, default=20.0, help="requests per second (0 < rate <= 200)")
+    ap.add_argument("--images", type=int, default=1000, help="Fashion-MNIST test images to cycle through")
     args = ap.parse_args(argv)
-
-    if args.plan:
-        from melplan.core.catalog import load_catalog
-        from melplan.core.cluster import load_cluster
-        from melplan.core.plan import load_plan
-
-        plan = load_plan(args.plan)
-        family = load_catalog(args.catalog).get(plan.family)
-        cluster = load_cluster(args.servers) if args.servers else None
-    else:
-        plan, family, cluster = demo_deployment()
-    if args.replan:
-        if cluster is None:
-            ap.error("--replan needs --servers")
-        policy = Policy.named("replan-after", grace_s=1.0, hold_down_s=1.0, backoff_s=1.0)
-        replanner = planner_replanner(time_limit_s=5.0)
-    else:
-        policy, replanner = Policy.named("failover-only"), None
-    selector = RuntimeSelector(plan, family, cluster, policy=policy, replanner=replanner)
+    if not 0 < args.rate <= 200 or not 1 <= args.images <= 10000:
+        ap.error("--rate must be in (0, 200] and --images in 1..10000")
 
     t0 = time.monotonic()
-    workers = cluster.names if (cluster is not None and args.replan) else list(selector.lookup.used)
-    fleet = Fleet({k: tuple(v) for k, v in plan.placement.items()}, workers)
-    orch = Orchestrator(selector, fleet, t0)
+    tmp = Path(tempfile.mkdtemp(prefix="melplan-orchestrator-"))
+    plan = Path(args.plan) if args.plan else tmp / "plan.json"
+    py = sys.executable
+    if not args.plan:
+        cmd = [py, "-m", "melplan", "plan", "--servers", str(ROOT / "examples" / "cluster-4.yaml"), "--out", str(plan)]
+        log(t0, "$ melplan plan --servers examples/cluster-4.yaml --out " + str(plan))
+        done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            print(done.stdout + done.stderr, file=sys.stderr)
+            return done.returncode
+    run_dir = tmp / "run"
+    dep_file = run_dir / "deployment.json"
+    cmd = [py, "-m", "melplan", "serve", "--plan", str(plan), "--port", "0", "--run-dir", str(run_dir)]
+    cmd += ["--policy", "eager", "--no-restart"]
+    log(t0, f"$ melplan serve --plan {plan} --port 0 --run-dir {run_dir} --policy eager --no-restart")
+    serve = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    threading.Thread(target=relay, args=(serve.stderr, t0), daemon=True).start()
+    client: Client | None = None
+    seen_pids: set[int] = set()
+    ok = False
     try:
-        r = selector.route()
-        orch.log(f"{len(workers)} workers up on 127.0.0.1 ports {sorted(fleet.ports.values())}; policy {policy.name}")
-        orch.log(f"all up: {r.answer} on {', '.join(r.servers)}, accuracy {r.accuracy:.4f}")
-        orch.run_for(0.5)
-        orch.request()
-        victim = r.components[0][1]
-        orch.log(f"killing the worker of {victim} (SIGKILL)")
-        fleet.kill(victim)
-        orch.run_for(3.0 if args.replan else 1.0)
-        orch.request()
-        orch.log(f"restarting the worker of {victim}")
-        fleet.start(victim)
-        orch.run_for(3.0 if args.replan else 1.0)
-        orch.request()
-        if time.monotonic() - t0 > DEADLINE_S:
-            orch.log("took longer than expected")
+        end = time.monotonic() + START_TIMEOUT_S
+        while (dep := read_deployment(dep_file)) is None:
+            if serve.poll() is not None or time.monotonic() > end:
+                log(t0, "melplan serve did not start (see its messages above)")
+                return 1
+            time.sleep(0.2)
+        seen_pids |= {c["pid"] for c in dep["components"]}
+        from melplan.train.data import load_dataset
+
+        ds = load_dataset("fashion-mnist", test_limit=args.images)
+        images, labels = ds.test.images.numpy()[:, 0], ds.test.labels.numpy()
+        client = Client(dep["gateway"]["url"], dep["model"], images, labels, args.rate, t0)
+        client.start()
+        end = time.monotonic() + 30
+        while not [a for a in client.answers if a.ok] and time.monotonic() < end:
+            time.sleep(0.1)
+        time.sleep(2.0)
+        first = next((a for a in client.answers if a.ok), None)
+        if first is None:
+            log(t0, "no answer with every server up")
             return 1
-        kinds = [rec.kind for rec in selector.history]
-        orch.log(f"{len(kinds)} records: " + ", ".join(f"{k} x{kinds.count(k)}" for k in dict.fromkeys(kinds)))
-        final = selector.route()
-        ok = not final.down and victim not in selector.down
-        orch.log(
-            "recovered: " + ("yes" if ok else "NO") + f"; final route {final.answer}, accuracy {final.accuracy:.4f}"
+
+        comps = dep["components"]
+        server_of = {c["component"]: c["server"] for c in comps}
+        alone = {u for u in server_of if [c for c, s in server_of.items() if s == server_of[u]] == [u]}
+        ups = first.subset.split("+")
+        victim_name = args.kill or next((u for u in ups if u in alone), ups[0])
+        victim = next((c for c in comps if c["component"] == victim_name), None)
+        if victim is None:
+            log(t0, f"--kill {victim_name}: no such component in the deployment")
+            return 2
+        log(t0, f"kill -9 {victim['pid']}  ({victim_name} on {victim['server']}, from deployment.json)")
+        t_kill = time.monotonic() - t0
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        # failover: the first answer after the kill that avoids the killed server; recovery: an answer
+        # that uses the killed component again, now on another server (the re-plan's new process)
+        failover = recovered = None
+        end = time.monotonic() + RECOVER_TIMEOUT_S
+        while time.monotonic() < end and (failover is None or recovered is None):
+            dep_now = read_deployment(dep_file)
+            if dep_now:
+                seen_pids |= {c["pid"] for c in dep_now["components"]}
+            after = [a for a in client.answers if a.ok and a.t > t_kill]
+            if failover is None:
+                failover = next((a for a in after if victim["server"] not in a.servers), None)
+            if recovered is None:
+                recovered = next(
+                    (a for a in after if victim_name in a.subset.split("+") and victim["server"] not in a.servers),
+                    None,
+                )
+            time.sleep(0.1)
+        time.sleep(1.0)
+        client.stop.set()
+        client.join(timeout=15)
+
+        log(t0, "$ kill -TERM (melplan serve)")
+        serve.send_signal(signal.SIGTERM)
+        try:
+            rc = serve.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            rc = None
+        time.sleep(0.5)
+        left = sorted(p for p in seen_pids if alive(p))
+
+        answers = client.answers
+        failed = [a for a in answers if not a.ok]
+        print()
+        print(f"Requests: {len(answers)} sent, {len(answers) - len(failed)} answered, {len(failed)} failed")
+        by: dict[str, list[Answer]] = {}
+        for a in answers:
+            if a.ok:
+                by.setdefault(a.subset, []).append(a)
+        print(f"{'subset':<12} {'requests':>8} {'accuracy here':>13} {'catalog accuracy':>16}")
+        for key, xs in sorted(by.items(), key=lambda kv: -len(kv[1])):
+            print(f"{key:<12} {len(xs):>8} {sum(a.right for a in xs) / len(xs):>13.4f} {xs[0].accuracy:>16.4f}")
+        print(
+            "(accuracy here: on the images each subset answered; the catalog's is on the whole test set)\n"
+            f"Kill of {victim_name} on {victim['server']} at {t_kill:.2f} s: "
+            + (
+                f"first answer around it {1e3 * (failover.t - t_kill):.0f} ms later (by {failover.subset}); "
+                if failover
+                else "NO answer around it; "
+            )
+            + (
+                f"{victim_name} served again from {','.join(s for s in recovered.servers)} "
+                f"{recovered.t - t_kill:.1f} s after the kill (re-plan, new process, readiness)"
+                if recovered
+                else f"{victim_name} did NOT serve again within {RECOVER_TIMEOUT_S:.0f} s"
+            )
         )
+        print(
+            f"melplan serve exited with {rc}; "
+            + (f"processes left running: {left}" if left else f"none of the {len(seen_pids)} component processes left")
+        )
+        ok = not failed and failover is not None and recovered is not None and rc == 0 and not left
         return 0 if ok else 1
     finally:
-        fleet.stop_all()
+        if client is not None:
+            client.stop.set()
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+            try:
+                serve.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"(run folder kept: {tmp})", file=sys.stderr)
 
 
 if __name__ == "__main__":

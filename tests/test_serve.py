@@ -204,6 +204,29 @@ def test_tritonclient_json_tensors_agree_with_binary(deployment, fmnist):
     np.testing.assert_allclose(a.as_numpy("probabilities"), b.as_numpy("probabilities"), rtol=1e-5, atol=1e-6)
 
 
+def test_client_example_against_the_deployment(deployment, fmnist, oracle):
+    """examples/client.py (the quickstart's tritonclient step) reads deployment.json and reports, per
+    request, the answering subset and how many labels were right: checked against the network here."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "client.py"), "--run-dir", str(deployment["run"]), "--images", "40"]
+        + ["--batch", "20"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    truth = fmnist.test.labels.numpy()
+    for i, line in enumerate(lines[:2]):
+        right = int(line.split(": ", 1)[1].split("/", 1)[0])
+        key = line.split("answered by ", 1)[1].split(" ", 1)[0]
+        want = int((oracle[key][20 * i : 20 * i + 20] == truth[20 * i : 20 * i + 20]).sum())
+        assert abs(right - want) <= 1, (line, want)
+        assert line.startswith(f"images {20 * i}-{20 * i + 19}: ") and "degraded false" in line
+    assert lines[2].startswith("40 of 40 images answered, 0 request(s) failed; accuracy ")
+
+
 def test_plain_http_json_and_fp32(deployment, fmnist):
     url = deployment["dep"]["gateway"]["url"] + f"/v2/models/{deployment['dep']['model']}/infer"
     img = fmnist.test.images.numpy()[:2, 0]

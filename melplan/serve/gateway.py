@@ -43,6 +43,7 @@ import numpy as np
 
 from melplan.core.catalog import Family
 from melplan.core.cluster import Cluster
+from melplan.core.errors import SelectorError
 from melplan.core.plan import Plan
 from melplan.core.preprocessing import ImagePreprocessing, from_record
 from melplan.runtime.selector import ReplanResult, Route, RuntimeSelector
@@ -264,6 +265,7 @@ class Gateway:
         now = time.monotonic()
         by_server: dict[str, list[bool]] = {}
         changed = False
+        newly_ready: list[tuple[str, str]] = []
         with self._lock:
             for key, ok in results.items():
                 if key not in self._endpoints:
@@ -271,6 +273,7 @@ class Gateway:
                 if ok:
                     if key not in self._ever_ready:
                         self._ever_ready.add(key)
+                        newly_ready.append(key)
                         changed = True
                     self._ready_now.add(key)
                 else:
@@ -289,6 +292,16 @@ class Gateway:
             for c, s in self._placed():
                 up = (c, s) in self._ready_now and s not in down
                 self.metrics.component_up.labels(c, s).set(1 if up else 0)
+        # a component a re-plan started serves once it reports ready: tell the selector, whose routes
+        # skip its pending starts until then (outside the gateway's lock, as the selector calls back)
+        pending = self.selector.pending
+        for c, s in newly_ready:
+            if (c, s) in pending:
+                try:
+                    self.selector.mark_ready(c, s)
+                except SelectorError:  # a newer re-plan moved it meanwhile
+                    continue
+                self._log(f"melplan gateway: {c}@{s} (started by a re-plan) is ready; it may serve")
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
@@ -302,13 +315,15 @@ class Gateway:
     def _control_loop(self) -> None:
         while not self._stop.wait(0.5):
             try:
-                self.selector.tick()
+                if self.selector.tick() is not None:
+                    self._refresh_pending()
             except Exception as exc:
                 self._log(f"melplan gateway: re-plan error {exc!r}")
 
     def _replanned(self, result: ReplanResult) -> None:
+        # runs under the selector's lock: taking the gateway's lock here could deadlock with the
+        # heartbeat (gateway lock, then selector); the control loop refreshes pending after tick()
         self.metrics.replans.inc()
-        self._refresh_pending()
         self._log(
             "melplan gateway: re-plan applied ("
             + result.reason
@@ -414,7 +429,8 @@ class Gateway:
                 self._failed(ep.server, ep.component, exc)
                 failed.add(ep.server)
                 continue
-            return self._done(outs["probabilities"], route.answer or "", servers + (ep.server,), t0, attempts)
+            used = tuple(dict.fromkeys(servers + (ep.server,)))
+            return self._done(outs["probabilities"], route.answer or "", used, t0, attempts)
         if have:  # the deadline passed or nothing else is servable: the best upstream that replied
             best = max(have, key=lambda u: self.family.accuracy.get(u, 0.0))
             return self._done(have[best][0], best, (have[best][2],), t0, attempts)
