@@ -29,6 +29,7 @@ from melplan.deploy.export import MANIFEST_SCHEMA, build_manifest, export_plan, 
 from melplan.deploy.k8s import (
     DNS1035_RE,
     LABEL_VALUE_RE,
+    MEMORY_MARGIN,
     K8sOptions,
     dns_name,
     label_value,
@@ -82,6 +83,10 @@ def setup(tmp_path):
     plan.save(plan_path)
     family = load_inputs(plan_path, cat)[1]
     return {"cat": cat, "family": family, "plan": plan, "plan_path": plan_path, "cluster": cluster, "tmp": tmp_path}
+
+
+def is_gateway(obj: dict) -> bool:
+    return obj["metadata"]["labels"].get("melplan/kind") == "gateway"
 
 
 def api_client():
@@ -225,10 +230,11 @@ def test_k8s_objects_pass_the_api_schema_and_match_the_plan(setup):
         assert obj["metadata"]["namespace"] == "mel-edge"
     keys = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert len(keys) == len(set(keys))
-    by_kind = {k: [o for o in objects if o["kind"] == k] for k in MODELS}
+    by_kind = {k: [o for o in objects if o["kind"] == k and not is_gateway(o)] for k in MODELS}
     assert len(by_kind["ConfigMap"]) == 1
     assert len(by_kind["Service"]) == len(PLACEMENT3)
     assert len(by_kind["Deployment"]) == sum(len(v) for v in PLACEMENT3.values())
+    assert sorted(o["kind"] for o in objects if is_gateway(o)) == ["Deployment", "Service"]
 
     fam = setup["family"]
     seen = set()
@@ -241,8 +247,11 @@ def test_k8s_objects_pass_the_api_schema_and_match_the_plan(setup):
         assert term == [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [server]}]}]
         c = pod["containers"][0]
         assert c["image"] == "registry.local/mel:1"
-        want = math.ceil((fam.component(comp).memory_bytes + 300 * MIB) / MIB)
+        want = math.ceil((fam.component(comp).memory_bytes + 300 * MIB) * (1 + MEMORY_MARGIN) / MIB)
         assert c["resources"]["requests"]["memory"] == f"{want}Mi"
+        assert c["command"] == ["python", "-m", "melplan.serve.component"]
+        assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
         assert labels["melplan/family"] == "demo-n3" and labels["melplan/server"] == server
         assert labels["melplan/subset"] == ann["melplan/subset"].replace("+", "-")
         assert labels["melplan/kind"] == ("upstream" if comp in fam.upstream_names else "combiner")
@@ -260,7 +269,11 @@ def test_k8s_objects_pass_the_api_schema_and_match_the_plan(setup):
 def test_each_service_selects_exactly_its_components_pods(setup):
     result = export_plan(setup["plan_path"], "k8s", setup["tmp"] / "d", catalog_dir=setup["cat"])
     deps = [o for o in result.objects if o["kind"] == "Deployment"]
-    for svc in (o for o in result.objects if o["kind"] == "Service"):
+    gw_svc, gw_dep = (o for o in result.objects if is_gateway(o))
+    assert [
+        d for d in deps if gw_svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+    ] == [gw_dep]
+    for svc in (o for o in result.objects if o["kind"] == "Service" and not is_gateway(o)):
         sel = svc["spec"]["selector"].items()
         picked = {
             d["metadata"]["annotations"]["melplan/server"]
@@ -287,7 +300,7 @@ def test_configmap_holds_plan_fallback_family_and_endpoints(setup):
     endpoints = json.loads(cm["data"]["endpoints.json"])
     names = {(o["kind"], o["metadata"]["name"]) for o in result.objects}
     assert set(endpoints) == set(PLACEMENT3)
-    deps = {d["metadata"]["name"]: d for d in result.objects if d["kind"] == "Deployment"}
+    deps = {d["metadata"]["name"]: d for d in result.objects if d["kind"] == "Deployment" and not is_gateway(d)}
     for comp, ep in endpoints.items():
         assert ("Service", ep["service"]) in names and set(ep["replicas"]) == set(PLACEMENT3[comp])
         for server, rep in ep["replicas"].items():
@@ -297,7 +310,7 @@ def test_configmap_holds_plan_fallback_family_and_endpoints(setup):
             assert deps[rep["deployment"]]["metadata"]["annotations"]["melplan/server"] == server
     hosts = [r["host"] for ep in endpoints.values() for r in ep["replicas"].values()]
     assert len(hosts) == len(set(hosts)) == len(deps)
-    assert all(o["spec"]["clusterIP"] == "None" for o in result.objects if o["kind"] == "Service")
+    assert all(o["spec"]["clusterIP"] == "None" for o in result.objects if o["kind"] == "Service" and not is_gateway(o))
     # every pod mounts this ConfigMap and restarts when it changes
     for d in (o for o in result.objects if o["kind"] == "Deployment"):
         tpl = d["spec"]["template"]
@@ -394,15 +407,15 @@ def test_colliding_and_awkward_names_stay_valid_and_distinct(tmp_path):
     for obj in objects:
         assert_valid_k8s_object(obj)
     keys = [(o["kind"], o["metadata"]["name"]) for o in objects]
-    assert len(keys) == len(set(keys)) == 1 + 7 + 8
+    assert len(keys) == len(set(keys)) == 1 + 7 + 8 + 2  # ConfigMap, Services, Deployments, the gateway's two
     svc = {
         o["metadata"]["annotations"]["melplan/component"]: o["metadata"]["name"]
         for o in objects
-        if o["kind"] == "Service"
+        if o["kind"] == "Service" and not is_gateway(o)
     }
     assert len(set(svc.values())) == 7 and svc["u1"].startswith("m-9-fmnist")
     assert svc["u1+u2"] != svc["u1-u2"]
-    deps = [o for o in objects if o["kind"] == "Deployment"]
+    deps = [o for o in objects if o["kind"] == "Deployment" and not is_gateway(o)]
     assert {d["metadata"]["annotations"]["melplan/server"] for d in deps} == set(servers)
     # distinct components never share a component label (Service selectors stay disjoint)
     labels = {
@@ -441,10 +454,13 @@ def test_single_model_family_exports_one_deployment(tmp_path):
     plan_path = tmp_path / "p.json"
     make_plan(fam, {"u1": ["s1"]}, make_cluster(3, seed=1)).save(plan_path)
     result = export_plan(plan_path, "k8s", tmp_path / "d", catalog_dir=tmp_path / "cat")
-    assert [o["kind"] for o in result.objects] == ["ConfigMap", "Service", "Deployment"]
+    assert [o["kind"] for o in result.objects] == ["ConfigMap", "Service", "Service", "Deployment", "Deployment"]
+    assert [is_gateway(o) for o in result.objects] == [False, False, True, False, True]
     assert result.manifest["family"]["role"] == "reference" and result.manifest["weights"] is None
-    env = {e["name"]: e["value"] for e in result.objects[2]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in result.objects[3]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MELPLAN_FEEDS"] == "" and "MELPLAN_WEIGHTS" not in env
+    assert "--weights" not in result.objects[3]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert any("names no weights file" in w for w in result.warnings)
 
 
 def test_reexport_removes_only_stale_files_it_wrote(setup):
@@ -458,7 +474,7 @@ def test_reexport_removes_only_stale_files_it_wrote(setup):
     assert len(result.removed) == 3 + 2  # 3 Deployments and 2 Services gone
     objects, kust = read_objects(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(kust["resources"] + ["kustomization.yaml", "notes.txt"])
-    assert len([o for o in objects if o["kind"] == "Deployment"]) == 4
+    assert len([o for o in objects if o["kind"] == "Deployment"]) == 4 + 1  # and the gateway
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from melplan.commands.common import (
     type=FiniteFloat(0.0),
     default=None,
     help="k8s: MiB added to each component's catalog memory (weights + activations) for its "
-    "memory request: the serving process itself [default: 0].",
+    "memory request: the serving process itself [default: the measured 717].",
 )
 @service_option
 @json_option
@@ -63,7 +63,7 @@ def export(
       kubectl apply -k deploy/
     """
     from melplan.deploy.export import export_plan
-    from melplan.deploy.k8s import DEFAULT_IMAGE, K8sOptions
+    from melplan.deploy.k8s import DEFAULT_IMAGE, RUNTIME_OVERHEAD_MIB, K8sOptions
 
     options = None
     if image is not None or namespace is not None or overhead_mib is not None:
@@ -72,7 +72,7 @@ def export(
         options = K8sOptions(
             image=image if image is not None else DEFAULT_IMAGE,
             namespace=namespace,
-            overhead_mib=0.0 if overhead_mib is None else overhead_mib,
+            overhead_mib=RUNTIME_OVERHEAD_MIB if overhead_mib is None else overhead_mib,
         )
     check_writable(out_dir, "--out", directory=True)
     result = export_plan(plan_path, fmt, out_dir, catalog_dir=catalog_dir, k8s=options, service=service)
@@ -102,19 +102,27 @@ def export(
             if o["kind"] != "Deployment":
                 continue
             ann = o["metadata"]["annotations"]
-            req = o["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+            pod = o["spec"]["template"]["spec"]
+            req = pod["containers"][0]["resources"]["requests"]["memory"]
+            ingress = (
+                pod.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+            )
+            where = ingress["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0] if ingress else "any"
             rows.append(
                 [
                     o["metadata"]["name"],
-                    ann["melplan/component"],
+                    ann.get("melplan/component", "-"),
                     o["metadata"]["labels"]["melplan/kind"],
-                    ann["melplan/server"],
+                    ann.get("melplan/server", where),
                     req,
                 ]
             )
         click.echo(table(rows, ["deployment", "component", "kind", "server", "memory request"]))
-        overhead = (options or K8sOptions()).overhead_mib
-        click.echo(f"Memory requests: catalog memory + {overhead:g} MiB runtime overhead (--overhead-mib).")
+        opts = options or K8sOptions()
+        click.echo(
+            f"Memory requests: (catalog memory + {opts.overhead_mib:g} MiB runtime overhead, --overhead-mib) "
+            f"x {1 + opts.memory_margin:g}; the gateway {opts.gateway_mib:g} MiB x {1 + opts.memory_margin:g}."
+        )
     else:
         rows = [
             [s["name"], ", ".join(c["component"] for c in s["components"]), s["memory_mib"], s["macs"]]
@@ -132,4 +140,5 @@ def export(
         + "."
     )
     if fmt == "k8s":
+        click.echo(f"Image: {(options or K8sOptions()).image} (build it with the Dockerfile, see docs/export.md).")
         click.echo(f"Apply with: kubectl apply -k {result.out_dir}")

@@ -339,6 +339,13 @@ def export_plan(
         )
     from melplan.deploy.k8s import build_objects, check_server_names
 
+    if w is None:
+        warnings.append(
+            "the family names no weights file: its component pods will exit at start "
+            "(a family needs weights to be served)"
+        )
+    elif not w["sha256"]:
+        warnings.append("no sha256 is known for the weights file: the component pods cannot check it before loading")
     options = k8s or K8sOptions()
     check_server_names(plan, source=str(plan_path))
     objects = build_objects(plan, family, manifest, options)

@@ -13,7 +13,16 @@ What is built from one plan (see docs/export.md):
   ``hostname``/``subdomain`` so ``<server>.<service>`` reaches the replica on one server;
 * one ``ConfigMap`` holding ``plan.json``, ``fallback.json``, ``family.json`` and
   ``endpoints.json`` (component -> Service, and per server its Deployment and pod address) for the
-  runtime selector.
+  runtime selector;
+* one gateway ``Deployment`` and a ``ClusterIP`` ``Service`` in front of it: clients send their Open
+  Inference Protocol requests there.
+
+The containers run the programs of ``melplan serve``: a component pod runs ``python -m
+melplan.serve.component`` for its component, the gateway pod ``python -m melplan.serve.gateway``
+with the plan and one ``--component COMPONENT@SERVER=URL`` per placed replica (the URL is the
+replica's pod DNS name).  Arguments refer to the container's environment as ``$(NAME)``, which
+the kubelet expands.  The weights are baked into the image (see the Dockerfile) at
+``/models/<weights file>``, and the component checks their SHA-256 before loading them.
 
 Names are DNS-1035 labels (lower-case letters, digits and '-', starting with a letter, at most 63
 characters), so they are valid for every kind.  They are ``<family>-<component>-<server>`` for a
@@ -51,6 +60,19 @@ DEFAULT_PORT = 8080
 CONTAINER_NAME = "runtime"
 CONFIG_VOLUME = "melplan-plan"
 HASH_LEN = 8
+POD_HOST = "0.0.0.0"  # the containers bind every interface because these manifests say so (MELPLAN_HOST)
+
+# Measured memory (see docs/export.md, "Memory requests"). A component process of the shipped example
+# plan, loaded and warmed up, was 716.9 MiB resident (all four of them, 716.6 to 716.9 MiB), against
+# catalog memory_bytes under 1 MiB: `melplan plan --servers examples/cluster-4.yaml --out plan.json &&
+# melplan serve --plan plan.json --port 0`, the "resident" figure each component prints (its
+# /proc/self/statm), torch 2.14.1 (a CUDA build) on the development machine; a CPU-only wheel is smaller.
+RUNTIME_OVERHEAD_MIB = 717.0
+# The standalone gateway (no torch) peaked at 44.7 MiB resident (VmHWM) after answering 400 images twice
+# (binary and JSON tensors, batches of 50): `pytest tests/test_k8s_replay.py -s` prints it.  Component
+# processes peaked at 718.2 to 746.4 MiB in the same run, within their requests.
+GATEWAY_RSS_MIB = 45.0
+MEMORY_MARGIN = 0.25  # requests are the measured figure plus 25 % (allocator growth, batches over 1)
 
 
 @dataclass(frozen=True)
@@ -58,17 +80,20 @@ class K8sOptions:
     """How to render a plan for Kubernetes.
 
     ``overhead_mib`` is added to every component's catalog ``memory_bytes`` (weights plus peak
-    activations at batch 1) to form its memory request: the memory of the serving process itself
-    (interpreter, framework), which the catalog does not count.  Raises :class:`InputError` for an
-    invalid namespace, image, port or overhead.
+    activations at batch 1): the memory of the serving process itself (interpreter, torch), which the
+    catalog does not count; by default the measured :data:`RUNTIME_OVERHEAD_MIB`.  The sum, times
+    ``1 + memory_margin``, is the memory request.  Raises :class:`InputError` for an invalid
+    namespace, image, port, overhead or margin.
     """
 
     image: str = DEFAULT_IMAGE
     namespace: str | None = None
-    overhead_mib: float = 0.0
+    overhead_mib: float = RUNTIME_OVERHEAD_MIB
     port: int = DEFAULT_PORT
     weights_dir: str = "/models"
     config_mount: str = "/etc/melplan"
+    memory_margin: float = MEMORY_MARGIN
+    gateway_mib: float = GATEWAY_RSS_MIB
 
     def __post_init__(self) -> None:
         ns = self.namespace
@@ -95,6 +120,9 @@ class K8sOptions:
                 field="--overhead-mib",
                 fix="give a number of MiB >= 0",
             )
+        m = self.memory_margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or not 0 <= m <= 10:
+            raise InputError(f"invalid memory margin {m!r}", field="memory_margin", fix="give a fraction >= 0")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
             raise InputError(f"invalid port {self.port!r}", field="port", fix="use a port between 1 and 65535")
 
@@ -211,9 +239,32 @@ def make_naming(family: Family, placement: Mapping[str, Sequence[str]]) -> Namin
     return Naming(fam, label_value(family.id), comp_part, services, deployments, server_part, configmap)
 
 
-def memory_request(memory_bytes: int, overhead_mib: float) -> str:
-    """``memory_bytes`` plus ``overhead_mib`` MiB, rounded up to whole MiB (at least 1), as ``"<n>Mi"``."""
-    return f"{max(1, math.ceil((memory_bytes + overhead_mib * MIB) / MIB))}Mi"
+def memory_request(memory_bytes: int, overhead_mib: float, margin: float = 0.0) -> str:
+    """(``memory_bytes`` plus ``overhead_mib`` MiB) times ``1 + margin``, rounded up to whole MiB (at
+    least 1), as ``"<n>Mi"``."""
+    return f"{max(1, math.ceil((memory_bytes + overhead_mib * MIB) * (1 + margin) / MIB - 1e-9))}Mi"
+
+
+def endpoint_arg(component: str, server: str, url: str) -> str:
+    """One ``--component`` value of the gateway: ``COMPONENT@SERVER=URL``
+    (parsed by :func:`melplan.serve.launcher.parse_endpoint`)."""
+    return f"{component}@{server}={url}"
+
+
+def _http_probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 def _metadata(
@@ -307,6 +358,7 @@ def _env(
         "MELPLAN_SUBSET": entry["subset"],
         "MELPLAN_SERVES": ",".join(entry["serves"]),
         "MELPLAN_SERVER": server,
+        "MELPLAN_HOST": POD_HOST,
         "MELPLAN_PORT": str(options.port),
         "MELPLAN_PLAN": f"{mount}/plan.json",
         "MELPLAN_FALLBACK": f"{mount}/fallback.json",
@@ -345,23 +397,28 @@ def deployment(
     if weights and weights.get("sha256"):
         ann[f"{PREFIX}/weights-sha256"] = weights["sha256"]
     pod_ann = {**ann, f"{PREFIX}/config-sha256": digest}
+    env = _env(entry, server, family, naming, options)
+    names = {e["name"] for e in env}
+    args = ["--family-file", "$(MELPLAN_FAMILY_FILE)", "--component", "$(MELPLAN_COMPONENT)"]
+    args += ["--server", "$(MELPLAN_SERVER)", "--host", "$(MELPLAN_HOST)", "--port", "$(MELPLAN_PORT)"]
+    if "MELPLAN_WEIGHTS" in names:
+        args += ["--weights", "$(MELPLAN_WEIGHTS)"]
+    if "MELPLAN_WEIGHTS_SHA256" in names:  # the component refuses weights whose digest differs
+        args += ["--weights-sha256", "$(MELPLAN_WEIGHTS_SHA256)"]
+    memory = memory_request(entry["memory_bytes"], options.overhead_mib, options.memory_margin)
     container = {
         "name": CONTAINER_NAME,
         "image": options.image,
-        "env": _env(entry, server, family, naming, options),
+        "command": ["python", "-m", "melplan.serve.component"],
+        "args": args,
+        "env": env,
         "ports": [{"name": "http", "containerPort": options.port, "protocol": "TCP"}],
-        "resources": {"requests": {"memory": memory_request(entry["memory_bytes"], options.overhead_mib)}},
-        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 5, "failureThreshold": 2},
+        "resources": {"requests": {"memory": memory}},
+        # live while loading (the server binds first), ready once loaded and warmed up
+        "livenessProbe": _http_probe("/v2/health/live", 10, 3),
+        "readinessProbe": _http_probe("/v2/health/ready", 2, 2),
+        "securityContext": dict(SECURITY_CONTEXT),
         "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": options.config_mount, "readOnly": True}],
-    }
-    affinity = {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [
-                    {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [server]}]}
-                ]
-            }
-        }
     }
     return {
         "apiVersion": "apps/v1",
@@ -376,11 +433,111 @@ def deployment(
                 "spec": {
                     "hostname": naming.host[server],
                     "subdomain": naming.service[comp],
-                    "affinity": affinity,
+                    "affinity": _pinned_to(server),
                     "containers": [container],
                     "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": naming.configmap}}],
                 },
             },
+        },
+    }
+
+
+def _pinned_to(server: str) -> dict[str, Any]:
+    """Required node affinity on ``kubernetes.io/hostname`` = ``server``: the pod runs there or nowhere."""
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [server]}]}
+                ]
+            }
+        }
+    }
+
+
+def gateway_name(naming: Naming, family: Family) -> str:
+    """Name of the gateway's Deployment and Service: ``<family>-gateway``."""
+    return dns_name([naming.family_part, "gateway"], f"{family.id}\0gateway")
+
+
+def _gateway_labels(naming: Naming) -> dict[str, str]:
+    return {"app.kubernetes.io/component": "gateway", **_base_labels(naming), f"{PREFIX}/kind": "gateway"}
+
+
+def _gateway_selector(naming: Naming) -> dict[str, str]:
+    return {f"{PREFIX}/family": naming.family_label, "app.kubernetes.io/component": "gateway"}
+
+
+def gateway_deployment(
+    naming: Naming, plan: Plan, family: Family, placement: Mapping[str, Sequence[str]], options: K8sOptions, digest: str
+) -> dict[str, Any]:
+    """The gateway: ``python -m melplan.serve.gateway`` with the plan (from the ConfigMap) and the pod
+    address of every placed replica; pinned to the plan's ingress server when the cluster names one.
+
+    Its readiness probe is ``/v2/health/live``, not ``/v2/health/ready``: the gateway's ``ready`` means
+    every placed component is up (DESIGN §8), and a gateway taken out of its Service whenever one
+    server fails could not answer from the fallback table, which is what MEL is for."""
+    mount = options.config_mount.rstrip("/")
+    env = {
+        "MELPLAN_FAMILY": family.id,
+        "MELPLAN_PLAN": f"{mount}/plan.json",
+        "MELPLAN_HOST": POD_HOST,
+        "MELPLAN_PORT": str(options.port),
+    }
+    args = ["--plan", "$(MELPLAN_PLAN)", "--host", "$(MELPLAN_HOST)", "--port", "$(MELPLAN_PORT)"]
+    eps = endpoints(naming, placement, options.port)
+    for comp in naming.component:
+        for server, rep in eps[comp]["replicas"].items():
+            args += ["--component", endpoint_arg(comp, server, f"http://{rep['host']}:{options.port}")]
+    name = gateway_name(naming, family)
+    labels = _gateway_labels(naming)
+    ann = {f"{PREFIX}/family": family.id}
+    container = {
+        "name": "gateway",
+        "image": options.image,
+        "command": ["python", "-m", "melplan.serve.gateway"],
+        "args": args,
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "ports": [{"name": "http", "containerPort": options.port, "protocol": "TCP"}],
+        "resources": {"requests": {"memory": memory_request(0, options.gateway_mib, options.memory_margin)}},
+        "livenessProbe": _http_probe("/v2/health/live", 10, 3),
+        "readinessProbe": _http_probe("/v2/health/live", 2, 2),
+        "securityContext": dict(SECURITY_CONTEXT),
+        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": options.config_mount, "readOnly": True}],
+    }
+    pod: dict[str, Any] = {}
+    ingress = plan.cluster.ingress if plan.cluster is not None else None
+    if ingress:
+        pod["affinity"] = _pinned_to(ingress)
+    pod["containers"] = [container]
+    pod["volumes"] = [{"name": CONFIG_VOLUME, "configMap": {"name": naming.configmap}}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, labels, ann, options.namespace),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": _gateway_selector(naming)},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {**ann, f"{PREFIX}/config-sha256": digest}},
+                "spec": pod,
+            },
+        },
+    }
+
+
+def gateway_service(naming: Naming, family: Family, options: K8sOptions) -> dict[str, Any]:
+    """A ``ClusterIP`` Service in front of the gateway: where clients send requests."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(
+            gateway_name(naming, family), _gateway_labels(naming), {f"{PREFIX}/family": family.id}, options.namespace
+        ),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _gateway_selector(naming),
+            "ports": [{"name": "http", "port": options.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 
@@ -421,7 +578,8 @@ def check_server_names(plan: Plan, *, source: str | None = None) -> None:
 
 
 def build_objects(plan: Plan, family: Family, manifest: Mapping[str, Any], options: K8sOptions) -> list[dict[str, Any]]:
-    """ConfigMap, then a Service per placed component, then a Deployment per placed replica.
+    """ConfigMap, then a Service per placed component and the gateway's, then a Deployment per placed
+    replica and the gateway's.
 
     ``manifest`` is the deployable view from :func:`melplan.deploy.export.build_manifest`; objects follow
     its order so the same plan always gives the same objects.  Raises :class:`ExportError` when
@@ -439,7 +597,11 @@ def build_objects(plan: Plan, family: Family, manifest: Mapping[str, Any], optio
                 services[entry["component"]] = service(naming, entry, family, options)
             deployments.append(deployment(naming, entry, srv["name"], family, options, digest))
     ordered = [services[c] for c in naming.component if c in services]
-    objects = [cm] + ordered + deployments
+    gw = [
+        gateway_service(naming, family, options),
+        gateway_deployment(naming, plan, family, placement, options, digest),
+    ]
+    objects = [cm] + ordered + gw[:1] + deployments + gw[1:]
     seen: set[tuple[str, str]] = set()
     for obj in objects:
         key = (obj["kind"], obj["metadata"]["name"])

@@ -617,3 +617,15 @@ class Gateway:
                 }
             )
         return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m melplan.serve.gateway --plan PLAN --component COMPONENT@SERVER=URL ...``: the gateway
+    alone (melplan.serve.launcher.gateway_main holds the options; ``melplan serve`` runs the same Gateway)."""
+    from melplan.serve.launcher import gateway_main
+
+    return gateway_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -71,6 +71,19 @@ def load_for_serving(
     return ServingInputs(b.plan, b.family, b.cluster, Path(wp), digest, str(plan_path))
 
 
+def listen(app: Any, host: str, port: int) -> OIPServer:
+    """Bind an Open Inference Protocol server for ``app`` (the gateway of ``melplan serve`` and of
+    ``python -m melplan.serve.gateway``).  Raises InputError naming ``--port`` when it cannot bind."""
+    try:
+        return OIPServer(app, host, port)
+    except OSError as exc:
+        raise InputError(
+            f"cannot listen on {host}:{port} ({exc.strerror})",
+            field="--port",
+            fix="choose a free port with --port (0 picks one)",
+        ) from None
+
+
 @dataclass
 class ComponentProcess:
     component: str
@@ -335,14 +348,7 @@ class LocalDeployment:
 
     def start(self) -> LocalDeployment:
         self._check_run_dir()
-        try:
-            self.server = OIPServer(_Pending(self.inputs.family.id), self.host, self.port)
-        except OSError as exc:
-            raise InputError(
-                f"cannot listen on {self.host}:{self.port} ({exc.strerror})",
-                field="--port",
-                fix="choose a free port with --port (0 picks one)",
-            ) from None
+        self.server = listen(_Pending(self.inputs.family.id), self.host, self.port)
         self.port = self.server.port
         self.server.start_background()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -444,6 +450,113 @@ class LocalDeployment:
         self.stop()
 
 
+def parse_endpoint(spec: str) -> Endpoint:
+    """One ``--component`` value of the standalone gateway, ``COMPONENT@SERVER=URL`` (the form
+    :func:`melplan.deploy.k8s.endpoint_arg` writes), as an :class:`Endpoint`.  Raises InputError."""
+    head, eq, url = spec.partition("=")
+    component, at, server = head.rpartition("@")
+    if not (eq and at and component and server) or not url.startswith(("http://", "https://")):
+        raise InputError(
+            f"'{spec}' is not COMPONENT@SERVER=URL",
+            field="--component",
+            fix="write one per placed replica, e.g. --component u1@edge-a=http://127.0.0.1:41001",
+        )
+    return Endpoint(component, server, url.rstrip("/"))
+
+
+def check_endpoints(plan: Plan, endpoints: list[Endpoint], source: str) -> None:
+    """Exactly one endpoint per placed (component, server) replica of ``plan``; raises InputError."""
+    placed = {(c, s) for c, servers in plan.placement.items() for s in servers}
+    given = [(e.component, e.server) for e in endpoints]
+    twice = sorted({f"{c}@{s}" for c, s in given if given.count((c, s)) > 1})
+    extra = sorted(f"{c}@{s}" for c, s in set(given) - placed)
+    missing = sorted(f"{c}@{s}" for c, s in placed - set(given))
+    for what, items in (("given twice", twice), ("not placed by the plan", extra), ("missing", missing)):
+        if items:
+            raise InputError(
+                f"--component {what}: {', '.join(items)}",
+                file=source,
+                field="--component",
+                fix="give one COMPONENT@SERVER=URL for every replica the plan places, and no other",
+            )
+
+
+def gateway_main(argv: list[str] | None = None) -> int:
+    """``python -m melplan.serve.gateway``: the gateway alone, in front of component servers that run
+    elsewhere (the Kubernetes Deployment ``melplan export --format k8s`` writes).  Same Gateway, same
+    port binding and the same request, failover and heartbeat semantics as ``melplan serve``; the
+    selector only fails over (policy ``failover-only``): nothing here starts processes, so a re-plan
+    could not be carried out.  Stops on SIGTERM/SIGINT."""
+    import argparse
+
+    from melplan.core.plan import load_plan_bundle
+
+    p = argparse.ArgumentParser(
+        prog="python -m melplan.serve.gateway",
+        description="The melplan gateway alone: one Open Inference Protocol model (the plan's family id) "
+        "in front of the plan's component servers.",
+    )
+    p.add_argument("--plan", required=True, help="plan file (v2: it embeds its family and cluster)")
+    p.add_argument(
+        "--component",
+        action="append",
+        default=[],
+        metavar="COMPONENT@SERVER=URL",
+        help="where one placed replica answers; one per replica of the plan",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 only on purpose)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    p.add_argument("--timeout-ms", type=float, default=DEFAULT_TIMEOUT_MS, help="deadline of one request")
+    p.add_argument("--heartbeat-ms", type=float, default=DEFAULT_HEARTBEAT_MS, help="readiness check interval")
+    args = p.parse_args(argv)
+    stop = threading.Event()
+    try:
+        for name, value in (("--timeout-ms", args.timeout_ms), ("--heartbeat-ms", args.heartbeat_ms)):
+            if not value > 0:
+                raise InputError(f"{name} must be > 0, got {value}", field=name, fix=f"pass a positive {name}")
+        endpoints = [parse_endpoint(spec) for spec in args.component]
+        bundle = load_plan_bundle(args.plan)
+        check_endpoints(bundle.plan, endpoints, args.plan)
+        gw = Gateway(
+            bundle.plan,
+            bundle.family,
+            endpoints,
+            cluster=bundle.cluster,
+            policy="failover-only",
+            timeout_ms=args.timeout_ms,
+            heartbeat_ms=args.heartbeat_ms,
+        )
+        server = listen(gw, args.host, args.port)
+    except MelplanError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    gw.start()
+    server.start_background()
+    sys.stdout.write(
+        json.dumps({"event": "listening", "model": gw.model, "port": server.port, "pid": os.getpid()}) + "\n"
+    )
+    sys.stdout.flush()
+    print(
+        f"melplan gateway: serving {gw.model} on http://{args.host}:{server.port} "
+        f"in front of {len(endpoints)} component replica(s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    while not stop.wait(0.5):
+        pass
+    gw.close()
+    server.shutdown()
+    server.server_close()
+    print("melplan gateway: stopped; " + json.dumps({"latency": gw.latency_report()}), file=sys.stderr, flush=True)
+    return 0
+
+
 class _Pending:
     """The app a gateway port answers with before the gateway exists (live, never ready)."""
 
@@ -478,4 +591,13 @@ class _Pending:
         return None
 
 
-__all__ = ["LocalDeployment", "ServeError", "ServingInputs", "load_for_serving", "PlanFileError"]
+__all__ = [
+    "LocalDeployment",
+    "ServeError",
+    "ServingInputs",
+    "gateway_main",
+    "listen",
+    "load_for_serving",
+    "parse_endpoint",
+    "PlanFileError",
+]
