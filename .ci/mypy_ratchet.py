@@ -29,8 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CEILING = frozenset(
     {
         "melplan.core.evaluate",
-        "melplan.deploy.export",
-        "melplan.deploy.k8s",
         "melplan.pareto.front",
         "melplan.pareto.search",
         "melplan.planner.ilp",

@@ -11,12 +11,12 @@ directory of Kubernetes objects (see :mod:`melplan.k8s` and docs/export.md).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from melplan.core.catalog import MIB, Family
+from melplan.core.catalog import MIB, Combiner, Family, Upstream
 from melplan.core.errors import InputError
 from melplan.core.evaluate import validate_placement
 from melplan.core.fileio import atomic_write_json, atomic_write_text, sha256_file
@@ -98,19 +98,21 @@ def _component_entry(
     family: Family, comp: str, placement: Mapping[str, tuple[str, ...]], weights: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     c = family.component(comp)
-    is_up = comp in family.upstream_names
+    up = c if isinstance(c, Upstream) else None
+    comb = c if isinstance(c, Combiner) else None
+    is_up = up is not None
     entry: dict[str, Any] = {
         "component": comp,
         "kind": "upstream" if is_up else "combiner",
     }
-    if is_up:
+    if up is not None:
         entry["subset"] = comp
         entry["serves"] = [comp]
-        entry["blocks"] = c.blocks
-    else:
-        entry["subset"] = family.key(c.subset)
-        entry["serves"] = [family.key(s) for s in c.serves]
-        entry["combiner_kind"] = c.kind
+        entry["blocks"] = up.blocks
+    elif comb is not None:
+        entry["subset"] = family.key(comb.subset)
+        entry["serves"] = [family.key(s) for s in comb.serves]
+        entry["combiner_kind"] = comb.kind
     entry.update(
         params=c.params,
         macs=c.macs,
@@ -119,16 +121,16 @@ def _component_entry(
         memory_mib=round(c.memory_bytes / MIB, 4),
     )
     entry["weights"] = None if weights is None else {"file": weights["file"], "sha256": weights["sha256"]}
-    if is_up:
-        entry["feature_bytes"] = c.feature_bytes
+    if up is not None:
+        entry["feature_bytes"] = up.feature_bytes
         entry["feeds"] = [
             {"combiner": k.name, "servers": list(placement[k.name])}
             for k in family.combiners
             if comp in k.subset and k.name in placement
         ]
-    else:
+    elif comb is not None:
         entry["replicas"] = len(placement[comp])
-        entry["inputs"] = [{"upstream": u, "server": placement[u][0]} for u in c.subset]
+        entry["inputs"] = [{"upstream": u, "server": placement[u][0]} for u in comb.subset]
     return entry
 
 
@@ -234,7 +236,7 @@ def _stale_files(out: Path, keep: set[str]) -> list[Path]:
     return stale
 
 
-def write_k8s(objects: list[Mapping[str, Any]], out: Path, namespace: str | None) -> tuple[list[Path], list[Path]]:
+def write_k8s(objects: Sequence[Mapping[str, Any]], out: Path, namespace: str | None) -> tuple[list[Path], list[Path]]:
     """One YAML file per object plus ``kustomization.yaml``, whole or not at all.
 
     Every file is first written (and synced) into a temporary folder beside ``out``; only when all of

@@ -42,7 +42,7 @@ import math
 import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from melplan.core.catalog import MIB, Family
 from melplan.core.errors import ExportError, InputError, PlanFileError
@@ -60,6 +60,7 @@ DEFAULT_PORT = 8080
 CONTAINER_NAME = "runtime"
 CONFIG_VOLUME = "melplan-plan"
 HASH_LEN = 8
+K = TypeVar("K", bound=Hashable)
 POD_HOST = "0.0.0.0"  # the containers bind every interface because these manifests say so (MELPLAN_HOST)
 
 # Measured memory (see docs/export.md, "Memory requests"). A component process of the shipped example
@@ -182,7 +183,7 @@ def subset_label(key: str) -> str:
     return label_value(key.replace("+", "-"))
 
 
-def unique_names(wanted: Mapping[Hashable, tuple[str, str]]) -> dict[Hashable, str]:
+def unique_names(wanted: Mapping[K, tuple[str, str]]) -> dict[K, str]:
     """Resolve ``{key: (name, identity)}`` into distinct names.
 
     Names that more than one key wants are all replaced by their readable text plus a hash of the
