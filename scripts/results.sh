@@ -3,16 +3,7 @@
 #   bash scripts/results.sh            (about 5 minutes on a 2-core machine; needs no training)
 #   BASELINE=DIR: a checkout of f93844b (git worktree add DIR f93844b) for the side-by-side scale table
 # The catalog itself is reproduced by `melplan sweep sweeps/fashion-mnist.yaml` (hours on CPU).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-out=docs/results
-mkdir -p "$out"
-run() {  # run NAME CMD...: print the command, then its output, into $out/NAME.txt
-  local name=$1; shift
-  { echo "\$ $*"; "$@"; } > "$out/$name.txt" 2>&1
-  echo "wrote $out/$name.txt"
-}
-m="python3 -m melplan"
+. "$(dirname "$0")/results_common.sh"
 run catalog-list      $m catalog list --catalog catalog/fashion-mnist
 run catalog-report    $m catalog report --catalog catalog/fashion-mnist
 run catalog-next-report $m catalog report --catalog catalog-next/fashion-mnist
