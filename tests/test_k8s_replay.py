@@ -14,7 +14,8 @@ replay changes, and nothing else:
   (``http://<server>.<service>:8080``, its pod DNS name) becomes ``http://127.0.0.1:<its port>``;
 * ``MELPLAN_WEIGHTS`` (``/models/...``, baked into the image) becomes the catalog's file, whose
   SHA-256 the component checks against ``MELPLAN_WEIGHTS_SHA256`` as it does in the pod;
-* ``python`` (the image's interpreter) becomes this interpreter, with ``PYTHONPATH`` naming this checkout.
+* ``python`` (the image's interpreter) becomes this interpreter, with ``PYTHONPATH`` naming this checkout;
+  it runs in an empty folder, as the image's working directory holds no catalog.
 
 Then ``$(NAME)`` in command and arguments is expanded from the container's environment as the
 kubelet does.  Every wait is bounded.
@@ -165,6 +166,8 @@ class Replay:
         self.ports: dict[str, int] = {}
         self.logs: dict[str, Path] = {}
         self.gateway = ""  # the gateway Deployment's name, once started
+        self.workdir = tmp / "workdir"  # empty, like the image's /home/melplan
+        self.workdir.mkdir()
 
     def local_env(self, container: dict, name: str) -> dict[str, str]:
         env = {e["name"]: e["value"] for e in container["env"]}
@@ -202,7 +205,12 @@ class Replay:
         self.logs[name] = self.tmp / f"{name}.log"
         with open(self.logs[name], "wb") as log:
             self.procs[name] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**_env(), **env}
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**_env(), **env},
+                cwd=self.workdir,
             )
 
     def url(self, name: str) -> str:
@@ -292,28 +300,30 @@ def test_every_placed_replica_and_the_gateway_are_replayed(replay):
 
 
 def test_tritonclient_through_the_replayed_gateway_matches_the_network(replay, fmnist, oracle):
+    """Every answer's labels are those of the subset it names, run in-process on the same images. With
+    every replica up that is the plan's all-up subset; on a loaded machine a call can miss the 1 s
+    deadline and the gateway answers through a fallback subset, which must then be right too."""
     client = tritonclient_http.InferenceServerClient(replay.url(replay.gateway).split("//")[1])
-    model = json.loads(replay.plan.read_text())["family"]
+    plan = json.loads(replay.plan.read_text())
+    model = plan["family"]
     assert client.is_server_ready() and client.is_model_ready(model)
     images = fmnist.test.images.numpy()[:, 0]
-    labels, subsets = [], set()
+    got, want, subsets = [], [], []
     for i in range(0, len(images), 50):
         for binary in (True, False):
             inp = tritonclient_http.InferInput("input", [len(images[i : i + 50]), 28, 28], "UINT8")
             inp.set_data_from_numpy(images[i : i + 50], binary_data=binary)
             out = tritonclient_http.InferRequestedOutput("label", binary_data=binary)
             r = client.infer(model, [inp], outputs=[out])
-            subsets.add(r.get_response()["parameters"]["subset"])
-            if binary:
-                labels.append(r.as_numpy("label"))
-            else:
-                np.testing.assert_array_equal(r.as_numpy("label"), labels[-1])
-    (key,) = subsets  # every replica up: the subset of the plan's all-up accuracy, every time
-    plan = json.loads(replay.plan.read_text())
-    assert plan["family_entry"]["accuracy"][key] == pytest.approx(plan["accuracy_all_up"])
-    got = np.concatenate(labels)
-    assert len(got) == 400
-    assert (got == oracle[key]).mean() >= 0.9975  # same network and images (float sums may differ in order)
+            key = r.get_response()["parameters"]["subset"]
+            subsets.append(key)
+            got.append(r.as_numpy("label"))
+            want.append(oracle[key][i : i + 50])
+    got_all, want_all = np.concatenate(got), np.concatenate(want)
+    assert len(got_all) == 800
+    assert (got_all == want_all).mean() >= 0.9975  # same network and images (float sums may differ in order)
+    all_up = [k for k in set(subsets) if plan["family_entry"]["accuracy"][k] == pytest.approx(plan["accuracy_all_up"])]
+    assert all_up and subsets.count(all_up[0]) >= len(subsets) // 2, subsets
 
 
 def test_memory_requests_cover_the_measured_peak(replay):
@@ -344,7 +354,12 @@ def test_tampered_weights_are_refused_at_start(replay):
         fh.write(bytes([byte[0] ^ 0xFF]))
     env["MELPLAN_WEIGHTS"] = str(bad)
     p = subprocess.run(
-        container_command(container, env), capture_output=True, text=True, env={**_env(), **env}, timeout=120
+        container_command(container, env),
+        capture_output=True,
+        text=True,
+        env={**_env(), **env},
+        cwd=replay.workdir,
+        timeout=120,
     )
     assert p.returncode == 2 and "sha256 does not match" in p.stderr and "Traceback" not in p.stderr
 
