@@ -92,6 +92,33 @@ def test_binary_header_outside_body():
         decode_request(body + b"xx", str(len(body)), SPEC)
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_decode_bytes_tensors_as_tritonclient_sends_them(binary):
+    texts = ["Who wrote Hamlet ?", "", "caf\u00e9 \u2603", "x" * 300]
+    arr = np.array([t.encode("utf-8") for t in texts], dtype=object)
+    body, hlen = _triton_body(arr, "BYTES", binary)
+    req = decode_request(body, hlen, [TensorSpec("input", ("BYTES",), (-1,))])
+    assert req.datatypes["input"] == "BYTES" and req.inputs["input"].shape == (4,)
+    assert [b.decode("utf-8") for b in req.inputs["input"]] == texts
+
+
+@pytest.mark.parametrize(
+    "blob, size, fragment",
+    [
+        ((3).to_bytes(4, "little") + b"abc", 7, "1 BYTES elements, its shape holds 2"),
+        ((9).to_bytes(4, "little") + b"abc", 7, "runs past"),
+        ((3).to_bytes(4, "little") + b"abc" + b"\x01", 8, "cut off"),
+        ((0).to_bytes(4, "little") * 3, 12, "more than the 2"),
+    ],
+)
+def test_bad_binary_bytes_tensors(blob, size, fragment):
+    head = json.dumps(
+        {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": size}}]}
+    ).encode()
+    with pytest.raises(ProtocolError, match=fragment):
+        decode_request(head + blob, str(len(head)), [TensorSpec("t", ("BYTES",), (-1,))])
+
+
 def test_preprocessing_record_checks():
     rec = {
         "modality": "image",
@@ -129,10 +156,37 @@ def test_preprocessing_is_exactly_what_training_does():
     np.testing.assert_array_equal(pp.apply(ds.test.images.numpy()), want.numpy())
 
 
-def test_shipped_entries_record_what_training_would_write():
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "fsdd", "fsdd-heldout", "trec"])
+def test_shipped_entries_record_what_training_would_write(dataset):
+    from pathlib import Path
+
     from melplan.core.catalog import load_catalog
 
-    for fam in load_catalog():
-        assert from_record(fam.dataset.get("preprocessing"), source=fam.source).input_shape == tuple(
-            fam.dataset["input_shape"]
-        )
+    fams = list(load_catalog(Path(__file__).resolve().parents[1] / "catalog" / dataset))
+    assert fams
+    for fam in fams:
+        pp = from_record(fam.dataset.get("preprocessing"), source=fam.source)
+        assert pp.input_shape == tuple(fam.dataset["input_shape"])
+
+
+def test_audio_and_text_records_checks():
+    audio = {"modality": "audio", "sample_rate": 8000, "features": {"n_mels": 40}, "mean": -10.0, "std": 5.0}
+    pp = from_record(audio)
+    assert pp.input_shape == (1, 40, 61) and pp.accepts((2, 8000), "INT16") and not pp.accepts((2, 1, 8000), "INT16")
+    assert pp.apply(np.zeros((2, 4000), np.int16)).shape == (2, 1, 40, 61)  # zero-padded to 1 s
+    with pytest.raises(CatalogError, match="std"):
+        from_record({**audio, "std": 0.0})
+    with pytest.raises(CatalogError, match="sample_rate"):
+        from_record({k: v for k, v in audio.items() if k != "sample_rate"})
+    text = {"modality": "text", "tokenizer": "lower-alnum-punct", "vocabulary": ["<pad>", "<unk>", "who"], "max_len": 3}
+    tp = from_record(text)
+    assert tp.input_shape == (3,) and tp.apply(np.array([b"Who? who", "x"], dtype=object)).tolist() == [
+        [2, 1, 2],
+        [1, 0, 0],
+    ]
+    with pytest.raises(InputError, match="UTF-8"):
+        tp.apply(np.array([b"\xff"], dtype=object))
+    with pytest.raises(CatalogError, match="tokenizer"):
+        from_record({**text, "tokenizer": "bpe"})
+    with pytest.raises(CatalogError, match="max_len"):
+        from_record({**text, "max_len": 0})

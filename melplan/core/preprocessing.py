@@ -10,7 +10,14 @@ Raw ``UINT8`` pixels ``[N, H, W]`` or ``[N, raw_channels, H, W]`` become ``FP32 
 ``x / scale``, then ``(x - mean) / std`` per channel, then a centred pad to ``size`` with the raw
 pixel value ``pad_value`` (normalised the same way), then grey images repeated to ``channels``.
 This is :func:`melplan.train.data.to_input` without torch; a test checks the two agree bit for bit.
-Other modalities (audio, text) add their own ``"modality"`` here.
+
+Audio (``"modality": "audio"``, :class:`AudioPreprocessing`): raw clips ``INT16 [N, samples]`` (16-bit
+PCM) or ``FP32 [N, samples]`` in [-1, 1) at the entry's sample rate become log-mel features ``FP32 [N, 1,
+n_mels, frames]`` through :func:`melplan.core.audio.audio_batch`.  Text (``"modality": "text"``,
+:class:`TextPreprocessing`): sentences (``BYTES [N]``, UTF-8) become token ids ``INT64 [N, max_len]``
+through :func:`melplan.core.text.text_batch`.  Those are the functions training calls, so there is one
+place for each recipe.  Every kind answers ``raw_datatypes``, ``raw_shapes``, ``accepts``, ``apply``
+and ``input_shape``; :func:`from_record` builds the one an entry records.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import numpy as np
 
 from melplan.core.errors import CatalogError, InputError
 
-MODALITIES = ("image",)
+MODALITIES = ("image", "audio", "text")
 
 
 @dataclass(frozen=True)
@@ -50,12 +57,27 @@ class ImagePreprocessing:
             "channels": self.channels,
         }
 
+    raw_datatypes = ("UINT8",)
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.channels, *self.size)
 
-    def accepts(self, shape: tuple[int, ...]) -> bool:
+    def raw_shapes(self) -> list[tuple[str, list[int]]]:
+        """(datatype, shape) of the raw inputs accepted, -1 for any size (model metadata)."""
+        return [("UINT8", [-1, self.raw_channels, *self.raw_size])]
+
+    def expected(self) -> str:
+        """The raw input accepted, in words (for error messages)."""
+        h, w = self.raw_size
+        return (
+            f"UINT8 [N, {h}, {w}] or " if self.raw_channels == 1 else "UINT8 "
+        ) + f"[N, {self.raw_channels}, {h}, {w}]"
+
+    def accepts(self, shape: tuple[int, ...], datatype: str = "UINT8") -> bool:
         """Whether raw pixels of this shape (batch first) can be turned into model input."""
+        if datatype != "UINT8":
+            return False
         if len(shape) == 3:
             hw, c = shape[1:], 1
         elif len(shape) == 4:
@@ -96,6 +118,78 @@ class ImagePreprocessing:
         return np.ascontiguousarray(x, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class AudioPreprocessing:
+    """Raw clips -> log-mel features, as :func:`melplan.core.audio.audio_batch` computes them."""
+
+    record: Mapping[str, Any]  # the entry's dataset.preprocessing (sample_rate, features, mean, std)
+
+    raw_datatypes = ("INT16", "FP32")
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.record["sample_rate"])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        from melplan.core.audio import feature_shape
+
+        return (1, *feature_shape(self.record["features"]))
+
+    def raw_shapes(self) -> list[tuple[str, list[int]]]:
+        return [("INT16", [-1, -1]), ("FP32", [-1, -1])]
+
+    def expected(self) -> str:
+        return f"INT16 or FP32 [N, samples] (mono, {self.sample_rate} Hz; FP32 in [-1, 1))"
+
+    def accepts(self, shape: tuple[int, ...], datatype: str) -> bool:
+        return datatype in self.raw_datatypes and len(shape) == 2 and shape[1] > 0
+
+    def apply(self, samples: np.ndarray) -> np.ndarray:
+        """``INT16``/``FP32 [N, samples]`` -> ``FP32 [N, 1, n_mels, frames]``; InputError otherwise."""
+        from melplan.core.audio import audio_batch
+
+        return np.ascontiguousarray(audio_batch(samples, self.record, what="input"), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class TextPreprocessing:
+    """Sentences -> token ids, as :func:`melplan.core.text.text_batch` encodes them."""
+
+    record: Mapping[str, Any]  # tokenizer, vocabulary, max_len
+
+    raw_datatypes = ("BYTES",)
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (int(self.record["max_len"]),)
+
+    def raw_shapes(self) -> list[tuple[str, list[int]]]:
+        return [("BYTES", [-1])]
+
+    def expected(self) -> str:
+        return "BYTES [N] (one UTF-8 sentence each)"
+
+    def accepts(self, shape: tuple[int, ...], datatype: str) -> bool:
+        return datatype == "BYTES" and len(shape) == 1
+
+    def apply(self, texts: np.ndarray) -> np.ndarray:
+        """``BYTES [N]`` (bytes or str) -> ``INT64 [N, max_len]``; InputError otherwise."""
+        from melplan.core.text import text_batch
+
+        return np.ascontiguousarray(text_batch(list(np.asarray(texts).reshape(-1)), self.record, what="input"))
+
+
+Preprocessing = ImagePreprocessing | AudioPreprocessing | TextPreprocessing
+
+
+def model_datatype(dataset: Mapping[str, Any]) -> str:
+    """The Open Inference Protocol datatype of a family's network input: ``INT64`` token ids for text,
+    ``FP32`` otherwise (``dataset`` is the entry's ``dataset`` block)."""
+    rec = dataset.get("preprocessing")
+    return "INT64" if isinstance(rec, Mapping) and rec.get("modality") == "text" else "FP32"
+
+
 def image_record(
     *, raw_channels: int, raw_size: tuple[int, int], mean, std, size=(32, 32), channels: int = 3
 ) -> dict[str, Any]:
@@ -112,8 +206,9 @@ def image_record(
     ).to_dict()
 
 
-def from_record(record: Any, *, source: str | None = None) -> ImagePreprocessing:
-    """Parse a ``dataset.preprocessing`` record. Raises CatalogError naming the field and the fix."""
+def from_record(record: Any, *, source: str | None = None) -> Preprocessing:
+    """Parse a ``dataset.preprocessing`` record into the kind its ``modality`` names.
+    Raises CatalogError naming the field and the fix."""
 
     def fail(fld: str, msg: str) -> CatalogError:
         return CatalogError(
@@ -128,6 +223,10 @@ def from_record(record: Any, *, source: str | None = None) -> ImagePreprocessing
     modality = record.get("modality")
     if modality not in MODALITIES:
         raise fail("modality", f"unsupported modality {modality!r}; this version knows {', '.join(MODALITIES)}")
+    if modality == "audio":
+        return _audio(record, fail)
+    if modality == "text":
+        return _text(record, fail)
     try:
         rec = ImagePreprocessing(
             int(record["raw_channels"]),
@@ -152,3 +251,39 @@ def from_record(record: Any, *, source: str | None = None) -> ImagePreprocessing
     if rec.size[0] < rec.raw_size[0] or rec.size[1] < rec.raw_size[1]:
         raise fail("size", "size must be at least raw_size (images are padded, never cropped)")
     return rec
+
+
+def _audio(record: Mapping[str, Any], fail: Any) -> AudioPreprocessing:
+    from melplan.core.audio import feature_shape
+
+    for key in ("sample_rate", "features", "mean", "std"):
+        if key not in record:
+            raise fail(key, "missing")
+    try:
+        rate, std = int(record["sample_rate"]), float(record["std"])
+        float(record["mean"])
+        if not isinstance(record["features"], Mapping):
+            raise TypeError("features must be a mapping")
+        mels, frames = feature_shape(record["features"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise fail("", f"malformed ({exc})") from None
+    if rate <= 0 or std <= 0 or mels <= 0 or frames <= 0:
+        raise fail("std", "sample_rate, std and the feature shape must be positive")
+    return AudioPreprocessing(dict(record))
+
+
+def _text(record: Mapping[str, Any], fail: Any) -> TextPreprocessing:
+    from melplan.core.text import TOKENIZER
+
+    for key in ("tokenizer", "vocabulary", "max_len"):
+        if key not in record:
+            raise fail(key, "missing")
+    if record["tokenizer"] != TOKENIZER:
+        raise fail("tokenizer", f"unknown tokenizer {record['tokenizer']!r}; this version knows {TOKENIZER!r}")
+    vocab = record["vocabulary"]
+    if not isinstance(vocab, list) or len(vocab) < 2 or not all(isinstance(w, str) for w in vocab):
+        raise fail("vocabulary", "must be a list of at least two tokens (padding and unknown first)")
+    max_len = record["max_len"]
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len <= 0:
+        raise fail("max_len", "must be a whole number > 0")
+    return TextPreprocessing(dict(record))

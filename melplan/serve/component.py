@@ -37,6 +37,7 @@ import numpy as np
 
 from melplan.core.catalog import Family, load_family
 from melplan.core.errors import CatalogError, InputError, MelplanError
+from melplan.core.preprocessing import model_datatype
 from melplan.serve.httpserver import DEFAULT_MAX_BODY_BYTES, OIPServer
 from melplan.serve.protocol import ProtocolError, TensorSpec, decode_request, encode_response
 
@@ -110,6 +111,9 @@ class Component:
         self.outputs: tuple[str, ...] = ("probabilities", "features") if self.is_upstream else ("probabilities",)
         self._module: Any = None
         self._members: tuple[str, ...] = ()
+        self._ids = model_datatype(family.dataset) == "INT64"  # text: the network reads token ids
+        self._vocab = 0  # text upstreams: the size of the embedding table, set by load()
+        self._pool = "avg"  # how fc features are pooled (the base's pooling), set by load()
         self._lock = threading.Lock()
 
     # -- loading --------------------------------------------------------------------------------
@@ -137,12 +141,17 @@ class Component:
         model.load_state_dict(payload["state_dict"])
         model.eval()
         shape = [int(x) for x in self.family.dataset.get("input_shape", [3, 32, 32])]
-        x = torch.zeros(1, *shape)
+        x = torch.zeros(1, *shape, dtype=torch.long if self._ids else torch.float32)
         with torch.inference_mode():
             feats = {n: u(x)[0] for n, u in model.upstreams.items()}
+        # fc combiners pool each map as the base does (text bases: max); the upstream sends that vector
+        self._pool = str(getattr(next(iter(model.upstreams.values())), "pool", "avg"))
         if self.is_upstream:
             self._module = model.upstreams[self.name]
-            self.inputs = (TensorSpec("input", ("FP32",), (-1, *shape)),)
+            if self._ids:
+                emb = [m for m in self._module.modules() if isinstance(m, torch.nn.Embedding)]
+                self._vocab = min(int(m.num_embeddings) for m in emb) if emb else 0
+            self.inputs = (TensorSpec("input", (model_datatype(self.family.dataset),), (-1, *shape)),)
             warm = {"input": x.numpy()}
         else:
             comb = self.family.combiner(self.name)
@@ -173,7 +182,10 @@ class Component:
         """Features as they travel: pooled vectors for fc combiners, maps otherwise."""
         import torch.nn.functional as F
 
-        return F.adaptive_avg_pool2d(f, 1).flatten(1) if self.kind == "fc" else f
+        if self.kind != "fc":
+            return f
+        pool = F.adaptive_max_pool2d if self._pool == "max" else F.adaptive_avg_pool2d
+        return pool(f, 1).flatten(1)
 
     # -- inference ------------------------------------------------------------------------------
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -189,7 +201,9 @@ class Component:
             raise ProtocolError(f"batch of {n} is over this server's limit of {self.max_batch}")
         with self._lock, torch.inference_mode():
             if self.is_upstream:
-                x = torch.from_numpy(np.array(inputs["input"], dtype=np.float32))
+                x = torch.from_numpy(np.array(inputs["input"], dtype=np.int64 if self._ids else np.float32))
+                if self._ids and x.numel() and (int(x.min()) < 0 or int(x.max()) >= self._vocab):
+                    raise ProtocolError(f"token ids must be in 0..{self._vocab - 1}")
                 f, logits, _ = self._module(x)
                 return {
                     "probabilities": torch.softmax(logits, 1).numpy(),

@@ -1,8 +1,10 @@
 """The gateway: one Open Inference Protocol model (the plan's family id) in front of the component
 servers, with the :class:`~melplan.runtime.selector.RuntimeSelector` inside (no torch).
 
-A request's ``input`` is raw pixels (``UINT8 [N, H, W]`` or ``[N, C, H, W]``, preprocessed here as
-the catalog entry's ``dataset.preprocessing`` says) or ``FP32`` already in the model's input shape.
+A request's ``input`` is raw input, preprocessed here as the catalog entry's ``dataset.preprocessing``
+says (:mod:`melplan.core.preprocessing`): pixels ``UINT8 [N, H, W]`` or ``[N, C, H, W]``; audio clips
+``INT16`` or ``FP32 [N, samples]``; sentences ``BYTES [N]``; or the model's input itself (``FP32`` in
+its input shape; ``INT64`` token ids ``[N, max_len]`` for text).
 The gateway sends it to the upstreams of the current route in parallel, the upstreams' features to
 the route's combiner, and answers ``label`` (``INT64 [N]``) and ``probabilities`` (``FP32 [N,
 classes]``) with the response parameters ``subset``, ``servers`` (comma-separated), ``degraded``
@@ -43,9 +45,9 @@ import numpy as np
 
 from melplan.core.catalog import Family
 from melplan.core.cluster import Cluster
-from melplan.core.errors import SelectorError
+from melplan.core.errors import InputError, SelectorError
 from melplan.core.plan import Plan
-from melplan.core.preprocessing import ImagePreprocessing, from_record
+from melplan.core.preprocessing import Preprocessing, TextPreprocessing, from_record, model_datatype
 from melplan.runtime.selector import ReplanResult, Route, RuntimeSelector
 from melplan.serve.client import CallFailed, ComponentClient
 from melplan.serve.protocol import ProtocolError, TensorSpec, decode_request, encode_response
@@ -174,7 +176,7 @@ class Gateway:
         )
         self._upstreams = set(family.upstream_names)
         try:
-            self.preprocessing: ImagePreprocessing | None = from_record(
+            self.preprocessing: Preprocessing | None = from_record(
                 family.dataset.get("preprocessing"), source=family.source
             )
         except Exception:
@@ -191,7 +193,11 @@ class Gateway:
         for e in endpoints:
             self._endpoints[(e.component, e.server)] = e
         self._refresh_pending()
-        self._spec = TensorSpec("input", ("UINT8", "FP32"), None)
+        self.model_datatype = model_datatype(family.dataset)
+        pp = self.preprocessing
+        self._vocab = len(pp.record["vocabulary"]) if isinstance(pp, TextPreprocessing) else 0
+        raw = self.preprocessing.raw_datatypes if self.preprocessing is not None else ("UINT8",)
+        self._spec = TensorSpec("input", tuple(dict.fromkeys((*raw, self.model_datatype))), None)
 
     # -- endpoints and health ---------------------------------------------------------------------
     def set_endpoint(self, endpoint: Endpoint) -> None:
@@ -454,28 +460,29 @@ class Gateway:
             raise ProtocolError("input 'input' needs a batch of at least one")
         if x.shape[0] > self.max_batch:
             raise ProtocolError(f"batch of {x.shape[0]} is over the gateway's limit of {self.max_batch}")
-        if req.datatypes["input"] == "FP32":
-            if tuple(x.shape[1:]) != self.input_shape:
-                want = ", ".join(map(str, self.input_shape))
-                raise ProtocolError(
-                    f"FP32 input 'input' has shape {list(x.shape)}; expected [N, {want}] (or send raw UINT8 pixels)"
-                )
-            if not np.isfinite(x).all():
+        dt = req.datatypes["input"]
+        shape = tuple(int(d) for d in x.shape)
+        model_in = f"{self.model_datatype} [N, {', '.join(map(str, self.input_shape))}]"
+        if dt == self.model_datatype and shape[1:] == self.input_shape:
+            if dt == "FP32" and not np.isfinite(x).all():
                 raise ProtocolError("FP32 input 'input' holds NaN or infinity")
-            return np.ascontiguousarray(x, dtype=np.float32), req
-        if self.preprocessing is None:
-            raise ProtocolError(
-                f"family {self.model} records no dataset.preprocessing, so raw UINT8 input cannot be served; "
-                f"send FP32 [N, {', '.join(map(str, self.input_shape))}]"
-            )
+            if dt == "INT64" and (int(x.min()) < 0 or (self._vocab and int(x.max()) >= self._vocab)):
+                raise ProtocolError(f"INT64 input 'input' holds token ids outside 0..{self._vocab - 1}")
+            return np.ascontiguousarray(x, dtype=np.float32 if dt == "FP32" else np.int64), req
         pp = self.preprocessing
-        if not pp.accepts(tuple(int(d) for d in x.shape)):
+        if pp is None:
+            if dt == self.model_datatype:
+                raise ProtocolError(f"{dt} input 'input' has shape {list(shape)}; expected {model_in}")
             raise ProtocolError(
-                f"UINT8 input 'input' has shape {list(x.shape)}; expected "
-                + (f"[N, {pp.raw_size[0]}, {pp.raw_size[1]}] or " if pp.raw_channels == 1 else "")
-                + f"[N, {pp.raw_channels}, {pp.raw_size[0]}, {pp.raw_size[1]}]"
+                f"family {self.model} records no dataset.preprocessing, so raw {dt} input cannot be served; "
+                f"send {model_in}"
             )
-        return pp.apply(x), req
+        if not pp.accepts(shape, dt):
+            raise ProtocolError(f"{dt} input 'input' has shape {list(shape)}; expected {pp.expected()} or {model_in}")
+        try:
+            return pp.apply(x), req
+        except InputError as exc:
+            raise ProtocolError(f"input 'input': {exc.message}" + (f"; {exc.fix}" if exc.fix else "")) from None
 
     # -- OIPApp -----------------------------------------------------------------------------------
     def live(self) -> bool:
@@ -499,9 +506,9 @@ class Gateway:
     def model_metadata(self, model: str) -> dict[str, Any]:
         self._check(model)
         pp = self.preprocessing
-        inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}]
+        inputs = [{"name": "input", "datatype": self.model_datatype, "shape": [-1, *self.input_shape]}]
         if pp is not None:
-            inputs.insert(0, {"name": "input", "datatype": "UINT8", "shape": [-1, pp.raw_channels, *pp.raw_size]})
+            inputs[:0] = [{"name": "input", "datatype": d, "shape": shp} for d, shp in pp.raw_shapes()]
         r = self.route()
         return {
             "name": self.model,

@@ -43,6 +43,7 @@ DATATYPES: dict[str, np.dtype] = {
     "FP64": np.dtype("<f8"),
 }
 _DTYPE_NAMES = {v: k for k, v in DATATYPES.items()}
+BYTES = "BYTES"  # variable-length elements: a JSON string each, or in binary a 4-byte little-endian length + bytes
 
 
 def package_version() -> str:
@@ -86,6 +87,37 @@ class InferRequest:
     binary_all: bool = False  # request parameter binary_data_output
 
 
+def _bytes_binary(blob: bytes, count: int, where: str) -> np.ndarray:
+    """Elements of a binary BYTES tensor (each a 4-byte little-endian length, then that many bytes)."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(blob):
+        if len(out) == count:
+            raise ProtocolError(f"{where} has more than the {count} BYTES elements its shape holds")
+        if pos + 4 > len(blob):
+            raise ProtocolError(f"{where}: a BYTES element's 4-byte length is cut off")
+        n = int.from_bytes(blob[pos : pos + 4], "little")
+        if pos + 4 + n > len(blob):
+            raise ProtocolError(f"{where}: a BYTES element of {n} bytes runs past binary_data_size")
+        out.append(bytes(blob[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    if len(out) != count:
+        raise ProtocolError(f"{where} has {len(out)} BYTES elements, its shape holds {count}")
+    arr = np.empty(count, dtype=object)
+    arr[:] = out
+    return arr
+
+
+def _bytes_json(data: Any, count: int, where: str) -> np.ndarray:
+    """Elements of a JSON BYTES tensor: strings (sent as their UTF-8 bytes)."""
+    flat = _flat_json(data, count, where)
+    if not all(isinstance(v, str) for v in flat):
+        raise ProtocolError(f"{where}.data holds values that are not strings (datatype BYTES)")
+    arr = np.empty(count, dtype=object)
+    arr[:] = [v.encode("utf-8", "surrogatepass") for v in flat]
+    return arr
+
+
 def dtype_name(arr: np.ndarray) -> str:
     """The protocol datatype of a numpy array (raises ProtocolError for one it cannot carry)."""
     name = _DTYPE_NAMES.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
@@ -122,8 +154,8 @@ def _shape_of(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _json_data(data: Any, dtype: np.dtype, count: int, where: str) -> np.ndarray:
-    """Flatten JSON tensor data (flat or nested, row-major) and check its element count."""
+def _flat_json(data: Any, count: int, where: str) -> list[Any]:
+    """JSON tensor data (flat or nested, row-major) as a flat list of exactly ``count`` elements."""
     if not isinstance(data, list):
         raise ProtocolError(f"{where}.data must be a JSON list")
     flat: list[Any] = []
@@ -140,6 +172,12 @@ def _json_data(data: Any, dtype: np.dtype, count: int, where: str) -> np.ndarray
             stack.pop()
     if len(flat) != count:
         raise ProtocolError(f"{where}.data has {len(flat)} elements, its shape holds {count}")
+    return flat
+
+
+def _json_data(data: Any, dtype: np.dtype, count: int, where: str) -> np.ndarray:
+    """Flatten JSON tensor data (flat or nested, row-major) and check its element count."""
+    flat = _flat_json(data, count, where)
     if dtype.kind == "b":
         ok = all(isinstance(v, bool) for v in flat)
     elif dtype.kind in "iu":
@@ -194,7 +232,6 @@ def decode_request(
         datatype = t.get("datatype")
         if datatype not in spec.datatypes:
             raise ProtocolError(f"{where} has datatype {datatype!r}; use {' or '.join(spec.datatypes)}")
-        dtype = DATATYPES[datatype]
         shape = _shape_of(t.get("shape"), where)
         if not spec.matches(shape):
             want = "[" + ", ".join("N" if w == -1 else str(w) for w in spec.shape or ()) + "]"
@@ -204,6 +241,24 @@ def decode_request(
         if not isinstance(params, dict):
             raise ProtocolError(f"{where}.parameters must be an object")
         size = params.get("binary_data_size")
+        if datatype == BYTES:
+            if size is not None:
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise ProtocolError(f"{where}.parameters.binary_data_size must be a whole number")
+                if offset + size > len(binary):
+                    raise ProtocolError(f"{where}: the body ends before its {size} binary bytes")
+                if "data" in t:
+                    raise ProtocolError(f"{where} has both binary data and a 'data' field")
+                arr = _bytes_binary(binary[offset : offset + size], count, where)
+                offset += size
+            elif "data" not in t:
+                raise ProtocolError(f"{where} has no 'data' (and no binary_data_size)")
+            else:
+                arr = _bytes_json(t["data"], count, where)
+            arrays[name] = arr.reshape(shape)
+            dts[name] = datatype
+            continue
+        dtype = DATATYPES[datatype]
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ProtocolError(f"{where}.parameters.binary_data_size must be a whole number")
