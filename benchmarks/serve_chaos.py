@@ -138,14 +138,13 @@ def chaos(dep, schedule, t0, log):
     return events
 
 
-def oracle_labels(family, images_u8, mean, std):
-    """Every subset's labels from the family's network run here on the same images."""
+def oracle_labels(path: Path, images_u8, mean, std):
+    """Every subset's labels from the family's network (weights at ``path``) run here on the same images."""
     import torch
 
     from melplan.train.data import to_input
     from melplan.train.models.mel import MELNet
 
-    path = Path(family.source).parent / family.weights if family.source else None
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model = MELNet(payload["config"])
     model.load_state_dict(payload["state_dict"])
@@ -374,7 +373,7 @@ def main() -> int:
             kill_times = [args.first_kill + k * args.kill_every for k in range(n_kills)]
         schedule = [(t, *order[k % len(order)], args.down) for k, t in enumerate(kill_times)]
         log(f"\n== {name}: {inputs.family.id} placement {dict(inputs.plan.placement)}; {rate:g} req/s, SLO {slo:g} ms")
-        oracle = oracle_labels(inputs.family, images, ds.mean, ds.std)
+        oracle = oracle_labels(inputs.weights, images, ds.mean, ds.std)
         log("   catalog accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in inputs.family.accuracy.items()))
         with LocalDeployment(
             inputs, run_dir=out / f"run-{name}", port=0, restart=False, force=True, log=lambda m: None
