@@ -41,6 +41,13 @@ from melplan.commands.common import (
 )
 @click.option("--timeout-ms", type=float, default=1000.0, show_default=True, help="Deadline of one request.")
 @click.option("--heartbeat-ms", type=float, default=50.0, show_default=True, help="Readiness check interval.")
+@click.option(
+    "--hedge-ms",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Wait this long for a component before also asking the route around its server.",
+)
 @click.option("--restart/--no-restart", default=True, show_default=True, help="Start a component again when it dies.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads per component.")
 @click.option("--ready-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for readiness.")
@@ -56,6 +63,7 @@ def serve(
     policy: str | None,
     timeout_ms: float,
     heartbeat_ms: float,
+    hedge_ms: float,
     restart: bool,
     threads: int,
     ready_timeout: float,
@@ -78,7 +86,12 @@ def serve(
     from melplan.core.errors import InputError
     from melplan.serve.launcher import LocalDeployment, load_for_serving
 
-    for name, value in (("--timeout-ms", timeout_ms), ("--heartbeat-ms", heartbeat_ms), ("--threads", threads)):
+    for name, value in (
+        ("--timeout-ms", timeout_ms),
+        ("--heartbeat-ms", heartbeat_ms),
+        ("--hedge-ms", hedge_ms),
+        ("--threads", threads),
+    ):
         if not value > 0:
             raise InputError(f"{name} must be > 0, got {value}", field=name, fix=f"pass a positive {name}")
     if not 0 <= port <= 65535:
@@ -98,6 +111,7 @@ def serve(
         policy=policy,
         timeout_ms=timeout_ms,
         heartbeat_ms=heartbeat_ms,
+        hedge_ms=hedge_ms,
         restart=restart,
         threads=threads,
         ready_timeout_s=ready_timeout,

@@ -13,11 +13,18 @@ and ``accuracy`` (the catalog's accuracy of the answering subset).
 Failures, in band (Envoy's outlier detection): a call that fails or misses its deadline marks its
 server down in the selector at once, and the same request continues on the new route, reusing what
 already replied (an upstream's exit answers alone; the features it sent are kept for the next
-combiner), until the deadline; at the deadline the best subset that did reply answers.  Out of band:
-a heartbeat checks every component's ``/v2/health/ready`` (default every 50 ms) so idle failures are
-seen too.  A server comes back only when all its components report ready and its ejection time (it
-doubles with each failure within a minute, from 0.25 s up to 8 s) has passed; components that never
-reported ready (starting, or started by a re-plan) count as down for routing without being failures.
+combiner), until the deadline; at the deadline the best subset that did reply answers. Hedging: a
+call still unanswered after the hedge delay (``hedge_ms``, default 10, or three times the server's
+recent call time for that batch size when longer) makes its server suspect; that request answers at
+once through the best upstream that already replied, and requests that come while the suspicion
+lasts ask the route around the server alongside the best one. The suspicion ends when a call to the
+server answers; a failure or the heartbeat marks it down. This bounds failover on a SIGKILL: the
+kernel closes a killed torch process's sockets only after tearing down its memory (30-120 ms
+measured here), so waiting for the connection error alone takes that long. Out of band: a heartbeat
+checks every component's ``/v2/health/ready`` (default every 50 ms) so idle failures are seen too. A
+server comes back only when all its components report ready and its ejection time (it doubles with
+each failure within a minute, from 0.25 s up to 8 s) has passed; components that never reported
+ready (starting, or started by a re-plan) count as down for routing without being failures.
 
 Data path: the gateway is a hub.  Features travel upstream -> gateway -> combiner, while the
 planner's latency model (:func:`melplan.core.evaluate.path_latency_ms`) assumes they go from each
@@ -36,9 +43,9 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +65,8 @@ DEFAULT_MAX_BATCH = 256
 EJECT_BASE_S = 0.25
 EJECT_MAX_S = 8.0
 EJECT_WINDOW_S = 60.0
+DEFAULT_HEDGE_MS = 10.0
+HEDGE_FACTOR = 3.0
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -68,6 +77,35 @@ class Endpoint:
     url: str
 
 
+Result = dict[str, np.ndarray] | CallFailed
+
+
+def _bucket_of(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _bucket(inputs: Mapping[str, np.ndarray]) -> int:
+    return _bucket_of(int(next(iter(inputs.values())).shape[0]))
+
+
+@dataclass
+class _RequestState:
+    """What one request has so far: upstream answers, calls in flight, failed and late servers."""
+
+    batch: int
+    have: dict[str, tuple[np.ndarray, np.ndarray, str]] = field(
+        default_factory=dict
+    )  # upstream -> probs, feats, server
+    calls: dict[tuple[str, str], tuple[Future[Result], float]] = field(default_factory=dict)
+    combs: dict[tuple[str, str], tuple[Future[Result], float, tuple[str, ...]]] = field(default_factory=dict)
+    bad: set[str] = field(default_factory=set)  # servers that failed in this request
+    late: set[str] = field(default_factory=set)  # servers with a call of this request past the hedge delay
+
+    @property
+    def fallback(self) -> bool:
+        return bool(self.bad or self.late)
+
+
 @dataclass(frozen=True)
 class Answer:
     probabilities: np.ndarray
@@ -76,7 +114,7 @@ class Answer:
     accuracy: float
     degraded: bool
     path_s: float
-    attempts: int
+    fallback: bool  # answered after a component call failed or was passed over as late
 
 
 class _Metrics:
@@ -107,7 +145,12 @@ class _Metrics:
         )
         self.route_changes = Counter("melplan_route_changes", "Route changes of the runtime selector", registry=r)
         self.fallbacks = Counter(
-            "melplan_in_request_fallbacks", "Requests answered after a component call failed", registry=r
+            "melplan_in_request_fallbacks",
+            "Requests answered after a component call failed or was passed over as late",
+            registry=r,
+        )
+        self.hedged = Counter(
+            "melplan_hedges", "Times a server became suspect (a call past the hedge delay)", registry=r
         )
         self.call_failures = Counter(
             "melplan_component_call_failures", "Failed component calls", ["component", "server"], registry=r
@@ -142,6 +185,7 @@ class Gateway:
         policy: str | None = None,
         timeout_ms: float = DEFAULT_TIMEOUT_MS,
         heartbeat_ms: float = DEFAULT_HEARTBEAT_MS,
+        hedge_ms: float = DEFAULT_HEDGE_MS,
         max_batch: int = DEFAULT_MAX_BATCH,
         workers: int = 32,
         on_replan: Callable[[ReplanResult], Any] | None = None,
@@ -151,8 +195,12 @@ class Gateway:
         self.model = family.id
         self.timeout_s = timeout_ms / 1e3
         self.heartbeat_s = heartbeat_ms / 1e3
+        self.hedge_s = hedge_ms / 1e3
         self.max_batch = max_batch
         self.metrics = _Metrics()
+        self._suspect: dict[str, float] = {}  # server -> when a call to it went past the hedge delay
+        # (server, batch size rounded up to a power of two) -> moving average of its call time (s)
+        self._typical: dict[tuple[str, int], float] = {}
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._lock = threading.RLock()
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
@@ -256,6 +304,7 @@ class Gateway:
             hist.append(now)
             self._eject_until[server] = now + min(EJECT_MAX_S, EJECT_BASE_S * 2 ** (len(hist) - 1))
             self.selector.mark_down(server)
+            self._suspect.pop(server, None)
             for c, s in self._placed():
                 if s == server:
                     self.metrics.component_up.labels(c, s).set(0)
@@ -293,6 +342,7 @@ class Gateway:
                     self._failed(server, "heartbeat", CallFailed(server, "heartbeat: not ready"))
                 elif all(oks) and server in down and now >= self._eject_until.get(server, 0.0):
                     self.selector.mark_up(server)
+                    self._suspect.pop(server, None)
                     self._log(f"melplan gateway: {server} ready again; back in the route")
             down = self.selector.down
             for c, s in self._placed():
@@ -365,93 +415,166 @@ class Gateway:
         outs, _ = self._client.infer(ep.url, ep.component, inputs, timeout=deadline - time.monotonic())
         return outs
 
-    def _call_many(
-        self, eps: Sequence[Endpoint], inputs: Mapping[str, np.ndarray], deadline: float
-    ) -> list[dict[str, np.ndarray] | CallFailed]:
-        def one(ep: Endpoint) -> dict[str, np.ndarray] | CallFailed:
-            try:
-                return self._call(ep, inputs, deadline)
-            except CallFailed as exc:
-                return exc
+    def _guarded(self, ep: Endpoint, inputs: Mapping[str, np.ndarray], deadline: float) -> Result:
+        """One component call in a pool thread.  Its outcome is recorded here, so a late call that
+        fails after its request moved on still marks the server down, and one that answers clears
+        the server's suspicion."""
+        t = time.monotonic()
+        try:
+            out = self._call(ep, inputs, deadline)
+        except CallFailed as exc:
+            self._failed(ep.server, ep.component, exc)
+            return exc
+        took = time.monotonic() - t
+        key = (ep.server, _bucket(inputs))
+        self._typical[key] = 0.8 * self._typical.get(key, took) + 0.2 * took
+        if ep.server in self._suspect:
+            with self._lock:
+                self._suspect.pop(ep.server, None)
+        return out
 
-        futures = [self._pool.submit(one, ep) for ep in eps[1:]]
-        results = [one(eps[0])]
-        for f in futures:
-            try:
-                results.append(f.result(timeout=max(0.0, deadline - time.monotonic()) + 0.05))
-            except Exception:
-                results.append(CallFailed("", "no answer before the deadline"))
-        return results
+    def _submit(self, ep: Endpoint, inputs: Mapping[str, np.ndarray], deadline: float) -> tuple[Future[Result], float]:
+        return self._pool.submit(self._guarded, ep, inputs, deadline), time.monotonic()
+
+    def hedge_delay(self, server: str, batch: int) -> float:
+        """Seconds to wait for a call to ``server`` with ``batch`` inputs before passing it over:
+        ``hedge_ms``, or HEDGE_FACTOR times the server's recent call time for batches of that size
+        when that is longer (a busy machine slows every call; hedging them all would only add load).
+        Infinite until one call of that size has answered (no hedge on a first call)."""
+        typical = self._typical.get((server, _bucket_of(batch)))
+        return float("inf") if typical is None else max(self.hedge_s, HEDGE_FACTOR * typical)
+
+    def _late(self, st: _RequestState, server: str, now: float) -> None:
+        """A call of this request to ``server`` is past the hedge delay: suspect the server (requests
+        race a route around it until one of its calls answers; a failure or the heartbeat marks it down)."""
+        st.late.add(server)
+        if server not in self._suspect:
+            self.metrics.hedged.inc()
+            with self._lock:
+                self._suspect.setdefault(server, now)
 
     def answer(self, x: np.ndarray, deadline: float) -> Answer:
         """Answer a preprocessed batch through the best route, failing over inside the request.
-        Raises ProtocolError(503) when no subset can answer."""
+        Raises ProtocolError(503) when no subset can answer.
+
+        Upstream calls run in parallel.  A call that fails takes its server out of this request's
+        routes (and marks it down).  A call still unanswered after the hedge delay makes its server
+        suspect: this request answers at once through the best upstream that already replied (or,
+        when none has, also asks the route around that server), and requests that come while the
+        suspicion lasts ask the best route and the route around the suspect server together, and
+        answer through the best one complete.  A SIGKILLed process's sockets close only once the
+        kernel has torn down its memory (30-120 ms measured here for a torch process), so the hedge,
+        not the connection error, bounds the failover time.
+        """
         t0 = time.monotonic()
-        have: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
-        failed: set[str] = set()
-        attempts = 0
-        while time.monotonic() < deadline and attempts < 2 * len(self._placed()) + 2:
-            attempts += 1
-            route = self.route()
-            if failed & set(route.servers):
-                route = self.selector.route_for(self.selector.down | self._pending | failed)
-            if route.down:
+        inputs = {"input": x}
+        st = _RequestState(batch=int(x.shape[0]))
+        while time.monotonic() < deadline:
+            base = self.selector.down | self._pending | st.bad
+            primary = self.selector.route_for(base)
+            if primary.down:
                 break
-            ups = [(c, s) for c, s in route.components if c in self._upstreams]
-            need = []
-            for c, s in ups:
-                if c in have:
+            cands = [primary]
+            around = (st.late | set(self._suspect)) - base
+            if around & set(primary.servers):
+                alt = self.selector.route_for(base | around)
+                if not alt.down:
+                    cands.append(alt)
+            missing = False
+            take_alt = True
+            for r in cands:
+                if r is not primary and not take_alt:
+                    break
+                ups = self._ups(r)
+                for c, s in ups:
+                    if c not in st.have and (c, s) not in st.calls:
+                        ep = self._endpoints.get((c, s))
+                        if ep is None:
+                            st.bad.add(s)
+                            missing = True
+                        else:
+                            st.calls[(c, s)] = self._submit(ep, inputs, deadline)
+                if r is primary:  # take the route around only when the best one waits on a late server
+                    waiting = {s for c, s in ups if c not in st.have}
+                    if r.combiner is not None and not waiting:
+                        waiting.add(r.combiner_server or "")
+                    take_alt = bool(waiting & around)
+                if missing or not all(c in st.have for c, _ in ups):
                     continue
-                ep = self._endpoints.get((c, s))
-                if ep is None:
-                    failed.add(s)
-                    continue
-                need.append(ep)
-            if len(need) + sum(1 for c, _ in ups if c in have) < len(ups):
+                servers = tuple(dict.fromkeys(st.have[c][2] for c, _ in ups))
+                if r.combiner is None:
+                    return self._done(st.have[ups[0][0]][0], r.answer or "", servers, t0, st.fallback)
+                key = (r.answer or "", r.combiner_server or "")
+                if key not in st.combs:
+                    cep = self._endpoints.get((r.combiner, r.combiner_server or ""))
+                    if cep is None:
+                        st.bad.add(key[1])
+                        missing = True
+                        continue
+                    feats = {m: st.have[m][1] for m in key[0].split("+")}
+                    st.combs[key] = (*self._submit(cep, feats, deadline), servers + (key[1],))
+            if missing:
                 continue
-            if need:
-                bad = False
-                for ep, res in zip(need, self._call_many(need, {"input": x}, deadline)):
-                    if isinstance(res, CallFailed):
-                        self._failed(ep.server, ep.component, res)
-                        failed.add(ep.server)
-                        bad = True
-                    else:
-                        have[ep.component] = (res["probabilities"], res["features"], ep.server)
-                if bad:
-                    continue
-            servers = tuple(dict.fromkeys(have[c][2] for c, _ in ups))
-            if route.combiner is None:
-                c = ups[0][0]
-                return self._done(have[c][0], route.answer or c, servers, t0, attempts)
-            ep = self._endpoints.get((route.combiner, route.combiner_server or ""))
-            if ep is None:
-                failed.add(route.combiner_server or "")
-                continue
-            members = (route.answer or "").split("+")
-            try:
-                outs = self._call(ep, {m: have[m][1] for m in members}, deadline)
-            except CallFailed as exc:
-                self._failed(ep.server, ep.component, exc)
-                failed.add(ep.server)
-                continue
-            used = tuple(dict.fromkeys(servers + (ep.server,)))
-            return self._done(outs["probabilities"], route.answer or "", used, t0, attempts)
-        if have:  # the deadline passed or nothing else is servable: the best upstream that replied
-            best = max(have, key=lambda u: self.family.accuracy.get(u, 0.0))
-            return self._done(have[best][0], best, (have[best][2],), t0, attempts)
+            if not st.calls and not st.combs:
+                break  # nothing in flight and nothing new: no route can complete
+            got = self._wait(st, deadline)
+            if got is not None:
+                return self._done(got[0], got[1], tuple(dict.fromkeys(got[2])), t0, st.fallback)
+            if st.late and st.have:  # past the hedge delay: the best upstream that replied answers now
+                break
+        if st.have:  # the deadline passed or nothing else is servable: the best upstream that replied
+            best = max(st.have, key=lambda u: self.family.accuracy.get(u, 0.0))
+            return self._done(st.have[best][0], best, (st.have[best][2],), t0, True)
         raise ProtocolError("no subset of the ensemble can answer: every route's servers are down or late", 503)
 
-    def _done(self, probs: np.ndarray, key: str, servers: tuple[str, ...], t0: float, attempts: int) -> Answer:
+    def _ups(self, route: Route) -> list[tuple[str, str]]:
+        return [(c, s) for c, s in route.components if c in self._upstreams]
+
+    def _wait(self, st: _RequestState, deadline: float) -> tuple[np.ndarray, str, tuple[str, ...]] | None:
+        """Wait for the next call to end, the next hedge point or the deadline, and record what came.
+        Returns a combiner's answer (the most accurate when several came), or None: choose again."""
+        now = time.monotonic()
+        flights = [(f, t, k[1]) for k, (f, t) in st.calls.items()]
+        flights += [(f, t, k[1]) for k, (f, t, _) in st.combs.items()]
+        if not any(f.done() for f, _, _ in flights):
+            points = [p for _, t, srv in flights if (p := t + self.hedge_delay(srv, st.batch)) > now]
+            timeout = max(0.0, min([deadline, *points]) - now)
+            wait([f for f, _, _ in flights], timeout=timeout, return_when=FIRST_COMPLETED)
+        now = time.monotonic()
+        for key, (f, t) in list(st.calls.items()):
+            if f.done():
+                del st.calls[key]
+                res = f.result()
+                if isinstance(res, CallFailed):
+                    st.bad.add(key[1])
+                else:
+                    st.have[key[0]] = (res["probabilities"], res["features"], key[1])
+                    st.late.discard(key[1])
+            elif now - t >= self.hedge_delay(key[1], st.batch):
+                self._late(st, key[1], now)
+        best: tuple[np.ndarray, str, tuple[str, ...]] | None = None
+        for ckey, (f, t, servers) in list(st.combs.items()):
+            if f.done():
+                del st.combs[ckey]
+                res = f.result()
+                if isinstance(res, CallFailed):
+                    st.bad.add(ckey[1])
+                elif best is None or self.family.accuracy.get(ckey[0], 0.0) > self.family.accuracy.get(best[1], 0.0):
+                    best = (res["probabilities"], ckey[0], servers)
+            elif now - t >= self.hedge_delay(ckey[1], st.batch):
+                self._late(st, ckey[1], now)
+        return best
+
+    def _done(self, probs: np.ndarray, key: str, servers: tuple[str, ...], t0: float, fallback: bool) -> Answer:
         path_s = time.monotonic() - t0
         acc = float(self.family.accuracy.get(key, 0.0))
         degraded = acc < self.selector.route().accuracy_all_up - 1e-9
-        if attempts > 1:
+        if fallback:
             self.metrics.fallbacks.inc()
         self.metrics.path.labels(key).observe(path_s)
         with self._lock:
             self._paths.setdefault(key, deque(maxlen=20000)).append(path_s)
-        return Answer(probs, key, servers, acc, degraded, path_s, attempts)
+        return Answer(probs, key, servers, acc, degraded, path_s, fallback)
 
     def _input(self, body: bytes, header_length: str | None) -> tuple[np.ndarray, Any]:
         req = decode_request(body, header_length, [self._spec], outputs=("label", "probabilities"))

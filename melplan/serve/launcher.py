@@ -31,7 +31,7 @@ from melplan.core.errors import InputError, MelplanError, PlanFileError, ServeEr
 from melplan.core.fileio import atomic_write_json
 from melplan.core.plan import Plan
 from melplan.runtime.selector import ReplanResult
-from melplan.serve.gateway import DEFAULT_HEARTBEAT_MS, DEFAULT_TIMEOUT_MS, Endpoint, Gateway
+from melplan.serve.gateway import DEFAULT_HEARTBEAT_MS, DEFAULT_HEDGE_MS, DEFAULT_TIMEOUT_MS, Endpoint, Gateway
 from melplan.serve.httpserver import OIPServer
 
 
@@ -122,6 +122,7 @@ class LocalDeployment:
         policy: str | None = None,
         timeout_ms: float = DEFAULT_TIMEOUT_MS,
         heartbeat_ms: float = DEFAULT_HEARTBEAT_MS,
+        hedge_ms: float = DEFAULT_HEDGE_MS,
         restart: bool = True,
         restart_delay_s: float = 1.0,
         ready_timeout_s: float = 300.0,
@@ -136,6 +137,7 @@ class LocalDeployment:
         self.policy = policy
         self.timeout_ms = timeout_ms
         self.heartbeat_ms = heartbeat_ms
+        self.hedge_ms = hedge_ms
         self.restart = restart
         self.restart_delay_s = restart_delay_s
         self.ready_timeout_s = ready_timeout_s
@@ -368,6 +370,7 @@ class LocalDeployment:
                 policy=self.policy,
                 timeout_ms=self.timeout_ms,
                 heartbeat_ms=self.heartbeat_ms,
+                hedge_ms=self.hedge_ms,
                 on_replan=self._on_replan,
                 log=self._log,
             )
@@ -508,10 +511,15 @@ def gateway_main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
     p.add_argument("--timeout-ms", type=float, default=DEFAULT_TIMEOUT_MS, help="deadline of one request")
     p.add_argument("--heartbeat-ms", type=float, default=DEFAULT_HEARTBEAT_MS, help="readiness check interval")
+    p.add_argument("--hedge-ms", type=float, default=DEFAULT_HEDGE_MS, help="wait before racing a route around a call")
     args = p.parse_args(argv)
     stop = threading.Event()
     try:
-        for name, value in (("--timeout-ms", args.timeout_ms), ("--heartbeat-ms", args.heartbeat_ms)):
+        for name, value in (
+            ("--timeout-ms", args.timeout_ms),
+            ("--heartbeat-ms", args.heartbeat_ms),
+            ("--hedge-ms", args.hedge_ms),
+        ):
             if not value > 0:
                 raise InputError(f"{name} must be > 0, got {value}", field=name, fix=f"pass a positive {name}")
         endpoints = [parse_endpoint(spec) for spec in args.component]
@@ -525,6 +533,7 @@ def gateway_main(argv: list[str] | None = None) -> int:
             policy="failover-only",
             timeout_ms=args.timeout_ms,
             heartbeat_ms=args.heartbeat_ms,
+            hedge_ms=args.hedge_ms,
         )
         server = listen(gw, args.host, args.port)
     except MelplanError as exc:
