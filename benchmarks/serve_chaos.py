@@ -3,7 +3,7 @@ at a fixed rate while component processes are SIGKILLed on a schedule (`melplan 
 them, as a Kubernetes restartPolicy would), side by side with the best single model served the same
 way (one process, cold restart).
 
-    python benchmarks/serve_chaos.py --out out/chaos        # about 5 minutes on 2 cores
+    python benchmarks/serve_chaos.py --out out/chaos        # about 4 minutes on 2 cores (docs/serve.md)
 
 Each deployment is a real `melplan serve --plan ...` process (its gateway and one process per placed
 component); this script is only the client, the killer and the judge.  It prints, against the
@@ -492,14 +492,24 @@ def plot(path: Path, runs, slo):
             alpha=0.8,
         )
     axes[1].axhline(slo, color="k", ls="--", lw=1, label=f"SLO {slo:g} ms")
-    axes[0].set_ylabel("accuracy per second")
+    axes[0].set_ylabel("accuracy per second\n(correct / sent)")
     axes[0].set_ylim(0, 1.02)
-    axes[1].set_ylabel("latency per second (ms, log)")
+    axes[1].set_ylabel("latency per second (ms)")
     axes[1].set_yscale("log")
-    axes[1].set_xlabel("seconds since the load started (vertical lines: SIGKILL of the named component)")
-    axes[0].legend(loc="center right", fontsize=8)
-    axes[1].legend(loc="upper right", fontsize=8, ncol=3)
-    axes[0].set_title("melplan serve under SIGKILLs: the MEL plan vs the best single model, cold restart")
+    ticks = [2, 5, 10, 20, 50, 100, 200, 500, 1000]
+    ys = [float(y) for ln in axes[1].lines for y in np.asarray(ln.get_ydata(), dtype=float) if y == y]
+    top = max(2 * slo, 1.3 * max(ys, default=1.0))
+    axes[1].set_ylim(2, top)
+    axes[1].set_yticks([t for t in ticks if t <= top])
+    axes[1].set_yticklabels([str(t) for t in ticks if t <= top])
+    axes[1].minorticks_off()
+    axes[1].set_xlabel(
+        "seconds since the load started (vertical lines: SIGKILL of the named MEL component; "
+        "the single model's one process is killed at the same times)"
+    )
+    axes[0].legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, ncol=2, frameon=False)
+    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, 1.0), fontsize=8, ncol=5, frameon=False)
+    fig.suptitle("melplan serve under SIGKILLs: the MEL plan vs the best single model (cold restart)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -511,8 +521,8 @@ def main() -> int:
     ap.add_argument("--single", default="fmnist-effb0-b4-s0", help="single-model family for the baseline")
     ap.add_argument("--rate", type=float, default=None, help="requests/s (default: the plan's rate_rps)")
     ap.add_argument("--duration", type=float, default=90.0, help="seconds of load per deployment")
-    ap.add_argument("--first-kill", type=float, default=8.0)
-    ap.add_argument("--kill-every", type=float, default=8.0, help="seconds between kills")
+    ap.add_argument("--first-kill", type=float, default=6.0, help="seconds into the load of the first kill")
+    ap.add_argument("--kill-every", type=float, default=6.0, help="seconds between kills")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill order")
     ap.add_argument("--workers", type=int, default=8, help="client threads")
     ap.add_argument("--hedge-ms", type=float, default=None, help="passed to melplan serve (default: its own)")

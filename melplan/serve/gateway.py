@@ -14,7 +14,7 @@ Failures, in band (Envoy's outlier detection): a call that fails or misses its d
 server down in the selector at once, and the same request continues on the new route, reusing what
 already replied (an upstream's exit answers alone; the features it sent are kept for the next
 combiner), until the deadline; at the deadline the best subset that did reply answers. Hedging: a
-call still unanswered after the hedge delay (``hedge_ms``, default 10, or three times the server's
+call still unanswered after the hedge delay (``hedge_ms``, default 10, or twice the server's
 recent call time for that batch size when longer) makes its server suspect; that request answers at
 once through the best upstream that already replied, and requests that come while the suspicion
 lasts ask the route around the server alongside the best one. The suspicion ends when a call to the
@@ -66,7 +66,7 @@ EJECT_BASE_S = 0.25
 EJECT_MAX_S = 8.0
 EJECT_WINDOW_S = 60.0
 DEFAULT_HEDGE_MS = 10.0
-HEDGE_FACTOR = 3.0
+HEDGE_FACTOR = 2.0
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
