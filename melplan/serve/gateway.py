@@ -14,17 +14,18 @@ Failures, in band (Envoy's outlier detection): a call that fails or misses its d
 server down in the selector at once, and the same request continues on the new route, reusing what
 already replied (an upstream's exit answers alone; the features it sent are kept for the next
 combiner), until the deadline; at the deadline the best subset that did reply answers. Hedging: a
-call still unanswered after the hedge delay (``hedge_ms``, default 10, or twice the server's
-recent call time for that batch size when longer) makes its server suspect; that request answers at
-once through the best upstream that already replied, and requests that come while the suspicion
-lasts ask the route around the server alongside the best one. The suspicion ends when a call to the
-server answers; a failure or the heartbeat marks it down. This bounds failover on a SIGKILL: the
-kernel closes a killed torch process's sockets only after tearing down its memory (30-120 ms
-measured here), so waiting for the connection error alone takes that long. Out of band: a heartbeat
-checks every component's ``/v2/health/ready`` (default every 50 ms) so idle failures are seen too. A
-server comes back only when all its components report ready and its ejection time (it doubles with
-each failure within a minute, from 0.25 s up to 8 s) has passed; components that never reported
-ready (starting, or started by a re-plan) count as down for routing without being failures.
+call still unanswered after the hedge delay (``hedge_ms``, default 10, or twice the server's recent
+call time for that batch size when longer) makes its server suspect; that request answers at once
+through the best upstream that already replied, and requests that come while the suspicion lasts ask
+the route around the server alongside the best one. The suspicion ends when a call to the server
+answers; a failure or the heartbeat marks it down. This bounds failover on a SIGKILL: the kernel
+closes a killed torch process's sockets only after tearing down its memory (about 20 ms for 500 MiB
+resident here, benchmarks/sigkill_socket_close.py), so waiting for the connection error alone takes
+that long. Out of band: a heartbeat checks every component's ``/v2/health/ready`` (default every 50
+ms) so idle failures are seen too. A server comes back only when all its components report ready and
+its ejection time (it doubles with each failure within a minute, from 0.25 s up to 8 s) has passed;
+components that never reported ready (starting, or started by a re-plan) count as down for routing
+without being failures.
 
 Data path: the gateway is a hub.  Features travel upstream -> gateway -> combiner, while the
 planner's latency model (:func:`melplan.core.evaluate.path_latency_ms`) assumes they go from each
@@ -463,7 +464,7 @@ class Gateway:
         when none has, also asks the route around that server), and requests that come while the
         suspicion lasts ask the best route and the route around the suspect server together, and
         answer through the best one complete.  A SIGKILLed process's sockets close only once the
-        kernel has torn down its memory (30-120 ms measured here for a torch process), so the hedge,
+        kernel has torn down its memory (tens of ms for a torch process), so the hedge,
         not the connection error, bounds the failover time.
         """
         t0 = time.monotonic()
