@@ -387,9 +387,13 @@ def print_table(mel, base, overhead, latency_rows, slo, rate, log):
     log("\nAnswering subsets (MEL): live accuracy vs the catalog's accuracy for that subset on the same images")
     log(
         table(
-            [[r["subset"], r["requests"], r["live_acc"], r["catalog_acc"], r["agree"]] for r in mel["subsets"]],
-            ["subset", "requests", "live accuracy", "catalog accuracy (same images)", "labels agree"],
-            align="lrrrr",
+            [
+                [r["subset"], r["requests"], r["live_acc"], r["catalog_acc"], r["agree"], r["catalog_recorded"]]
+                for r in mel["subsets"]
+            ],
+            ["subset", "requests", "live accuracy", "catalog accuracy (same images)", "labels agree"]
+            + ["catalog entry (whole test set)"],
+            align="lrrrrr",
         )
     )
     rows = [
@@ -597,6 +601,8 @@ def main() -> int:
             srv.stop()
             (out / f"serve-{name}.log").write_text("".join(f"{t:9.4f} {m}\n" for t, m in srv.lines))
         s = summarise(name, reqs, events, truth, oracle, slo, rate, args.duration)
+        for row in s["subsets"]:
+            row["catalog_recorded"] = b.family.accuracy.get(row["subset"], float("nan"))
         s["counters"] = counters[name]
         summaries[name] = s
         runs.append((name, reqs, events, truth))
