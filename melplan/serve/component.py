@@ -374,5 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown: with torch loaded it costs about 1 s of CPU per process
+    (0.8 s measured for one component; 4.2 s for the four of the shipped plan stopping together on 2
+    cores), and nothing is left to flush but stdio."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())
