@@ -17,6 +17,7 @@ from melplan.commands.common import (
     service_option,
     table,
 )
+from melplan.serve.defaults import DEFAULT_HEARTBEAT_MS, DEFAULT_HEDGE_MS, DEFAULT_TIMEOUT_MS
 
 
 @click.command("serve")
@@ -39,12 +40,16 @@ from melplan.commands.common import (
     default=None,
     help="Selector policy (default: replan-after with a cluster, else failover-only).",
 )
-@click.option("--timeout-ms", type=float, default=1000.0, show_default=True, help="Deadline of one request.")
-@click.option("--heartbeat-ms", type=float, default=50.0, show_default=True, help="Readiness check interval.")
+@click.option(
+    "--timeout-ms", type=float, default=DEFAULT_TIMEOUT_MS, show_default=True, help="Deadline of one request."
+)
+@click.option(
+    "--heartbeat-ms", type=float, default=DEFAULT_HEARTBEAT_MS, show_default=True, help="Readiness check interval."
+)
 @click.option(
     "--hedge-ms",
     type=float,
-    default=10.0,
+    default=DEFAULT_HEDGE_MS,
     show_default=True,
     help="Wait this long for a component before also asking the route around its server.",
 )

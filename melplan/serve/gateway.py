@@ -58,15 +58,13 @@ from melplan.core.plan import Plan
 from melplan.core.preprocessing import Preprocessing, TextPreprocessing, from_record, model_datatype
 from melplan.runtime.selector import ReplanResult, Route, RuntimeSelector
 from melplan.serve.client import CallFailed, ComponentClient
+from melplan.serve.defaults import DEFAULT_HEARTBEAT_MS, DEFAULT_HEDGE_MS, DEFAULT_TIMEOUT_MS
 from melplan.serve.protocol import ProtocolError, TensorSpec, decode_request, encode_response
 
-DEFAULT_TIMEOUT_MS = 1000.0
-DEFAULT_HEARTBEAT_MS = 50.0
 DEFAULT_MAX_BATCH = 256
 EJECT_BASE_S = 0.25
 EJECT_MAX_S = 8.0
 EJECT_WINDOW_S = 60.0
-DEFAULT_HEDGE_MS = 10.0
 HEDGE_FACTOR = 2.0
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
 

@@ -109,6 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
                         self._send(status, body, {"Content-Type": ctype})
         except ProtocolError as exc:
             self._error(exc.status, exc.message)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True  # the client went away (a heartbeat that gave up, a stop): no reply
         except Exception as exc:  # never let a request stop the server
             print(f"melplan serve: GET {path} failed: {exc!r}", file=sys.stderr)
             self._error(500, f"internal error: {type(exc).__name__}")
@@ -157,6 +159,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, out, headers)
         except ProtocolError as exc:
             self._error(exc.status, exc.message)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True  # the client went away: no reply to write
         except Exception as exc:
             print(f"melplan serve: POST {path} failed: {exc!r}", file=sys.stderr)
             self._error(500, f"internal error: {type(exc).__name__}: {exc}")

@@ -31,7 +31,8 @@ from melplan.core.errors import InputError, MelplanError, PlanFileError, ServeEr
 from melplan.core.fileio import atomic_write_json
 from melplan.core.plan import Plan
 from melplan.runtime.selector import ReplanResult
-from melplan.serve.gateway import DEFAULT_HEARTBEAT_MS, DEFAULT_HEDGE_MS, DEFAULT_TIMEOUT_MS, Endpoint, Gateway
+from melplan.serve.defaults import DEFAULT_HEARTBEAT_MS, DEFAULT_HEDGE_MS, DEFAULT_TIMEOUT_MS
+from melplan.serve.gateway import Endpoint, Gateway
 from melplan.serve.httpserver import OIPServer
 
 
