@@ -21,36 +21,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from serving import ROOT, make_plan, melplan_env
 
 from melplan.core.catalog import load_catalog
 from melplan.deploy.export import export_plan
 from melplan.deploy.k8s import K8sOptions
 from melplan.serve.launcher import check_endpoints, parse_endpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "examples" / "cluster-4.yaml"
 VAR_RE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("k8s-render")
-    plan = tmp / "plan.json"
-    subprocess.run(
-        [sys.executable, "-m", "melplan", "plan", "--servers", str(CLUSTER), "--out", str(plan)],
-        check=True,
-        capture_output=True,
-        env=_env(),
-        timeout=120,
-    )
+    plan = make_plan(tmp / "plan.json")
     out = tmp / "deploy"
     result = export_plan(plan, "k8s", out, k8s=K8sOptions(namespace="mel-edge"))
     return {"tmp": tmp, "plan": plan, "out": out, "result": result}
@@ -120,7 +104,7 @@ def test_standalone_gateway_bad_arguments_exit_2_with_one_paragraph(exported, ar
         [sys.executable, "-m", "melplan.serve.gateway", "--plan", str(exported["plan"]), *args],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=melplan_env(),
         timeout=60,
     )
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
@@ -149,7 +133,7 @@ def test_standalone_gateway_binds_127_0_0_1_by_default_and_stops_on_sigterm(expo
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=melplan_env(),
     )
     try:
         assert p.stdout is not None

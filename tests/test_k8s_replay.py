@@ -24,7 +24,6 @@ kubelet does.  Every wait is bounded.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -39,20 +38,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from serving import CLUSTER, ROOT, alive, melplan_env
 
-ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "examples" / "cluster-4.yaml"
 MOUNT = "/etc/melplan"
 START_TIMEOUT_S = 300
 pytestmark = [pytest.mark.torch]
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -77,18 +69,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def descendants(pid: int) -> set[int]:
@@ -150,7 +130,11 @@ class Replay:
             ["export", "--plan", str(self.plan), "--format", "k8s", "--out", str(self.out)],
         ):
             subprocess.run(
-                [sys.executable, "-m", "melplan", *argv], check=True, capture_output=True, env=_env(), timeout=120
+                [sys.executable, "-m", "melplan", *argv],
+                check=True,
+                capture_output=True,
+                env=melplan_env(),
+                timeout=120,
             )
         kust = yaml.safe_load((self.out / "kustomization.yaml").read_text())
         self.objects = [yaml.safe_load((self.out / f).read_text()) for f in kust["resources"]]
@@ -209,7 +193,7 @@ class Replay:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**_env(), **env},
+                env={**melplan_env(), **env},
                 cwd=self.workdir,
             )
 
@@ -357,7 +341,7 @@ def test_tampered_weights_are_refused_at_start(replay):
         container_command(container, env),
         capture_output=True,
         text=True,
-        env={**_env(), **env},
+        env={**melplan_env(), **env},
         cwd=replay.workdir,
         timeout=120,
     )

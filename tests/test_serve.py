@@ -16,87 +16,25 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
+from serving import ROOT, alive, make_plan, melplan_env, serving
 
-ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "examples" / "cluster-4.yaml"
 pytestmark = [pytest.mark.torch]
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
-    plan = tmp / "plan.json"
-    subprocess.run(
-        [sys.executable, "-m", "melplan", "plan", "--servers", str(CLUSTER), "--out", str(plan)],
-        check=True,
-        capture_output=True,
-        env=_env(),
-        timeout=120,
-    )
-    run_dir = tmp / "run"
-    log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "melplan",
-            "serve",
-            "--plan",
-            str(plan),
-            "--port",
-            "0",
-            "--run-dir",
-            str(run_dir),
-            "--no-restart",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=_env(),
-    )
-    dep_file = run_dir / "deployment.json"
-    end = time.monotonic() + 300
-    while not dep_file.exists():
-        if proc.poll() is not None or time.monotonic() > end:
-            proc.kill()
-            pytest.fail("melplan serve did not start: " + (tmp / "serve.log").read_text()[-2000:])
-        time.sleep(0.2)
-    dep = json.loads(dep_file.read_text())
-    info = {"proc": proc, "dep": dep, "plan": json.loads(plan.read_text()), "log": tmp / "serve.log", "run": run_dir}
-    yield info
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    for c in dep["components"]:
-        if _alive(c["pid"]):
+    plan = make_plan(tmp / "plan.json")
+    with serving(plan, tmp, "--no-restart") as info:
+        yield {**info, "plan": json.loads(plan.read_text())}
+    for c in info["dep"]["components"]:  # none is left even if the gateway process was killed
+        if alive(c["pid"]):
             os.kill(c["pid"], signal.SIGKILL)
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +155,7 @@ def test_client_example_against_the_deployment(deployment, fmnist, oracle):
         + ["--batch", "20"],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=melplan_env(),
         timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
@@ -419,7 +357,7 @@ def test_sigterm_stops_every_process(deployment):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     end = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < end:
+    while any(alive(p) for p in pids) and time.monotonic() < end:
         time.sleep(0.1)
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if alive(p)]
     assert not (deployment["run"] / "deployment.json").exists()

@@ -8,24 +8,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from serving import make_plan, serving
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 http = pytest.importorskip("tritonclient.http")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def _uses(subset: str, servers: str, component: str, server: str) -> bool:
@@ -57,30 +48,9 @@ def test_each_component_sigkilled_in_turn_fails_no_request(tmp_path):
     from melplan.train.data import load_dataset
 
     images = load_dataset("fashion-mnist", test_limit=200).test.images.numpy()[:, 0]
-    plan = tmp_path / "plan.json"
-    subprocess.run(
-        [sys.executable, "-m", "melplan", "plan", "--servers", str(ROOT / "examples" / "cluster-4.yaml")]
-        + ["--out", str(plan)],
-        check=True,
-        capture_output=True,
-        env=_env(),
-        timeout=120,
-    )
-    run = tmp_path / "run"
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "melplan", "serve", "--plan", str(plan), "--port", "0", "--run-dir", str(run)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=_env(),
-    )
-    dep_file = run / "deployment.json"
-    try:
-        end = time.monotonic() + 300
-        while not dep_file.exists():
-            assert proc.poll() is None and time.monotonic() < end, (tmp_path / "serve.log").read_text()[-2000:]
-            time.sleep(0.2)
-        dep = json.loads(dep_file.read_text())
+    plan = make_plan(tmp_path / "plan.json")
+    with serving(plan, tmp_path) as info:
+        dep, dep_file = info["dep"], info["dep_file"]
         host, model = dep["gateway"]["url"].split("//")[1], dep["model"]
         client = http.InferenceServerClient(host)
 
@@ -119,11 +89,3 @@ def test_each_component_sigkilled_in_turn_fails_no_request(tmp_path):
             if comp != "u2":  # u2 (edge-d) is not in the all-up route; the others are
                 assert sum(_uses(a[1], a[2], comp, server) for a in before) >= 0.5 * len(before), before
             assert not [a for a in after if _uses(a[1], a[2], comp, server)], (comp, after[:5])
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()

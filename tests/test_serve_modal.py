@@ -7,32 +7,19 @@ checked against training's, end to end.  One deployment at a time (a parametrize
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
+from serving import ROOT, make_plan, serving
 
-ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "examples" / "cluster-4.yaml"
 N = 40
 pytestmark = [pytest.mark.torch]
 
 httpclient = pytest.importorskip("tritonclient.http")
 
 FAMILIES = {"fsdd": "fsdd-dscnn-u2-b3b3-fc-l2-2-1-s0", "trec": "trec-textcnn-u2-b3b3-fc-l2-2-1-s0"}
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -47,15 +34,7 @@ def served(request, tmp_path_factory):
 
     name = request.param
     tmp = tmp_path_factory.mktemp(name)
-    plan = tmp / "plan.json"
-    subprocess.run(
-        [sys.executable, "-m", "melplan", "plan", "--servers", str(CLUSTER), "--catalog", str(ROOT / "catalog" / name)]
-        + ["--family", FAMILIES[name], "--out", str(plan)],
-        check=True,
-        capture_output=True,
-        env=_env(),
-        timeout=120,
-    )
+    plan = make_plan(tmp / "plan.json", "--catalog", str(ROOT / "catalog" / name), "--family", FAMILIES[name])
     if name == "fsdd":
         from melplan.train.datasets.audio import read_recordings
 
@@ -74,29 +53,8 @@ def served(request, tmp_path_factory):
         out, _ = load_weights(fam)(ds.test.images)
     oracle = {k: v.argmax(1).numpy() for k, v in out.items()}
 
-    run_dir = tmp / "run"
-    log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "melplan", "serve", "--plan", str(plan), "--port", "0", "--run-dir", str(run_dir)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=_env(),
-    )
-    dep_file = run_dir / "deployment.json"
-    end = time.monotonic() + 300
-    while not dep_file.exists():
-        if proc.poll() is not None or time.monotonic() > end:
-            proc.kill()
-            pytest.fail("melplan serve did not start: " + (tmp / "serve.log").read_text()[-2000:])
-        time.sleep(0.2)
-    dep = json.loads(dep_file.read_text())
-    yield {"name": name, "dep": dep, "raw": raw, "oracle": oracle, "truth": ds.test.labels.numpy()}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with serving(plan, tmp) as info:
+        yield {"name": name, "dep": info["dep"], "raw": raw, "oracle": oracle, "truth": ds.test.labels.numpy()}
 
 
 def _infer(served, x, datatype, *, binary=True):

@@ -1,0 +1,100 @@
+"""Process helpers shared by the tests that run the real serving programs (`melplan plan`, `melplan
+serve`) as subprocesses: one place for how they are started, waited for and stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "examples" / "cluster-4.yaml"
+
+
+def melplan_env() -> dict[str, str]:
+    """The environment with this checkout first on PYTHONPATH (the subprocess imports this tree)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def alive(pid: int) -> bool:
+    """Is ``pid`` running? A zombie (exited, not yet reaped) is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def make_plan(out: Path, *args: str, cluster: Path = CLUSTER) -> Path:
+    """``melplan plan --servers CLUSTER ARGS --out OUT`` in a subprocess; returns ``out``."""
+    subprocess.run(
+        [sys.executable, "-m", "melplan", "plan", "--servers", str(cluster), *args, "--out", str(out)],
+        check=True,
+        capture_output=True,
+        env=melplan_env(),
+        timeout=120,
+    )
+    return out
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def serving(plan: Path, tmp: Path, *args: str, start_timeout: float = 300) -> Iterator[dict[str, Any]]:
+    """``melplan serve --plan PLAN --port 0 --run-dir TMP/run ARGS`` until its deployment.json exists.
+    Yields ``{"proc", "dep" (deployment.json), "dep_file", "log", "run"}``; stops it (SIGTERM) on exit."""
+    run = tmp / "run"
+    log = tmp / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "melplan",
+                "serve",
+                "--plan",
+                str(plan),
+                "--port",
+                "0",
+                "--run-dir",
+                str(run),
+                *args,
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=melplan_env(),
+        )
+    try:
+        dep_file = run / "deployment.json"
+        end = time.monotonic() + start_timeout
+        while not dep_file.exists():
+            if proc.poll() is not None or time.monotonic() > end:
+                pytest.fail("melplan serve did not start: " + log.read_text()[-2000:])
+            time.sleep(0.2)
+        yield {"proc": proc, "dep": json.loads(dep_file.read_text()), "dep_file": dep_file, "log": log, "run": run}
+    finally:
+        stop(proc)
