@@ -10,22 +10,21 @@ the route's combiner, and answers ``label`` (``INT64 [N]``) and ``probabilities`
 classes]``) with the response parameters ``subset``, ``servers`` (comma-separated), ``degraded``
 and ``accuracy`` (the catalog's accuracy of the answering subset).
 
-Failures, in band (Envoy's outlier detection): a call that fails or misses its deadline marks its
-server down in the selector at once, and the same request continues on the new route, reusing what
-already replied (an upstream's exit answers alone; the features it sent are kept for the next
-combiner), until the deadline; at the deadline the best subset that did reply answers. Hedging: a
-call still unanswered after the hedge delay (``hedge_ms``, default 10, or twice the server's recent
-call time for that batch size when longer) makes its server suspect; that request answers at once
-through the best upstream that already replied, and requests that come while the suspicion lasts ask
-the route around the server alongside the best one. The suspicion ends when a call to the server
-answers; a failure or the heartbeat marks it down. This bounds failover on a SIGKILL: the kernel
-closes a killed torch process's sockets only after tearing down its memory (about 20 ms for 500 MiB
-resident here, benchmarks/sigkill_socket_close.py), so waiting for the connection error alone takes
-that long. Out of band: a heartbeat checks every component's ``/v2/health/ready`` (default every 50
-ms) so idle failures are seen too. A server comes back only when all its components report ready and
-its ejection time (it doubles with each failure within a minute, from 0.25 s up to 8 s) has passed;
-components that never reported ready (starting, or started by a re-plan) count as down for routing
-without being failures.
+Failures, in band (Envoy's outlier detection): a call that fails or misses its deadline marks its server
+down in the selector at once, and the same request continues on the new route, reusing what already
+replied (an upstream's exit answers alone; the features it sent are kept for the next combiner), until
+the deadline; at the deadline the best subset that did reply answers. Hedging: a call still unanswered
+after the hedge delay (``hedge_ms``, default 10, or 1.5 times the 95th percentile of the server's last
+200 call times for that batch size when longer) makes its server suspect; that request answers at once
+through the best upstream that already replied, and requests that come while the suspicion lasts ask the
+route around the server alongside the best one. The suspicion ends when a call to the server answers; a
+failure or the heartbeat marks it down. This bounds failover on a SIGKILL: the kernel closes a killed
+torch process's sockets only after tearing down its memory (about 20 ms for 500 MiB resident here,
+benchmarks/sigkill_socket_close.py), so waiting for the connection error alone takes that long. Out of
+band: a heartbeat checks every component's ``/v2/health/ready`` (default every 50 ms) so idle failures
+are seen too. A server comes back only when all its components report ready and its ejection time (it
+doubles with each failure within a minute, from 0.25 s up to 8 s) has passed; components that never
+reported ready (starting, or started by a re-plan) count as down for routing without being failures.
 
 Data path: the gateway is a hub.  Features travel upstream -> gateway -> combiner, while the
 planner's latency model (:func:`melplan.core.evaluate.path_latency_ms`) assumes they go from each
@@ -65,7 +64,9 @@ DEFAULT_MAX_BATCH = 256
 EJECT_BASE_S = 0.25
 EJECT_MAX_S = 8.0
 EJECT_WINDOW_S = 60.0
-HEDGE_FACTOR = 2.0
+HEDGE_FACTOR = 1.5  # the hedge delay: this times a high quantile of the server's recent call times
+HEDGE_QUANTILE = 0.95
+HEDGE_WINDOW = 200  # recent call times kept per (server, batch-size bucket)
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -199,7 +200,8 @@ class Gateway:
         self.metrics = _Metrics()
         self._suspect: dict[str, float] = {}  # server -> when a call to it went past the hedge delay
         # (server, batch size rounded up to a power of two) -> moving average of its call time (s)
-        self._typical: dict[tuple[str, int], float] = {}
+        self._recent: dict[tuple[str, int], deque[float]] = {}  # recent call times
+        self._typical: dict[tuple[str, int], float] = {}  # HEDGE_QUANTILE of _recent
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._lock = threading.RLock()
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
@@ -426,7 +428,10 @@ class Gateway:
             return exc
         took = time.monotonic() - t
         key = (ep.server, _bucket(inputs))
-        self._typical[key] = 0.8 * self._typical.get(key, took) + 0.2 * took
+        recent = self._recent.setdefault(key, deque(maxlen=HEDGE_WINDOW))
+        recent.append(took)
+        ranked = sorted(recent)
+        self._typical[key] = ranked[min(len(ranked) - 1, int(HEDGE_QUANTILE * len(ranked)))]
         if ep.server in self._suspect:
             with self._lock:
                 self._suspect.pop(ep.server, None)
@@ -437,9 +442,10 @@ class Gateway:
 
     def hedge_delay(self, server: str, batch: int) -> float:
         """Seconds to wait for a call to ``server`` with ``batch`` inputs before passing it over:
-        ``hedge_ms``, or HEDGE_FACTOR times the server's recent call time for batches of that size
-        when that is longer (a busy machine slows every call; hedging them all would only add load).
-        Infinite until one call of that size has answered (no hedge on a first call)."""
+        ``hedge_ms``, or HEDGE_FACTOR times the HEDGE_QUANTILE of the server's recent call times for
+        batches of that size when that is longer.  A quantile, not a mean: on a busy machine call times
+        have a long tail, and a delay at twice their mean passed over 16% of all-up batches of 100 here,
+        each answered by one upstream.  Infinite until one call of that size has answered."""
         typical = self._typical.get((server, _bucket_of(batch)))
         return float("inf") if typical is None else max(self.hedge_s, HEDGE_FACTOR * typical)
 
