@@ -120,12 +120,30 @@ def test_report_checks_can_pass_and_fail():
     assert not convergence(Catalog((ref, good, strong_backup))).passed
     unjudged = headline(Catalog((ref, good, strong_backup)))
     assert not unjudged.passed and "not judged" in unjudged.detail and "backup" in unjudged.detail
+    assert "train it longer" in convergence(Catalog((ref, good, strong_backup))).detail
     equal_backup = replace(strong_backup, accuracy={"u1": 0.92})  # a tie is not "more accurate"
     assert not convergence(Catalog((ref, good, equal_backup))).passed
     three = make_family(3, fid="three")
     hi = _with_acc(three, {"u1+u2": 0.90, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})
     lo = _with_acc(three, {"u1+u2": 0.85, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})
     assert pairs(Catalog((hi,))).passed and not pairs(Catalog((lo,))).passed
+
+
+def _with_history(fam: Family, history: list[float]) -> Family:
+    validation = {"phases": {"joint": {"history": history}}}
+    return replace(fam, training={**fam.training, "validation": validation})
+
+
+def test_convergence_advice_follows_the_reference_validation_history():
+    from melplan.core.catalog import Catalog
+
+    ref = replace(make_family(1, fid="ref", params_scale=1_000_000), extra={"role": "reference"}, accuracy={"u1": 0.92})
+    backup = replace(make_family(1, fid="backup"), extra={"role": "backup"}, accuracy={"u1": 0.93})
+    rising = convergence(Catalog((_with_history(ref, [0.85, 0.90, 0.915]), backup)))
+    flat = convergence(Catalog((_with_history(ref, [0.85, 0.9325, 0.933]), backup)))  # +0.0005: stopped
+    assert not rising.passed and "still rising (+0.0150 in its last epoch of 3)" in rising.detail
+    assert not flat.passed and "stopped rising (+0.0005 in its last epoch of 3, best 0.9330)" in flat.detail
+    assert "train it longer" not in flat.detail
 
 
 def test_planning_core_imports_without_torch():

@@ -40,9 +40,35 @@ def _same_base(f: Family, ref: Family) -> bool:
     return f.base == ref.base and f.dataset.get("name") == ref.dataset.get("name")
 
 
+PLATEAU_GAIN = 0.001  # a last epoch that raised validation accuracy by less than this: the run had stopped rising
+
+
+def _not_converged_advice(ref: Family) -> str:
+    """What to do about a reference that a smaller model beats, from its recorded validation history
+    (``training.validation.phases.joint.history``): train longer while it was still rising; otherwise
+    more epochs will not help and the reference itself (base, input size) is the question."""
+    validation = ref.training.get("validation")
+    phases = validation.get("phases") if isinstance(validation, dict) else None
+    joint = phases.get("joint") if isinstance(phases, dict) else None
+    history = joint.get("history") if isinstance(joint, dict) else None
+    if not isinstance(history, list) or len(history) < 2 or not all(isinstance(h, (int, float)) for h in history):
+        return "it is under-trained or not the right reference for this input; train it longer, then judge the headline"
+    gain = float(history[-1]) - float(history[-2])
+    if gain >= PLATEAU_GAIN:
+        return (
+            f"its validation accuracy was still rising (+{gain:.4f} in its last epoch of {len(history)}); "
+            "train it longer before judging the headline"
+        )
+    return (
+        f"its validation accuracy had stopped rising (+{gain:.4f} in its last epoch of {len(history)}, best "
+        f"{max(history):.4f}), so more epochs will not fix it: at this input the smaller model is the better single "
+        "model; choose a reference that beats it (another base or input size) before judging the headline"
+    )
+
+
 def convergence(cat: Catalog, reference_id: str | None = None) -> Check:
     """The reference must be more accurate than every smaller single model of the catalog (any base,
-    same dataset); otherwise it is under-trained and no comparison against it means anything."""
+    same dataset); otherwise no comparison against it means anything (see _not_converged_advice)."""
     ref = _reference(cat, reference_id)
     if ref is None:
         return Check("converged", False, None, "no reference family (role: reference) in the catalog")
@@ -60,7 +86,7 @@ def convergence(cat: Catalog, reference_id: str | None = None) -> Check:
             ref.id,
             f"reference {ref.accuracy_all_up:.4f} is not more accurate than {len(beaten)} smaller single model(s), "
             f"e.g. {worst.id} ({worst.accuracy_all_up:.4f}, {worst.params:,} params vs {ref.params:,}): "
-            f"it is under-trained; train it longer before judging the headline",
+            f"{_not_converged_advice(ref)}",
         )
     best = max(smaller, key=lambda g: g.accuracy_all_up, default=None)
     return Check(
