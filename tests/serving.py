@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,16 @@ def make_plan(out: Path, *args: str, cluster: Path = CLUSTER) -> Path:
         timeout=120,
     )
     return out
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST ``body`` to ``url``; the status and the JSON reply, for errors (4xx/5xx) as well."""
+    req = urllib.request.Request(url, data=body, headers=headers or {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:

@@ -19,7 +19,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from serving import ROOT, alive, make_plan, melplan_env, serving
+from serving import ROOT, alive, make_plan, melplan_env, post, serving
 
 pytestmark = [pytest.mark.torch]
 
@@ -76,15 +76,6 @@ def _infer(client, model, images, *, binary=True):
         tritonclient_http.InferRequestedOutput("probabilities", binary_data=binary),
     ]
     return client.infer(model, [inp], outputs=outs)
-
-
-def _post(url, body: bytes, headers=None):
-    req = urllib.request.Request(url, data=body, headers=headers or {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_deployment_file_and_health(deployment):
@@ -174,7 +165,7 @@ def test_plain_http_json_and_fp32(deployment, fmnist):
     url = deployment["dep"]["gateway"]["url"] + f"/v2/models/{deployment['dep']['model']}/infer"
     img = fmnist.test.images.numpy()[:2, 0]
     body = {"inputs": [{"name": "input", "datatype": "UINT8", "shape": [2, 28, 28], "data": img.tolist()}]}
-    status, out = _post(url, json.dumps(body).encode())
+    status, out = post(url, json.dumps(body).encode())
     assert status == 200, out
     names = {o["name"]: o for o in out["outputs"]}
     assert names["label"]["datatype"] == "INT64" and names["label"]["shape"] == [2]
@@ -186,7 +177,7 @@ def test_plain_http_json_and_fp32(deployment, fmnist):
     fam = json.loads((deployment["run"] / "family.json").read_text())
     x = from_record(fam["dataset"]["preprocessing"]).apply(img)
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-    status, out2 = _post(url, json.dumps(body).encode())
+    status, out2 = post(url, json.dumps(body).encode())
     assert status == 200 and out2["outputs"][0]["data"] == names["label"]["data"]
 
 
@@ -203,7 +194,7 @@ def test_plain_http_json_and_fp32(deployment, fmnist):
 )
 def test_malformed_requests_get_400(deployment, tensor, fragment):
     url = deployment["dep"]["gateway"]["url"] + f"/v2/models/{deployment['dep']['model']}/infer"
-    status, out = _post(url, json.dumps({"inputs": [tensor]}).encode())
+    status, out = post(url, json.dumps({"inputs": [tensor]}).encode())
     assert status == 400 and fragment in out["error"]
 
 
@@ -217,15 +208,15 @@ def test_binary_size_mismatch_unknown_model_and_bad_json(deployment):
             ]
         }
     ).encode()
-    status, out = _post(
+    status, out = post(
         f"{base}/v2/models/{model}/infer",
         head + bytes(700),
         {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))},
     )
     assert status == 400 and "needs 784" in out["error"]
-    status, out = _post(f"{base}/v2/models/nope/infer", b'{"inputs": []}')
+    status, out = post(f"{base}/v2/models/nope/infer", b'{"inputs": []}')
     assert status == 404 and "unknown model" in out["error"]
-    status, out = _post(f"{base}/v2/models/{model}/infer", b"{not json")
+    status, out = post(f"{base}/v2/models/{model}/infer", b"{not json")
     assert status == 400 and "JSON" in out["error"]
 
 

@@ -12,7 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from serving import ROOT, make_plan, serving
+from serving import ROOT, make_plan, post, serving
 
 N = 40
 pytestmark = [pytest.mark.torch]
@@ -66,13 +66,9 @@ def _infer(served, x, datatype, *, binary=True):
 
 
 def _post(served, body: dict):
-    url = served["dep"]["gateway"]["url"] + f"/v2/models/{served['dep']['model']}/infer"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return post(
+        served["dep"]["gateway"]["url"] + f"/v2/models/{served['dep']['model']}/infer", json.dumps(body).encode()
+    )
 
 
 def test_raw_input_gives_the_networks_answers(served):
