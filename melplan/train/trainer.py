@@ -30,7 +30,7 @@ from melplan.core.fileio import atomic_write_with
 from melplan.train.data import Batches, carve_validation, load_dataset
 from melplan.train.measure import accuracy_by_subset, measure_components
 from melplan.train.models.mel import COMBINER_KINDS, MELNet, build_mel, subsets_of
-from melplan.train.models.registry import base_names, build_base, check_base
+from melplan.train.models.registry import base_names, build_base, check_base, effective_output_stride
 
 DATASET_SHORT = {"fashion-mnist": "fmnist", "mnist5k": "mnist5k", "cifar100": "c100"}
 BASE_SHORT = {
@@ -41,7 +41,7 @@ BASE_SHORT = {
 }
 
 
-_DIGEST_OPTIONAL = ("image_size",)
+_DIGEST_OPTIONAL = ("image_size", "output_stride")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,17 @@ class FamilySpec:
     patience: int = 2  # epochs without validation improvement before a phase stops; 0: never stop early
     independent: bool = False  # control: upstreams trained alone, combiners only in the fine-tuning phase
     image_size: int | None = None  # imagefolder: side the images are resized to (default 32)
+    output_stride: int | None = None  # efficientnet_lite0: 16 keeps 2x2 maps in blocks 7-9 at 32x32 input
+
+    def __post_init__(self) -> None:
+        # a stride the upstreams never reach changes nothing: the spec (digest, id) is the plain one
+        object.__setattr__(
+            self, "output_stride", effective_output_stride(self.base, self.output_stride, self.blocks or (0,))
+        )
+
+    def base_args(self) -> dict[str, Any]:
+        """Arguments of the base network that the spec decides (the data decides the others)."""
+        return {"output_stride": self.output_stride} if self.output_stride else {}
 
     def names(self) -> list[str]:
         return [f"u{i + 1}" for i in range(len(self.blocks))]
@@ -101,7 +112,8 @@ class FamilySpec:
 
     def default_id(self, n_base_blocks: int) -> str:
         ds = DATASET_SHORT.get(self.dataset, self.dataset)
-        base = BASE_SHORT.get(self.base, self.base.replace("_", "")) + ("pt" if self.pretrained else "")
+        base = BASE_SHORT.get(self.base, self.base.replace("_", ""))
+        base += (f"os{self.output_stride}" if self.output_stride else "") + ("pt" if self.pretrained else "")
         if len(self.blocks) == 1:
             what = "full" if self.blocks[0] == n_base_blocks else f"b{self.blocks[0]}"
             return f"{ds}-{base}-{what}-s{self.seed}"
@@ -363,7 +375,7 @@ def train_family(
         num_coarse=ds.num_coarse if spec.hierarchical else None,
         input_shape=ds.input_shape,
         input_dtype=ds.input_dtype,
-        base_args=ds.base_args,
+        base_args={**(ds.base_args or {}), **spec.base_args()},
         pretrained=spec.pretrained,
     ).to(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -490,6 +502,8 @@ def train_family(
     training["train_samples"] = len(train_split)
     training["channels_last"] = channels_last
     training["pretrained"] = "imagenet" if spec.pretrained else None
+    if spec.output_stride:
+        training["output_stride"] = spec.output_stride
     training["independent"] = spec.independent
     training["bn_momentum"] = sorted({m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)})
     training["validation"] = {
@@ -796,6 +810,7 @@ _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "train_limit": (int,),
     "test_limit": (int,),
     "image_size": (int,),
+    "output_stride": (int,),
     "lr": (int, float),
     "weight_decay": (int, float),
     "label_smoothing": (int, float),
@@ -941,6 +956,8 @@ def weights_from_checkpoint(family: Family, checkpoint: str | Path) -> Family:
         "num_coarse": None,
     }
     config.update(model_inputs(family.dataset))
+    if family.training.get("output_stride"):
+        config["base_args"] = {**config.get("base_args", {}), "output_stride": family.training["output_stride"]}
     model = MELNet(config)
     model.load_state_dict(state["model"])  # strict: the shapes must match the entry
     root = Path(family.source).parent

