@@ -123,6 +123,11 @@ def test_report_checks_can_pass_and_fail():
     assert "train it longer" in convergence(Catalog((ref, good, strong_backup))).detail
     equal_backup = replace(strong_backup, accuracy={"u1": 0.92})  # a tie is not "more accurate"
     assert not convergence(Catalog((ref, good, equal_backup))).passed
+    # an upstream of a family answers alone too: one that beats the reference fails the check
+    strong_upstream = _with_acc(make_family(2, fid="strong"), {"u1": 0.90, "u2": 0.925, "u1+u2": 0.93})
+    beaten = convergence(Catalog((ref, good, strong_upstream)))
+    assert not beaten.passed and "strong u2 (0.9250" in beaten.detail
+    assert "good u1 at 0.9000" in convergence(Catalog((ref, good))).detail  # the best smaller single model
     three = make_family(3, fid="three")
     hi = _with_acc(three, {"u1+u2": 0.90, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})
     lo = _with_acc(three, {"u1+u2": 0.85, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})
