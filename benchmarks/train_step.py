@@ -3,13 +3,16 @@ step, each with and without channels_last, measured side by side in one run; the
 latency of every answering path against the full model.
 
     python benchmarks/train_step.py [--base efficientnet_lite0] [--blocks 5,6] [--combiner fc]
-                                    [--batch 128] [--repeats 7] [--threads 1]
+                                    [--output-stride 16] [--batch 128] [--repeats 7] [--threads 1]
 
 * joint step: one forward of every upstream and combiner, the lambda-free sum of every subset's
   loss, one backward, one AdamW step (what ``melplan train`` does per batch);
 * sum of parts: each upstream's own step on its own loss, plus each combiner's step on detached
   features (what training them separately would cost per batch);
 * reference step: the full base model's step.
+``--output-stride`` builds every network at that output stride where it changes it (as the training
+recipe's ``output_stride`` does: efficientnet_lite0 at 16 changes only networks with 7+ blocks, so
+the reference, not a 5+6 pair).
 The configurations are timed round-robin (one step of each per round) so that load from other
 processes hits them alike; medians are printed with ratios. Nothing is trained to convergence.
 """
@@ -62,6 +65,7 @@ def main() -> None:
     ap.add_argument("--base", default="efficientnet_lite0")
     ap.add_argument("--blocks", default="5,6")
     ap.add_argument("--combiner", default="fc", choices=["fc", "cnn", "shared"])
+    ap.add_argument("--output-stride", type=int, default=None, help="e.g. 16 (the shipped recipe's reference)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
@@ -72,15 +76,29 @@ def main() -> None:
     blocks = tuple(int(b) for b in a.blocks.split(","))
     g = torch.Generator().manual_seed(a.seed)
     x0, y = torch.randn(a.batch, 3, 32, 32, generator=g), torch.randint(0, 10, (a.batch,), generator=g)
-    from melplan.train.models.registry import build_base
+    from melplan.core.errors import InputError
+    from melplan.train.models.registry import build_base, effective_output_stride
 
     n_full = len(build_base(a.base, num_classes=10).blocks)
+    try:
+        strides = {b: effective_output_stride(a.base, a.output_stride, b) for b in (blocks, (n_full,))}
+    except InputError as exc:
+        ap.error(f"--output-stride {a.output_stride}: {exc.message}; {exc.fix}")
+
+    def stride_text(bl):
+        return str(strides[bl]) if strides[bl] else "the base's own"
+
+    def build(bl, comb):
+        os_ = strides[bl]
+        return build_mel(
+            base=a.base, blocks=bl, combiner=comb, num_classes=10, base_args={"output_stride": os_} if os_ else None
+        )
 
     configs = {}  # name -> list of step functions timed together
     for fmt_name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
         x = x0.contiguous(memory_format=fmt)
-        mel = build_mel(base=a.base, blocks=blocks, combiner=a.combiner, num_classes=10).to(memory_format=fmt)
-        ref = build_mel(base=a.base, blocks=(n_full,), combiner="fc", num_classes=10).to(memory_format=fmt)
+        mel = build(blocks, a.combiner).to(memory_format=fmt)
+        ref = build((n_full,), "fc").to(memory_format=fmt)
         mel.train()
         ref.train()
         configs[("joint", fmt_name)] = [joint_step(mel, x, y)]
@@ -98,7 +116,8 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, {a.threads} thread(s), batch {a.batch}, seed {a.seed}, {a.repeats} rounds; "
-        f"MEL {a.base} blocks {blocks} ({a.combiner}) vs the full {a.base}\n"
+        f"MEL {a.base} blocks {blocks} ({a.combiner}, output stride {stride_text(blocks)}) vs the full "
+        f"{a.base} (output stride {stride_text((n_full,))})\n"
     )
     print("training step, median ms (per sample in brackets)")
     print(f"  {'':12s} {'contiguous':>18s} {'channels_last':>18s} {'speed-up':>9s}")
@@ -113,8 +132,8 @@ def main() -> None:
             f"   parts / reference {p / r:5.2f}"
         )
 
-    mel = build_mel(base=a.base, blocks=blocks, combiner=a.combiner, num_classes=10).eval()
-    ref = build_mel(base=a.base, blocks=(n_full,), combiner="fc", num_classes=10).eval()
+    mel = build(blocks, a.combiner).eval()
+    ref = build((n_full,), "fc").eval()
     x1 = x0[:1]
     full = latency_ms(ref.upstreams["u1"], (x1,))
     print("\ninference at batch 1 (median of 30 runs, 1 thread); a path's upstreams run in parallel on their servers,")

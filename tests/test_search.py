@@ -413,6 +413,122 @@ def test_subprocess_refuses_bad_space_quickly(tmp_path):
     assert out.returncode == 2 and "--blocks" in out.stderr and "Traceback" not in out.stderr
 
 
+# -- recipe ----------------------------------------------------------------------------------
+
+ROOT = Path(__file__).parent.parent
+SWEEP = ROOT / "sweeps" / "fashion-mnist.yaml"
+
+
+def test_recipe_is_part_of_the_state_and_the_ids(tmp_path):
+    st = settings(recipe={"lr": 0.003, "pretrained": True})
+    res = S.run_search(st, budget=2, out_dir=tmp_path, evaluate=Recorder(st), plot=False)
+    state = json.loads((tmp_path / S.STATE_FILE).read_text())
+    assert state["settings"]["recipe"] == {"lr": 0.003, "pretrained": True}
+    assert all(i.endswith(f"-r{st.recipe_digest()}-s0") for i in res.searched_ids)
+    other = replace(st, recipe={"lr": 0.001, "pretrained": True})
+    assert other.family_id(S.Candidate((5, 4), "fc", 1.0)) != st.family_id(S.Candidate((5, 4), "fc", 1.0))
+    with pytest.raises(S.SearchStateError) as exc:  # a changed recipe trains other candidates: refused
+        S.run_search(other, budget=3, out_dir=tmp_path, evaluate=Recorder(other), plot=False)
+    assert exc.value.field == "settings.recipe" and "0.001" in str(exc.value)
+    plain = replace(st, recipe={})  # without the recipe: refused too (the state has one, this run none)
+    with pytest.raises(S.SearchStateError) as exc:
+        S.run_search(plain, budget=3, out_dir=tmp_path, evaluate=Recorder(plain), plot=False)
+    assert exc.value.field == "settings.recipe"
+    assert "recipe" not in plain.to_dict()  # states written before recipes existed still resume
+    again = Recorder(st)
+    S.run_search(st, budget=3, out_dir=tmp_path, evaluate=again, plot=False)
+    assert len(again.calls) == 1  # the same recipe resumes
+
+
+def test_recipe_may_not_set_what_the_search_decides():
+    for key in ("blocks", "combiner", "lambdas", "epochs", "base"):
+        with pytest.raises(InputError) as exc:
+            settings(recipe={key: 1})
+        assert exc.value.field == f"recipe.{key}"
+
+
+@pytest.mark.torch
+def test_recipe_from_the_sweep_file_reaches_the_family_spec(tmp_path, hand_made, monkeypatch):
+    """`--recipe sweeps/fashion-mnist.yaml` trains every candidate with the sweep's defaults, except the
+    options given on the command line; checked on the specs the training engine receives."""
+    import yaml
+
+    import melplan.train.trainer as T
+
+    seen = []
+
+    def recording_train_family(spec, **kw):
+        seen.append(spec)
+        c = S.Candidate(spec.blocks, spec.combiner, spec.lambdas["u1"], None)
+        fam = synthetic_family(c, S.SearchSettings(dataset=spec.dataset, epochs=spec.epochs))
+        fam = replace(fam, id=spec.family_id)
+        save_family(fam, kw["catalog_dir"])
+        return fam
+
+    monkeypatch.setattr(T, "train_family", recording_train_family)
+    out = tmp_path / "o"
+    args = ["search", "--recipe", str(SWEEP), "--epochs", "2", "--train-limit", "1200", "--budget", "3"]
+    args += ["--max-upstreams", "2", "--blocks", "4-7", "--pop-size", "4", "--out-dir", str(out), "--no-plot"]
+    args += ["--catalog", str(hand_made)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    defaults = yaml.safe_load(SWEEP.read_text())["defaults"]  # the oracle: the file itself
+    assert len(seen) == 3
+    for spec in seen:
+        assert spec.epochs == 2 and spec.train_limit == 1200  # given on the command line
+        for key in ("dataset", "base", "pretrained", "lr", "val_fraction", "split_seed", "patience", "seed"):
+            assert getattr(spec, key) == defaults[key], key
+        assert spec.batch_size == defaults["batch_size"] and spec.finetune_epochs == defaults["finetune_epochs"]
+        # output stride 16 reaches the spec; it changes (and is recorded for) only upstreams of 7+ blocks
+        assert spec.output_stride == (16 if max(spec.blocks) >= 7 else None)
+    state = json.loads((out / S.STATE_FILE).read_text())["settings"]
+    assert state["epochs"] == 2 and state["dataset"] == "fashion-mnist" and state["base"] == "efficientnet_lite0"
+    assert state["recipe"]["output_stride"] == 16 and state["recipe"]["pretrained"] is True
+    assert json.loads((out / S.RESULT_FILE).read_text())["recipe_file"] == str(SWEEP)
+    # a resume with another recipe setting (here: more epochs) is refused, exit 2, nothing trained
+    r = CliRunner().invoke(main, [*args[:4], "3", *args[5:]])
+    assert r.exit_code == 2 and "settings.epochs" in r.output and len(seen) == 3, r.output
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "text,field",
+    [
+        (None, None),  # no such file
+        ("families: []\n", "defaults"),
+        ("defaults: {lr: 0.003, blocks: [5, 5]}\nfamilies: []\n", "defaults.blocks"),
+        ("defaults: {pretrained: 'yes'}\nfamilies: []\n", "defaults.pretrained"),
+        ("defaults: {val_fraction: 0.7}\nfamilies: []\n", "defaults.val_fraction"),
+        ("defaults: {lr: 0}\nfamilies: []\n", "defaults.lr"),
+        ("defaults: {output_stride: 8, base: efficientnet_lite0}\nfamilies: []\n", "defaults.output_stride"),
+        ("defaults: {learning_rate: 0.1}\nfamilies: []\n", "defaults.learning_rate"),
+        ("defaults: {lr: 0.003}\nfamilies: [{blocks: many}]\n", "families[0].blocks"),
+    ],
+)
+def test_bad_recipe_file_is_one_paragraph_exit_2(tmp_path, text, field):
+    path = tmp_path / "recipe.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(InputError) as exc:
+        S.load_recipe(path)
+    assert exc.value.file == str(path) and (field is None or exc.value.field == field), exc.value
+    r = CliRunner().invoke(main, ["search", "--recipe", str(path), "--budget", "2", "--out-dir", str(tmp_path / "o")])
+    assert r.exit_code == 2 and str(path) in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.torch
+def test_space_the_recipe_base_cannot_build_is_refused_before_training(tmp_path, monkeypatch):
+    import melplan.train.trainer as T
+
+    monkeypatch.setattr(T, "train_family", lambda spec, **kw: pytest.fail("trained"))
+    r = CliRunner().invoke(
+        main, ["search", "--recipe", str(SWEEP), "--blocks", "2-12", "--budget", "2", "--out-dir", str(tmp_path / "o")]
+    )
+    assert r.exit_code == 2 and "blocks" in r.output and "1..9" in r.output, r.output
+    assert not (tmp_path / "o" / S.STATE_FILE).exists()
+
+
 # -- the real thing --------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from melplan.commands.common import echo_json, json_option, seed_option, table
 from melplan.core.errors import InputError
@@ -72,8 +73,20 @@ def render(result) -> str:
     return "\n".join(lines)
 
 
+# options that a recipe's defaults set unless they are given on the command line
+RECIPE_OPTIONS = ("dataset", "epochs", "finetune_epochs", "train_limit", "test_limit", "batch_size", "seed")
+
+
 @click.command("search")
 @click.option("--budget", type=int, required=True, help="Evaluations (trained families) in total, across resumed runs.")
+@click.option(
+    "--recipe",
+    "recipe_file",
+    type=click.Path(),
+    default=None,
+    help="Train every candidate with the 'defaults:' of this sweep file (e.g. sweeps/fashion-mnist.yaml: base, "
+    "pretrained, output stride, lr, validation split, patience, epochs ...); options given explicitly override it.",
+)
 @seed_option
 @click.option(
     "--dataset", type=click.Choice(["mnist5k", "fashion-mnist", "cifar100"]), default="mnist5k", show_default=True
@@ -115,8 +128,11 @@ def render(result) -> str:
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--no-plot", is_flag=True, help="Skip the front plot.")
 @json_option
+@click.pass_context
 def search(
+    ctx,
     budget,
+    recipe_file,
     seed,
     dataset,
     epochs,
@@ -145,8 +161,10 @@ def search(
     Example (minutes on a CPU):
       melplan search --budget 6 --seed 0 --dataset mnist5k --epochs 1 --train-limit 1000 --blocks 2-4
     Interrupted? Run the same command again: finished evaluations are reused, not retrained.
+    With the shipped catalog's recipe, shortened:
+      melplan search --recipe sweeps/fashion-mnist.yaml --epochs 2 --train-limit 12000 --budget 4
     """
-    from melplan.pareto.search import SearchSettings, SearchSpace, run_search
+    from melplan.pareto.search import SearchSettings, SearchSpace, load_recipe, run_search, settings_with_recipe
 
     lo, hi = _blocks_range(blocks_range)
     space = SearchSpace(
@@ -155,7 +173,7 @@ def search(
         max_blocks=hi,
         combiners=tuple(c.strip() for c in combiners.split(",") if c.strip()),
     )
-    settings = SearchSettings(
+    given = dict(
         dataset=dataset,
         epochs=epochs,
         finetune_epochs=finetune_epochs,
@@ -163,10 +181,20 @@ def search(
         test_limit=test_limit,
         batch_size=batch_size,
         seed=seed,
-        pop_size=pop_size,
-        objectives=tuple(o.strip() for o in objectives.split(",") if o.strip()),
-        space=space,
     )
+    rest = dict(pop_size=pop_size, objectives=tuple(o.strip() for o in objectives.split(",") if o.strip()), space=space)
+    if recipe_file is None:
+        settings = SearchSettings(**given, **rest)
+    else:
+        explicit = {
+            k: v
+            for k, v in given.items()
+            if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+        }
+        defaults = {k: v for k, v in given.items() if k not in explicit}
+        recipe = load_recipe(recipe_file)
+        settings = settings_with_recipe(recipe, explicit, **defaults, **rest)
+        seed, dataset = settings.seed, settings.dataset
     out = Path(out_dir) if out_dir else Path("runs") / f"search-{dataset}-s{seed}"
     if catalog_dir is None and Path("catalog", dataset).is_dir():
         catalog_dir = str(Path("catalog", dataset))
@@ -185,6 +213,7 @@ def search(
             device=device,
             progress=lambda m: click.echo(m, err=True),
             plot=not no_plot,
+            recipe_file=recipe_file,
         )
     except KeyboardInterrupt:
         n = _saved(out / "search-state.json")

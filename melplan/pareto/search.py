@@ -20,13 +20,21 @@ from the same seed; the algorithm's random stream is its own (pymoo's ``random_s
 the same candidates in the same order, and those already in the state are answered from disk.  Only
 candidates never evaluated are trained; ``--budget`` counts evaluations across all runs.
 
+Recipe: ``load_recipe`` takes the ``defaults:`` of a sweep file (``sweeps/fashion-mnist.yaml``), so the
+candidates train under the same recipe as the hand-made catalog (base, pretrained prefixes, output
+stride, learning rate, validation split, patience ...).  The fields the settings hold (dataset, base,
+epochs, ...) come from it unless given explicitly; every other field is kept in ``SearchSettings.recipe``
+and passed to each candidate's ``FamilySpec``.  Both are part of the settings a state is resumed with.
+
 The evaluation function is injectable (:func:`run_search` ``evaluate=``), which is how the fast
 tests run a deterministic search without training.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -51,8 +59,17 @@ RESULT_SCHEMA = "melplan.search/v1"
 STATE_FILE = "search-state.json"
 RESULT_FILE = "search-result.json"
 PLOT_FILE = "front.png"
-BASE_SHORT = {"efficientnet_b0": "effb0", "mobilenet_v3_small": "mnv3s", "resnet18": "r18"}
+BASE_SHORT = {
+    "efficientnet_b0": "effb0",
+    "efficientnet_lite0": "lite0",
+    "mobilenet_v3_small": "mnv3s",
+    "resnet18": "r18",
+}
 COMBINER_KINDS = ("fc", "cnn", "shared")
+# FamilySpec fields a recipe may not set: the search decides them per candidate
+CANDIDATE_FIELDS = ("blocks", "combiner", "lambdas", "family_id", "role")
+# FamilySpec fields held by SearchSettings itself (a recipe sets them unless an option is given)
+SETTINGS_FIELDS = ("dataset", "base", "epochs", "finetune_epochs", "train_limit", "test_limit", "batch_size", "seed")
 
 
 # -- the space -------------------------------------------------------------------------------
@@ -220,6 +237,9 @@ class SearchSettings:
     pop_size: int = 8
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     space: SearchSpace = field(default_factory=SearchSpace)
+    # the other FamilySpec fields every candidate is trained with (lr, pretrained, output_stride,
+    # val_fraction, split_seed, patience, ...); empty: FamilySpec's defaults
+    recipe: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -245,12 +265,30 @@ class SearchSettings:
             raise InputError(
                 "the population needs at least 2 members", field="--pop-size", fix="pass --pop-size 2 or more"
             )
+        taken = sorted(set(self.recipe) & set(CANDIDATE_FIELDS + SETTINGS_FIELDS))
+        if taken:
+            raise InputError(
+                f"recipe field(s) {taken} are decided by the search or its own settings",
+                field=f"recipe.{taken[0]}",
+                fix="leave them out of the recipe (sizes, combiner and lambdas are what the search explores)",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["objectives"] = list(self.objectives)
         d["space"] = self.space.to_dict()
+        if self.recipe:
+            d["recipe"] = dict(sorted(self.recipe.items()))
+        else:
+            d.pop("recipe")  # states written before recipes existed stay resumable
         return d
+
+    def recipe_digest(self) -> str:
+        """Short digest of the recipe (empty string without one): names it in the family ids."""
+        if not self.recipe:
+            return ""
+        text = json.dumps(dict(self.recipe), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSettings:
@@ -262,7 +300,8 @@ class SearchSettings:
 
     def family_id(self, c: Candidate) -> str:
         """Catalog id of a searched family: names the search, the candidate and the training budget
-        (epochs, fine-tuning epochs, train and test samples, batch size when not the default, seed)."""
+        (epochs, fine-tuning epochs, train and test samples, batch size when not the default, the
+        recipe's digest when there is one, seed)."""
         base = BASE_SHORT.get(self.base, self.base.replace("_", ""))
         text = f"srch-{self.dataset}-{base}-{c.key}-e{self.epochs}"
         if self.finetune_epochs != 1:
@@ -273,6 +312,8 @@ class SearchSettings:
             text += f"-v{self.test_limit}"
         if self.batch_size != 128:
             text += f"-bs{self.batch_size}"
+        if self.recipe:
+            text += f"-r{self.recipe_digest()}"
         return f"{text}-s{self.seed}"
 
 
@@ -348,10 +389,12 @@ def load_state(path: str | Path, settings: SearchSettings) -> list[Evaluation]:
     if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
         raise SearchStateError(f"not a {STATE_SCHEMA} file", file=str(path), field="schema", fix=fix)
     theirs, ours = data.get("settings", {}), settings.to_dict()
-    for key in ours:
-        if theirs.get(key) != ours[key]:
+    if not isinstance(theirs, dict):
+        raise SearchStateError("settings is not a mapping", file=str(path), field="settings", fix=fix)
+    for key in [*ours, *sorted(set(theirs) - set(ours))]:
+        if theirs.get(key) != ours.get(key):
             raise SearchStateError(
-                f"the state was written with {key} = {theirs.get(key)!r}, this run has {ours[key]!r}",
+                f"the state was written with {key} = {theirs.get(key)!r}, this run has {ours.get(key)!r}",
                 file=str(path),
                 field=f"settings.{key}",
                 fix=fix,
@@ -363,6 +406,88 @@ def load_state(path: str | Path, settings: SearchSettings) -> list[Evaluation]:
             f"malformed evaluation ({exc})", file=str(path), field="evaluations", fix="delete the file to start afresh"
         ) from None
     return evals
+
+
+# -- recipe ----------------------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """The ``defaults:`` of a sweep file as a recipe: FamilySpec fields, type- and range-checked by the
+    sweep reader (``melplan.train.trainer.sweep_specs`` reads the whole file, then its entry check
+    reads the defaults alone).  Fields the search decides (blocks, combiner, lambdas, id, role) are
+    refused; the values are checked as the training engine checks a family's.  Imports torch.
+
+    Raises:
+        InputError: unreadable file, not a sweep file, or a bad default (names the file and field).
+    """
+    from melplan.core.fileio import load_yaml_file
+    from melplan.train.trainer import FamilySpec, _sweep_entry, sweep_specs, validate_spec
+
+    sweep_specs(path)  # the file is a well-formed sweep file (every family checked too)
+    data = load_yaml_file(path, error=InputError, fix="check the path of the sweep file")
+    defaults = dict(data.get("defaults") or {})
+    if not defaults:
+        raise InputError(
+            "the sweep file has no 'defaults:' to take the recipe from",
+            file=str(path),
+            field="defaults",
+            fix="give a sweep file whose defaults hold the recipe (see sweeps/fashion-mnist.yaml)",
+        )
+    unknown = sorted(set(defaults) - set(FamilySpec.__dataclass_fields__) - {"save_weights"})
+    if unknown:
+        raise InputError(
+            f"unknown key(s) {unknown} in the defaults",
+            file=str(path),
+            field=f"defaults.{unknown[0]}",
+            fix=f"use keys from: {', '.join(sorted(FamilySpec.__dataclass_fields__))}",
+        )
+    taken = sorted(set(defaults) & set(CANDIDATE_FIELDS))
+    if taken:
+        raise InputError(
+            f"the defaults set {taken}, which the search decides for each candidate",
+            file=str(path),
+            field=f"defaults.{taken[0]}",
+            fix="drop them from the defaults (put them on the families instead)",
+        )
+    if "save_weights" in defaults:
+        defaults.pop("save_weights")  # a sweep's output choice, not part of how a model is trained
+    try:
+        spec, _ = _sweep_entry({**defaults, "blocks": [1]})
+        validate_spec(spec)  # ranges the entry check leaves to the engine (lr > 0, val_fraction <= 0.5, ...)
+    except InputError as exc:
+        raise InputError(
+            exc.message, file=str(path), field=f"defaults.{exc.field}" if exc.field else "defaults", fix=exc.fix
+        ) from None
+    return defaults
+
+
+def settings_with_recipe(recipe: Mapping[str, Any], explicit: Mapping[str, Any], **rest: Any) -> SearchSettings:
+    """Settings from a recipe (``load_recipe``) with ``explicit`` options overriding it: the settings'
+    own fields (dataset, base, epochs, ...) are taken from the recipe unless given explicitly, the
+    others are kept as ``recipe``."""
+    own = {k: v for k, v in recipe.items() if k in SETTINGS_FIELDS}
+    other = {k: v for k, v in recipe.items() if k not in SETTINGS_FIELDS}
+    return SearchSettings(**{**rest, **own, **explicit}, recipe=other)
+
+
+def candidate_spec_fields(settings: SearchSettings, c: Candidate) -> dict[str, Any]:
+    """The FamilySpec fields a candidate is trained with (recipe first, then the settings and the
+    candidate, which it may not set)."""
+    return {
+        **dict(settings.recipe),
+        "base": settings.base,
+        "blocks": c.blocks,
+        "combiner": c.combiner,
+        "lambdas": c.lambdas(),
+        "epochs": settings.epochs,
+        "dataset": settings.dataset,
+        "train_limit": settings.train_limit,
+        "test_limit": settings.test_limit,
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
+        "finetune_epochs": settings.finetune_epochs,
+        "family_id": settings.family_id(c),
+    }
 
 
 # -- evaluators ------------------------------------------------------------------------------
@@ -384,8 +509,25 @@ def train_evaluator(
 
     When the entry comes back without a ``reference`` block (``add_to`` holds no reference model)
     ``reference`` is filled in, so the entry compares with the hand-made catalog.
+
+    The largest candidate of the space is checked (``validate_spec``) here, before anything trains,
+    so a recipe or space the training engine refuses stops the search at once (InputError).
     """
-    from melplan.train.trainer import FamilySpec, train_family  # torch is imported here, not at module load
+    # torch is imported here, not at module load
+    from melplan.train.trainer import FamilySpec, train_family, validate_spec
+
+    sp = settings.space
+    largest = Candidate(
+        (sp.max_blocks,) * sp.max_upstreams, sp.combiners[0], 1.0, 1.0 if sp.max_upstreams >= 3 else None
+    )
+    try:
+        validate_spec(FamilySpec(**candidate_spec_fields(settings, largest)))
+    except InputError as exc:
+        if exc.field != "blocks":
+            raise
+        raise InputError(
+            f"the space reaches {sp.max_blocks} blocks per upstream: {exc.message}", field="--blocks", fix=exc.fix
+        ) from None
 
     accepted = set(inspect.signature(train_family).parameters)
     extra: dict[str, Any] = {}
@@ -395,20 +537,7 @@ def train_evaluator(
         extra["log"] = log
 
     def evaluate(c: Candidate) -> Family:
-        spec = FamilySpec(
-            base=settings.base,
-            blocks=c.blocks,
-            combiner=c.combiner,
-            lambdas=c.lambdas(),
-            epochs=settings.epochs,
-            dataset=settings.dataset,
-            train_limit=settings.train_limit,
-            test_limit=settings.test_limit,
-            batch_size=settings.batch_size,
-            seed=settings.seed,
-            finetune_epochs=settings.finetune_epochs,
-            family_id=settings.family_id(c),
-        )
+        spec = FamilySpec(**candidate_spec_fields(settings, c))
         fam = train_family(
             spec, catalog_dir=add_to, data_root=data_root, device=device, progress=False, save_weights=False, **extra
         )
@@ -437,6 +566,7 @@ class SearchResult:
     state_path: str
     plot_path: str | None = None
     result_path: str | None = None
+    recipe_file: str | None = None  # where settings.recipe was read from (provenance; the content counts)
 
     @property
     def hv_before(self) -> float:
@@ -451,6 +581,7 @@ class SearchResult:
         return {
             "schema": RESULT_SCHEMA,
             "settings": self.settings.to_dict(),
+            "recipe_file": self.recipe_file,
             "budget": self.budget,
             "stop_reason": self.stop_reason,
             "trained_this_run": self.trained,
@@ -516,6 +647,7 @@ def run_search(
     progress: Callable[[str], None] | None = None,
     plot: bool = True,
     max_stale_generations: int = 10,
+    recipe_file: str | Path | None = None,
 ) -> SearchResult:
     """Run (or resume) an NSGA-II search and return the fronts before and after.
 
@@ -643,13 +775,16 @@ def run_search(
         from melplan.pareto.plot import plot_front
 
         groups = {r.id: ("searched" if r.id in set(result.searched_ids) else "hand-made") for r in result.after.rows}
+        train_on = f" of {settings.train_limit:,} samples" if settings.train_limit else ""
         title = (
             f"NSGA-II search on {settings.dataset} (seed {settings.seed}, {len(evaluations)} evaluations, "
-            f"{settings.epochs} epoch(s)): hypervolume {result.hv_before:.4f} -> {result.hv_after:.4f}"
+            f"{settings.epochs} epoch(s){train_on}): hypervolume {result.hv_before:.4f} -> {result.hv_after:.4f}"
         )
         path = plot_front(result.after, out_dir / PLOT_FILE, title=title, groups=groups, baseline=result.before)
         result = replace(result, plot_path=path)
-    result = replace(result, result_path=str(out_dir / RESULT_FILE))
+    result = replace(
+        result, result_path=str(out_dir / RESULT_FILE), recipe_file=None if recipe_file is None else str(recipe_file)
+    )
     atomic_write_json(out_dir / RESULT_FILE, result.to_dict())
     return result
 

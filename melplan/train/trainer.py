@@ -817,6 +817,11 @@ _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "coarse_weight": (int, float),
     "augment": (bool,),
     "hierarchical": (bool,),
+    "pretrained": (bool,),
+    "independent": (bool,),
+    "val_fraction": (int, float),
+    "split_seed": (int,),
+    "patience": (int,),
 }
 
 
