@@ -462,6 +462,11 @@ SWEEP_CASES = {
     "a bare 5": ("families:\n  - 5\n", "families[0]"),
     "defaults: [1, 2]": ("defaults: [1, 2]\nfamilies:\n  - {blocks: [5, 5]}\n", "defaults"),
     "epochs: two": ("families:\n  - {blocks: [5, 5], epochs: two}\n", "families[0].epochs"),
+    "pretrained: 'yes'": ("families:\n  - {blocks: [5, 5], pretrained: 'yes'}\n", "families[0].pretrained"),
+    "val_fraction: a tenth": (
+        "defaults: {val_fraction: a tenth}\nfamilies:\n  - {blocks: [5]}\n",
+        "families[0].val_fraction",
+    ),
     "duplicate ids": (
         "families:\n  - {blocks: [5, 5], family_id: a}\n  - {blocks: [4, 4], family_id: a}\n",
         "families[1].family_id",

@@ -700,6 +700,7 @@ def run_search(
             device=device,
             reference=ref_block,
             checkpoint_dir=out_dir / "checkpoints",
+            log=progress,  # the engine's per-epoch lines (validation accuracy, time)
         )
 
     worst = [1e9] * len(objectives)
