@@ -1,5 +1,5 @@
 #!/bin/sh
-# Rebuild the Fashion-MNIST catalog (into catalog-next/fashion-mnist, see sweeps/fashion-mnist.yaml) in the background: two workers (shards of sweeps/fashion-mnist.yaml),
+# Rebuild the Fashion-MNIST catalog (into catalog/fashion-mnist, see sweeps/fashion-mnist.yaml) in the background: two workers (shards of sweeps/fashion-mnist.yaml),
 # one thread each, lowest priority, per-epoch checkpoints under runs/checkpoints. Each family is
 # written to the catalog as soon as it finishes; rerunning this script resumes every interrupted
 # family from its last finished epoch and skips finished ones (same spec digest).

@@ -6,8 +6,6 @@
 . "$(dirname "$0")/results_common.sh"
 run catalog-list      $m catalog list --catalog catalog/fashion-mnist
 run catalog-report    $m catalog report --catalog catalog/fashion-mnist
-run catalog-next-report $m catalog report --catalog catalog-next/fashion-mnist
-run catalog-next-list $m catalog list --catalog catalog-next/fashion-mnist
 run pareto            $m pareto --catalog catalog/fashion-mnist --plot $out/front.png --force
 run pareto-pick       $m pareto --catalog catalog/fashion-mnist --pick "params<=0.4*reference" --prefer acc_all_up
 run plan-cluster-4    $m plan --servers examples/cluster-4.yaml --catalog catalog/fashion-mnist --out $out/plan-cluster-4.json --force

@@ -29,7 +29,12 @@ from melplan.core.errors import MelplanError
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "examples" / "cluster-4.yaml"
 SHIPPED = ROOT / "catalog" / "fashion-mnist"
-ENTRY = SHIPPED / "fmnist-effb0-u2-b5b5-fc-l1-1-1-s0.json"
+# a shipped 2-upstream entry with weights (the first by name): the bad-input cases edit a copy of it
+ENTRY = next(
+    p
+    for p in sorted(SHIPPED.glob("*.json"))
+    if len(json.loads(p.read_text())["upstreams"]) == 2 and json.loads(p.read_text()).get("weights")
+)
 
 BILLION_LAUGHS = 'lol: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
     f"l{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, n in zip("abcdefgh", "bcdefghi")
@@ -437,7 +442,7 @@ TRAIN_CASES = {
     "--threads -1": (["train", "--threads", "-1"], "--threads"),
     "--test-limit 0": (["train", "--test-limit", "0"], "--test-limit"),
     "id of a shipped entry, other recipe": (
-        ["train", "--id", "fmnist-effb0-b4-s0", "--blocks", "4", "--epochs", "1", "--catalog", str(SHIPPED)],
+        ["train", "--id", ENTRY.stem, "--blocks", "4", "--epochs", "1", "--catalog", str(SHIPPED)],
         "--id",
     ),
 }

@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER4 = ROOT / "examples" / "cluster-4.yaml"
+# any entry of the shipped Fashion-MNIST catalog (the first by name; the catalog grows as families finish)
+SOME_ID = sorted(p.stem for p in (ROOT / "catalog" / "fashion-mnist").glob("*.json"))[0]
 
 
 def melplan(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -68,7 +70,7 @@ def test_verbose_sends_solver_logs_to_stderr_only(workdir):
         ("simulate", "--plan", "plan.json", "--hours", "24", "--seed", "1"),
         ("select", "--plan", "plan.json", "--down", "edge-a"),
         ("catalog", "list"),
-        ("catalog", "show", "fmnist-effb0-b4-s0"),
+        ("catalog", "show", SOME_ID),
         ("export", "--plan", "plan.json", "--format", "json", "--out", "deploy"),
         ("pareto",),
         ("cluster", "check", CLUSTER4),

