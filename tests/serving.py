@@ -4,6 +4,7 @@ serve`) as subprocesses: one place for how they are started, waited for and stop
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -52,6 +53,44 @@ def make_plan(out: Path, *args: str, cluster: Path = CLUSTER) -> Path:
         timeout=120,
     )
     return out
+
+
+class RouteOracle:
+    """What the gateway of a plan must answer with some servers down: the best accuracy of a servable
+    subset (tests/oracle.py, the brute-force oracle, independent of the selector the gateway runs).
+    The gateway is the ingress, so, as in `melplan serve`, the cluster's ingress does not count.
+    Computed from the plan file: nothing here knows which family the shipped catalog makes win."""
+
+    def __init__(self, plan: Path) -> None:
+        from melplan.core.plan import load_plan_bundle
+
+        b = load_plan_bundle(plan)
+        assert b.cluster is not None
+        self.family, self.placement = b.family, {k: tuple(v) for k, v in b.plan.placement.items()}
+        self.cluster = dataclasses.replace(b.cluster, ingress=None)
+        self.ingress = b.cluster.ingress
+
+    def best(self, down: set[str] | frozenset[str] = frozenset()) -> tuple[float, set[str]]:
+        """(best accuracy, the subset keys with that accuracy) with ``down`` down and every other server up."""
+        import oracle
+
+        up = frozenset(self.cluster.names) - set(down)
+        acc = oracle.best_accuracy(self.family, self.placement, self.cluster, up)
+        return acc, ({k for k, a in self.family.accuracy.items() if a == acc} if acc > 0 else set())
+
+    def server_of(self, component: str) -> str:
+        return self.placement[component][0]
+
+    def in_route(self, subset: str, component: str) -> bool:
+        """Does an answer of ``subset`` need ``component``? (its upstreams, or a combiner serving it)"""
+        members = tuple(subset.split("+"))
+        if component in self.family.upstream_names:
+            return component in members
+        return len(members) > 1 and members in self.family.combiner(component).serves
+
+    def uses(self, subset: str, servers: str, component: str, server: str) -> bool:
+        """Did an answer of ``subset`` through ``servers`` go through ``component`` on ``server``?"""
+        return server in servers.split(",") and self.in_route(subset, component)
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:

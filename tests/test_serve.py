@@ -19,7 +19,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from serving import ROOT, alive, make_plan, melplan_env, post, serving
+from serving import ROOT, RouteOracle, alive, make_plan, melplan_env, post, serving
 
 pytestmark = [pytest.mark.torch]
 
@@ -31,7 +31,7 @@ def deployment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     plan = make_plan(tmp / "plan.json")
     with serving(plan, tmp, "--no-restart") as info:
-        yield {**info, "plan": json.loads(plan.read_text())}
+        yield {**info, "plan": json.loads(plan.read_text()), "routes": RouteOracle(plan)}
     for c in info["dep"]["components"]:  # none is left even if the gateway process was killed
         if alive(c["pid"]):
             os.kill(c["pid"], signal.SIGKILL)
@@ -119,11 +119,12 @@ def test_tritonclient_binary_matches_the_network(deployment, fmnist, oracle):
         batches.append((slice(i, i + 50), p["subset"], p["degraded"], r.as_numpy("label")))
         assert r.as_numpy("probabilities").shape == (len(batches[-1][3]), 10)
     full = [b for b in batches if not b[2]]
-    assert {k for _, k, _, _ in full} == {"u1+u3"} and len(full) >= 6, [(k, d) for _, k, d, _ in batches]
+    _, all_up = deployment["routes"].best()
+    assert {k for _, k, _, _ in full} <= all_up and len(full) >= 6, [(k, d) for _, k, d, _ in batches]
     same = np.concatenate([labels == oracle[k][sl] for sl, k, _, labels in batches])
     assert same.mean() >= 0.9975  # same network, same images (float sums may differ in order)
     got = np.concatenate([labels for _, _, _, labels in full])
-    want = np.concatenate([oracle["u1+u3"][sl] for sl, _, _, _ in full])
+    want = np.concatenate([oracle[k][sl] for sl, k, _, _ in full])
     idx = np.concatenate([np.arange(400)[sl] for sl, _, _, _ in full])
     assert abs((got == truth[idx]).mean() - (want == truth[idx]).mean()) <= 0.0025
 
@@ -132,8 +133,13 @@ def test_tritonclient_json_tensors_agree_with_binary(deployment, fmnist):
     client = _client(deployment)
     model = deployment["dep"]["model"]
     images = fmnist.test.images.numpy()[:8, 0]
-    a = _infer(client, model, images, binary=True)
-    b = _infer(client, model, images, binary=False)
+    for _ in range(5):  # on a busy machine the hedge may answer one of the two through another subset
+        a = _infer(client, model, images, binary=True)
+        b = _infer(client, model, images, binary=False)
+        subsets = [r.get_response()["parameters"]["subset"] for r in (a, b)]
+        if subsets[0] == subsets[1]:
+            break
+    assert subsets[0] == subsets[1], subsets
     np.testing.assert_array_equal(a.as_numpy("label"), b.as_numpy("label"))
     np.testing.assert_allclose(a.as_numpy("probabilities"), b.as_numpy("probabilities"), rtol=1e-5, atol=1e-6)
 
@@ -242,7 +248,8 @@ def test_metrics(deployment):
     with urllib.request.urlopen(deployment["dep"]["gateway"]["url"] + "/metrics", timeout=10) as r:
         text = r.read().decode()
     assert "melplan_requests_total{" in text and "melplan_request_latency_seconds_bucket" in text
-    assert 'melplan_component_up{component="u1",server="edge-a"} 1.0' in text
+    u1 = deployment["routes"].server_of("u1")
+    assert f'melplan_component_up{{component="u1",server="{u1}"}} 1.0' in text
     assert "melplan_route_changes_total" in text
 
 
@@ -260,6 +267,15 @@ def _timed(client, model, img):
     return time.monotonic() - t, p["subset"], p["servers"].split(",")
 
 
+def _route_upstream_elsewhere(deployment, route: str, servers: list[str]) -> str:
+    """An upstream of the answering subset whose server is not the ingress (else any of the subset's
+    upstreams whose server leaves another route): the one to hang or kill."""
+    routes = deployment["routes"]
+    ups = [u for u in route.split("+") if routes.best({routes.server_of(u)})[0] > 0]
+    assert ups, f"every upstream of {route} on {servers} is alone in answering: nothing to fail over to"
+    return next((u for u in ups if routes.server_of(u) != routes.ingress), ups[0])
+
+
 def test_a_hung_component_is_hedged_around(deployment, fmnist):
     """SIGSTOP the route's upstream on another server (a hung process: its socket stays open, so no
     connection error ever comes): requests are answered around it well before the 1 s deadline, by
@@ -269,31 +285,49 @@ def test_a_hung_component_is_hedged_around(deployment, fmnist):
     model = deployment["dep"]["model"]
     images = fmnist.test.images.numpy()[:20, 0]
     comps = {c["component"]: c for c in deployment["dep"]["components"]}
+    _, all_up = deployment["routes"].best()
     route0 = _timed(client, model, images[:1])
-    assert route0[1] == "u1+u3" and comps["u3"]["server"] in route0[2]
+    assert route0[1] in all_up, route0
+    name = _route_upstream_elsewhere(deployment, route0[1], route0[2])
+    hung = comps[name]["server"]
+    assert hung in route0[2]
     hedges0 = _metric(deployment, "melplan_hedges_total")
-    hung = comps["u3"]["server"]
-    os.kill(comps["u3"]["pid"], signal.SIGSTOP)
+    os.kill(comps[name]["pid"], signal.SIGSTOP)
     try:
         got = [_timed(client, model, images[i : i + 1]) for i in range(12)]
     finally:
-        os.kill(comps["u3"]["pid"], signal.SIGCONT)
+        os.kill(comps[name]["pid"], signal.SIGCONT)
     assert max(t for t, _, _ in got) < 0.5, got  # not the 1 s deadline
     assert all(hung not in servers for _, _, servers in got[1:]), got
     assert _metric(deployment, "melplan_hedges_total") > hedges0
     end = time.monotonic() + 20
-    while _timed(client, model, images[:1])[1] != "u1+u3":
-        assert time.monotonic() < end, "edge-c did not come back after SIGCONT"
+    while _timed(client, model, images[:1])[1] not in all_up:
+        assert time.monotonic() < end, f"{hung} did not come back after SIGCONT"
         time.sleep(0.1)
 
 
 def test_sigkill_of_components_fails_no_request(deployment, fmnist):
-    """Under load, SIGKILL the route's upstream on another server (u1+u3 -> u1+u2), then the upstream
-    on the ingress server (-> u2), then the combiner: every request is answered, and answers go
-    around each dead process."""
+    """Under load, SIGKILL placed components one after another, first the route's upstream on a server
+    other than the ingress, each while some subset is still servable without the servers killed so
+    far: every request is answered, no answer goes through a dead server, and most come from the best
+    route left (tests/oracle.py; a call passed over by the hedge on a busy machine answers through a
+    lesser route: 26 of 39 answers took the best in one CI run on a loaded 2-core machine)."""
     client = _client(deployment)
     model = deployment["dep"]["model"]
     images = fmnist.test.images.numpy()[:, 0]
+    routes = deployment["routes"]
+    comps = {c["component"]: c for c in deployment["dep"]["components"]}
+    _, all_up = routes.best()
+    first = _route_upstream_elsewhere(deployment, sorted(all_up)[0], [])
+    order = [first] + [u for u in routes.family.upstream_names if u != first]
+    order += [c for c in comps if c not in order]  # then the combiners
+    kills, dead = [], set()
+    for name in order:
+        srv = comps[name]["server"]
+        if srv not in dead and routes.best(dead | {srv})[0] > 0:
+            dead.add(srv)
+            kills.append((name, srv, set(dead), routes.best(dead)[1]))
+    assert kills
     results: list[tuple[float, str, str]] = []
     errors: list[str] = []
     stop = threading.Event()
@@ -315,30 +349,22 @@ def test_sigkill_of_components_fails_no_request(deployment, fmnist):
     t.start()
     marks = []
     try:
-        comps = {c["component"]: c for c in deployment["dep"]["components"]}
-        combiner = next(c for c in comps if c not in ("u1", "u2", "u3"))
         time.sleep(1.0)
         route0 = results[-1][1]
-        for name in ("u3", "u1", combiner):
+        for name, _, _, _ in kills:
             os.kill(comps[name]["pid"], signal.SIGKILL)
             marks.append(time.monotonic())
             time.sleep(1.5)
+        marks.append(time.monotonic())
     finally:
         stop.set()
         t.join(timeout=30)
     assert not errors, errors[:3]
-    assert route0 == results[0][1] == "u1+u3"
-    after_u3 = [(k, s) for at, k, s in results if marks[0] + 0.5 < at < marks[1]]
-    after_u1 = [(k, s) for at, k, s in results if marks[1] + 0.5 < at < marks[2]]
-    last = [(k, s) for at, k, s in results if at > marks[2] + 0.5]
-    c = comps["u3"]["server"]
-    # around each dead process; mostly through the best route left (a call passed over by the hedge
-    # on a busy machine answers through one upstream: 26 of 39 answers were u1+u2 in one CI run on a
-    # loaded 2-core machine, so "mostly" is a majority here)
-    assert after_u3 and all(c not in s.split(",") for _, s in after_u3), after_u3
-    assert sum(k == "u1+u2" for k, _ in after_u3) > 0.5 * len(after_u3), after_u3
-    assert after_u1 and all(s == comps["u2"]["server"] for _, s in after_u1), after_u1
-    assert last and all(s == comps["u2"]["server"] for _, s in last), last
+    assert route0 in all_up and results[0][1] in all_up, (route0, results[0])
+    for i, (name, srv, down, best) in enumerate(kills):
+        after = [(k, s) for at, k, s in results if marks[i] + 0.5 < at < marks[i + 1]]
+        assert after and all(not down & set(s.split(",")) for _, s in after), (name, srv, after)
+        assert sum(k in best for k, _ in after) > 0.5 * len(after), (name, srv, best, after)
     assert len(results) > 100
     assert client.is_server_live()
 

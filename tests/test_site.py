@@ -121,7 +121,13 @@ def small_site(seed: int, n_servers: int, n_services: int, shared_fate: bool = F
         fams = rng.sample(SMALL, rng.randint(2, 3))
         sub = type(cat)(tuple(f for f in cat if f.id in fams), cat.root)
         services.append(
-            Service(f"svc{k}", sub, str(ORACLE_CATALOG), with_workload(cluster, Workload(50.0)), float(rng.choice([1, 2, 3])))
+            Service(
+                f"svc{k}",
+                sub,
+                str(ORACLE_CATALOG),
+                with_workload(cluster, Workload(50.0)),
+                float(rng.choice([1, 2, 3])),
+            )
         )
     return Site(cluster, tuple(services), source=f"seed-{seed}")
 

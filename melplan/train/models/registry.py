@@ -244,7 +244,7 @@ def efficientnet_lite0(*, num_classes: int, pretrained: bool = False, output_str
         raise InputError(
             "base efficientnet_lite0 needs the package efficientnet-lite-pytorch",
             field="base",
-            fix="pip install 'melplan[serve]' to serve it or 'melplan[train]' to train it (or efficientnet-lite-pytorch alone)",
+            fix="pip install 'melplan[serve]' to serve it, 'melplan[train]' to train it",
         ) from None
     m = EfficientNet.from_name("efficientnet-lite0", num_classes=1000 if pretrained else num_classes)
     if pretrained:
