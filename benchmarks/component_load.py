@@ -1,9 +1,10 @@
 """Cold start of one component process: spawn, import torch, build, load weights, first inference.
 
 The simulator's default load times (melplan/sim/loadtime.py) come from this script.  For each case the
-parent writes the component's weights (the shipped upstream ``u1`` of the family named, whose weights
-are in catalog/fashion-mnist/weights; the full EfficientNet-B0 at its catalog size, whose weights are
-not shipped, with fresh weights of the same shapes: loading time depends on the bytes, not the values),
+parent writes the component's weights (from the shipped Fashion-MNIST catalog: the backup's upstream
+and the largest shipped upstream, from their weights in catalog/fashion-mnist/weights; the reference,
+whose weights are not shipped, with fresh weights of the same shapes: loading time depends on the
+bytes, not the values),
 then starts ``python -c CHILD`` with one thread and times, from just before the spawn to the child's
 "ready" line: interpreter start + ``import torch`` + building the module + ``torch.load(weights_only=True)``
 + ``load_state_dict`` + the first inference on one input.  Each case runs ``--repeats`` times; the
@@ -34,7 +35,7 @@ import torch
 torch.set_num_threads(1)
 t1 = time.perf_counter()
 from melplan.train.models.mel import Upstream
-m = Upstream("efficientnet_b0", int(sys.argv[2]), 10).eval()
+m = Upstream(sys.argv[3], int(sys.argv[2]), 10).eval()
 t2 = time.perf_counter()
 m.load_state_dict(torch.load(sys.argv[1], map_location="cpu", weights_only=True))
 t3 = time.perf_counter()
@@ -46,7 +47,7 @@ print("ready", flush=True)
 """
 
 
-def write_cases(tmp: Path) -> list[tuple[str, int, Path, int]]:
+def write_cases(tmp: Path) -> list[tuple[str, int, str, Path, int]]:
     import torch
 
     from melplan.core.catalog import load_catalog
@@ -54,23 +55,26 @@ def write_cases(tmp: Path) -> list[tuple[str, int, Path, int]]:
     from melplan.train.trainer import load_weights
 
     catalog = load_catalog(ROOT / "catalog" / "fashion-mnist")
+    shipped = [f for f in catalog if f.weights]
     cases = []
-    fam = catalog.get("fmnist-effb0-u2-b5b5-fc-l1-1-1-s0")
-    net = load_weights(fam)
-    up = net.upstreams["u1"]
-    p = tmp / "u1.pt"
-    torch.save(up.state_dict(), p)
-    cases.append((f"{fam.id} u1 (5 blocks, shipped weights)", 5, p, fam.upstream("u1").weight_bytes))
-    b4 = catalog.get("fmnist-effb0-b4-s0")
-    net = load_weights(b4)
-    p = tmp / "b4.pt"
+    backup = next(f for f in shipped if f.extra.get("role") == "backup")
+    net = load_weights(backup)
+    p = tmp / "backup.pt"
     torch.save(net.upstreams["u1"].state_dict(), p)
-    cases.append((f"{b4.id} (4 blocks, shipped weights)", 4, p, b4.weight_bytes))
-    full = catalog.get("fmnist-effb0-full-s0")
+    cases.append((f"{backup.id} ({backup.upstreams[0].blocks} blocks, shipped weights)", backup.upstreams[0], p))
+    fam, up = max(((f, u) for f in shipped for u in f.upstreams), key=lambda fu: fu[1].weight_bytes)
+    net = load_weights(fam)
+    p = tmp / "largest.pt"
+    torch.save(net.upstreams[up.name].state_dict(), p)
+    cases.append((f"{fam.id} {up.name} ({up.blocks} blocks, shipped weights)", up, p))
+    full = next(f for f in catalog if f.extra.get("role") == "reference")
     p = tmp / "full.pt"
-    torch.save(Upstream("efficientnet_b0", 9, 10).state_dict(), p)
-    cases.append((f"{full.id} (9 blocks, fresh weights of the catalog's size)", 9, p, full.weight_bytes))
-    return cases
+    torch.save(Upstream(full.base, full.upstreams[0].blocks, 10).state_dict(), p)
+    cases.append(
+        (f"{full.id} ({full.upstreams[0].blocks} blocks, fresh weights of the catalog's size)", full.upstreams[0], p)
+    )
+    base = full.base  # one base per catalog
+    return [(label, u.blocks, base, p, u.weight_bytes) for label, u, p in cases]
 
 
 def main() -> None:
@@ -80,12 +84,12 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     out = []
     with tempfile.TemporaryDirectory() as td:
-        for label, blocks, path, nbytes in write_cases(Path(td)):
+        for label, blocks, base, path, nbytes in write_cases(Path(td)):
             walls, splits = [], []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 proc = subprocess.run(
-                    [sys.executable, "-c", CHILD, str(path), str(blocks)],
+                    [sys.executable, "-c", CHILD, str(path), str(blocks), base],
                     env=env,
                     capture_output=True,
                     text=True,

@@ -522,7 +522,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--cluster", default=str(ROOT / "examples" / "cluster-4.yaml"))
     ap.add_argument("--plan", default=None, help="MEL plan (default: `melplan plan` on --cluster)")
-    ap.add_argument("--single", default="fmnist-effb0-b4-s0", help="single-model family for the baseline")
+    ap.add_argument(
+        "--single",
+        default=None,
+        help="single-model family for the baseline (default: the most accurate single model with weights)",
+    )
     ap.add_argument("--rate", type=float, default=None, help="requests/s (default: the plan's rate_rps)")
     ap.add_argument("--duration", type=float, default=90.0, help="seconds of load per deployment")
     ap.add_argument("--first-kill", type=float, default=6.0, help="seconds into the load of the first kill")
@@ -547,6 +551,11 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     mel_plan = Path(args.plan) if args.plan else make_plan(out, args.cluster, None, "plan.json")
+    if args.single is None:
+        from melplan.core.catalog import load_catalog
+
+        singles = [f for f in load_catalog() if f.n == 1 and f.weights]
+        args.single = max(singles, key=lambda f: f.accuracy_all_up).id
     single_plan = make_plan(out, args.cluster, args.single, "plan-single.json")
     ds = load_dataset("fashion-mnist")
     images = ds.test.images.numpy()[:, 0].copy()

@@ -9,7 +9,7 @@ A services file names a cluster and the services that share it::
         workload: {rate_rps: 50, latency_slo_ms: 50}   # default: the cluster's workload
         weight: 2                          # default 1
         min_accuracy: 0.88                 # optional floor on the exact expected accuracy
-      - {name: digits, catalog: ../catalog/fashion-mnist, families: [fmnist-effb0-b4-s0], weight: 1}
+      - {name: digits, catalog: ../catalog/fashion-mnist, families: [fmnist-lite0pt-b5-s0], weight: 1}
 
 ``dataset`` picks one dataset of a catalog that holds several; ``families`` keeps only the listed
 families of the catalog (a service that may only run some models).  Every path is resolved

@@ -17,6 +17,8 @@ has a sensitivity row.
 
 from __future__ import annotations
 
+# Measured on the old EfficientNet-B0 entries (catalog/fashion-mnist until commit ebe146c; the catalog
+# is now the rebuilt Lite0 one, and the benchmark loads its entries): load time follows the bytes.
 # benchmarks/component_load.py --repeats 5, 2026-12-03, this machine: 2 cores shared by eight engineers
 # (load average 5 to 8 during the run), Python 3.11.7, torch CPU, one thread.
 # (what, weight bytes, median wall seconds from spawn to ready, median seconds of torch.load +
