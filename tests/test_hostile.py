@@ -494,3 +494,20 @@ def test_sweep_files_are_refused_naming_the_file_and_entry(kind, tmp_path):
     assert r.exit_code == 2, f"{kind}: exit {r.exit_code}\n{r.output}\n{r.exception!r}"
     assert "sweep.yaml" in r.output and expected in r.output, r.output
     assert seconds < 10
+
+
+def test_serving_a_family_without_weights_is_refused_before_anything_starts(tmp_path):
+    """The planner may choose a family whose entry names no weights file (a shipped control, say);
+    `melplan serve` then exits 2 in one paragraph naming the plan, the family, the field and the fix,
+    and starts nothing."""
+    cat = _entry(tmp_path, lambda d: d.pop("weights"))
+    fid = json.loads(ENTRY.read_text())["id"]
+    plan = tmp_path / "plan.json"
+    r, _ = run("plan", "--servers", CLUSTER, "--catalog", cat, "--out", plan, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads(plan.read_text())["family"] == fid  # the only family, so the chosen one
+    r, _ = run("serve", "--plan", plan, "--port", "0", "--run-dir", tmp_path / "run")
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert str(plan) in r.output and fid in r.output and "'weights'" in r.output and "--family" in r.output
+    assert not (tmp_path / "run").exists()

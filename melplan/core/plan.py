@@ -461,7 +461,10 @@ class PlanBundle:
                 f"family {self.family.id} names no weights file",
                 file=self.source,
                 field="weights",
-                fix="train it with `melplan train` (which writes weights) and re-plan",
+                fix=(
+                    "re-plan with `--family ID` naming a family whose catalog entry has a 'weights' file, "
+                    "or train this one with `melplan train --save-weights` and re-plan"
+                ),
             )
         digest = f" with sha256 {w.sha256}" if w is not None and w.sha256 else ""
         raise PlanFileError(
