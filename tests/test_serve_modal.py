@@ -65,6 +65,17 @@ def _infer(served, x, datatype, *, binary=True):
     return client.infer(served["dep"]["model"], [inp], outputs=outs)
 
 
+def _two_answers_of_one_subset(served, first, second):
+    """The labels of two requests (x, datatype) answered by the same subset: on a busy machine the
+    hedge may answer one of them through another subset, so a few tries are allowed."""
+    for _ in range(5):
+        a, b = _infer(served, *first), _infer(served, *second)
+        subsets = [r.get_response()["parameters"]["subset"] for r in (a, b)]
+        if subsets[0] == subsets[1]:
+            return a.as_numpy("label"), b.as_numpy("label")
+    raise AssertionError(f"5 pairs of answers, never both through one subset: last {subsets}")
+
+
 def _post(served, body: dict):
     return post(
         served["dep"]["gateway"]["url"] + f"/v2/models/{served['dep']['model']}/infer", json.dumps(body).encode()
@@ -90,8 +101,7 @@ def test_audio_as_fp32_samples_and_model_input_agree(served):
     if served["name"] != "fsdd":
         pytest.skip("audio only")
     raw = served["raw"][:8]
-    a = _infer(served, raw, "INT16").as_numpy("label")
-    b = _infer(served, (raw.astype(np.float32) / 32768.0), "FP32").as_numpy("label")
+    a, b = _two_answers_of_one_subset(served, (raw, "INT16"), (raw.astype(np.float32) / 32768.0, "FP32"))
     np.testing.assert_array_equal(a, b)
 
 
@@ -101,8 +111,7 @@ def test_text_as_token_ids_agrees_and_bad_ids_get_400(served):
     from melplan.train.data import load_dataset
 
     ids = load_dataset("trec", test_limit=8).test.images.numpy().astype(np.int64)
-    a = _infer(served, served["raw"][:8], "BYTES").as_numpy("label")
-    b = _infer(served, ids, "INT64").as_numpy("label")
+    a, b = _two_answers_of_one_subset(served, (served["raw"][:8], "BYTES"), (ids, "INT64"))
     np.testing.assert_array_equal(a, b)
     bad = ids[:1].copy()
     bad[0, 0] = 10**6
