@@ -16,4 +16,4 @@ run simulate-edge-site-12 $m simulate --plan $out/plan-edge-site-12.json --serve
 run examples-network  python3 scripts/examples_network.py
 run bench-plan-scale  python3 benchmarks/plan_scale.py --baseline "${BASELINE:-/tmp/melplan-f93844b}"
 run bench-selector    python3 benchmarks/selector.py --replan
-run bench-train-step  python3 benchmarks/train_step.py
+run bench-train-step  python3 benchmarks/train_step.py --base efficientnet_lite0 --blocks 5,6 --output-stride 16 --repeats 21
