@@ -86,7 +86,9 @@ def test_imagefolder_bad_layouts_name_the_fix(tmp_path):
     with pytest.raises(DataError, match="too few images|cannot decode"):
         load_dataset("imagefolder", data_root=tmp_path)
     with pytest.raises(DataError, match="--image-size"):
-        load_dataset("mnist5k", image_size=64)
+        load_dataset("mnist5k", image_size=48)  # built-in sets are upscaled by whole pixels
+    with pytest.raises(DataError, match="--image-size"):
+        load_dataset("trec", image_size=64)
 
 
 def _wav_bytes(samples: np.ndarray, rate: int = 8000) -> bytes:

@@ -381,3 +381,41 @@ def test_torchvision_weights_are_never_downloaded(tmp_path, monkeypatch):
         build_base("resnet18", num_classes=10, pretrained=True)
     assert info.value.field == "pretrained" and "never downloads" in str(info.value)
     assert not any(tmp_path.rglob("*.pth"))
+
+
+def test_image_size_64_repeats_every_pixel_and_is_recorded(tmp_path):
+    """A 64x64 input for a 28x28 set: padded to 32, each pixel repeated 2x2 (an independent oracle:
+    np.kron with a 2x2 block of ones), the entry records it, serving's numpy path reproduces it bit for
+    bit, and a conv network's multiply-accumulates grow about 4x."""
+    import numpy as np
+
+    from melplan.core.preprocessing import from_record
+    from melplan.train.data import Batches, load_dataset
+
+    small = load_dataset("mnist5k", test_limit=8)
+    big = load_dataset("mnist5k", test_limit=8, image_size=64)
+    assert big.input_shape == (3, 64, 64) and big.upscale == 2
+    x32 = next(iter(Batches(small, small.test, batch_size=8, shuffle=False, augment=False)))[0].numpy()
+    x64 = next(iter(Batches(big, big.test, batch_size=8, shuffle=False, augment=False)))[0].numpy()
+    np.testing.assert_array_equal(x64, np.kron(x32, np.ones((1, 1, 2, 2), dtype=np.float32)))
+    pp = from_record(big.info["preprocessing"])
+    assert big.info["preprocessing"]["upscale"] == 2 and "upscale" not in small.info["preprocessing"]
+    assert pp.input_shape == (3, 64, 64)
+    np.testing.assert_array_equal(pp.apply(big.test.images.numpy()), x64)
+    assert FamilySpec(**{**TINY, "image_size": 32}).digest() == FamilySpec(**TINY).digest()
+
+    spec = FamilySpec(**{**TINY, "image_size": 64, "train_limit": 160, "test_limit": 60, "patience": 0})
+    fam = train_family(spec, catalog_dir=tmp_path / "a", latency=False, save_weights=True)
+    ref = train_family(
+        FamilySpec(**{**TINY, "train_limit": 160, "test_limit": 60, "patience": 0}),
+        catalog_dir=tmp_path / "b",
+        latency=False,
+    )
+    assert fam.id.startswith("mnist5k-64px-r18-") and fam.id != ref.id
+    assert fam.dataset["input_shape"] == [3, 64, 64] and fam.training["augment"] == "random crop (pad 4)"
+    ratio = fam.upstreams[0].macs / ref.upstreams[0].macs
+    assert 3.5 < ratio <= 4.0, ratio  # convolutions scale with the map area; no global-size layers here
+    from test_modal_train import reevaluate
+
+    ds = load_dataset("mnist5k", train_limit=160, test_limit=60, image_size=64)
+    assert reevaluate(load_catalog(tmp_path / "a").get(fam.id), ds) == pytest.approx(dict(fam.accuracy), abs=1e-6)

@@ -76,7 +76,9 @@ def _set_threads(threads: int | None) -> None:
     "--image-size",
     type=click.IntRange(min=1),
     default=None,
-    help="imagefolder: resize images to this side (default 32).",
+    help="Side of the network input (default 32). imagefolder resizes its images to it; Fashion-MNIST, "
+    "mnist5k and CIFAR-100 take a multiple of 32 and repeat each pixel (64: every pixel becomes 2x2), so "
+    "the deeper blocks of a base see larger maps.",
 )
 @click.option("--download", is_flag=True, help="Download CIFAR-100 (binary release) into --data-root if missing.")
 @click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Use only the first N training samples.")

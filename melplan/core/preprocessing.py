@@ -6,9 +6,11 @@ used, so serving applies exactly what training did.  For images (``"modality": "
     {"modality": "image", "raw_channels": 1, "raw_size": [28, 28], "scale": 255.0,
      "mean": [0.286], "std": [0.353], "size": [32, 32], "pad_value": 0, "channels": 3}
 
-Raw ``UINT8`` pixels ``[N, H, W]`` or ``[N, raw_channels, H, W]`` become ``FP32 [N, channels, size]``:
+Raw ``UINT8`` pixels ``[N, H, W]`` or ``[N, raw_channels, H, W]`` become ``FP32 [N, channels, size * upscale]``:
 ``x / scale``, then ``(x - mean) / std`` per channel, then a centred pad to ``size`` with the raw
-pixel value ``pad_value`` (normalised the same way), then grey images repeated to ``channels``.
+pixel value ``pad_value`` (normalised the same way), then each pixel repeated ``upscale`` times along
+height and width (nearest-neighbour; the record omits ``upscale`` when it is 1), then grey images
+repeated to ``channels``.
 This is :func:`melplan.train.data.to_input` without torch; a test checks the two agree bit for bit.
 
 Audio (``"modality": "audio"``, :class:`AudioPreprocessing`): raw clips ``INT16 [N, samples]`` (16-bit
@@ -43,6 +45,7 @@ class ImagePreprocessing:
     size: tuple[int, int]
     pad_value: float
     channels: int
+    upscale: int = 1  # each padded pixel becomes upscale x upscale pixels (a larger network input)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,13 +58,13 @@ class ImagePreprocessing:
             "size": list(self.size),
             "pad_value": self.pad_value,
             "channels": self.channels,
-        }
+        } | ({"upscale": self.upscale} if self.upscale != 1 else {})
 
     raw_datatypes = ("UINT8",)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (self.channels, *self.size)
+        return (self.channels, self.size[0] * self.upscale, self.size[1] * self.upscale)
 
     def raw_shapes(self) -> list[tuple[str, list[int]]]:
         """(datatype, shape) of the raw inputs accepted, -1 for any size (model metadata)."""
@@ -113,6 +116,8 @@ class ImagePreprocessing:
             top, left = (th - h) // 2, (tw - w) // 2
             out[:, :, top : top + h, left : left + w] = x
             x = out
+        if self.upscale != 1:
+            x = x.repeat(self.upscale, axis=2).repeat(self.upscale, axis=3)
         if x.shape[1] != self.channels:
             x = np.repeat(x, self.channels // x.shape[1], axis=1)
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -191,7 +196,7 @@ def model_datatype(dataset: Mapping[str, Any]) -> str:
 
 
 def image_record(
-    *, raw_channels: int, raw_size: tuple[int, int], mean, std, size=(32, 32), channels: int = 3
+    *, raw_channels: int, raw_size: tuple[int, int], mean, std, size=(32, 32), channels: int = 3, upscale: int = 1
 ) -> dict[str, Any]:
     """The ``dataset.preprocessing`` record training writes for an image dataset."""
     return ImagePreprocessing(
@@ -203,6 +208,7 @@ def image_record(
         (int(size[0]), int(size[1])),
         0.0,
         int(channels),
+        int(upscale),
     ).to_dict()
 
 
@@ -237,6 +243,7 @@ def from_record(record: Any, *, source: str | None = None) -> Preprocessing:
             tuple(int(v) for v in record["size"]),  # type: ignore[arg-type]
             float(record.get("pad_value", 0.0)),
             int(record["channels"]),
+            int(record.get("upscale", 1)),
         )
     except KeyError as exc:
         raise fail(str(exc.args[0]), "missing") from None
@@ -250,6 +257,8 @@ def from_record(record: Any, *, source: str | None = None) -> Preprocessing:
         raise fail("channels", "channels must be a multiple of raw_channels, scale > 0")
     if rec.size[0] < rec.raw_size[0] or rec.size[1] < rec.raw_size[1]:
         raise fail("size", "size must be at least raw_size (images are padded, never cropped)")
+    if not 1 <= rec.upscale <= 16:
+        raise fail("upscale", "upscale must be an integer from 1 to 16 (each pixel becomes upscale x upscale)")
     return rec
 
 

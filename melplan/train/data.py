@@ -108,6 +108,7 @@ class Dataset:
     split: dict | None = None  # how train and test were formed, where the data has no official split
     flip: bool = True  # horizontal flips are label-preserving (not for digits or text)
     classes: tuple[str, ...] | None = None
+    upscale: int = 1  # built-in image sets: each (padded) pixel repeated upscale x upscale times
 
     @property
     def info(self) -> dict:
@@ -134,7 +135,8 @@ def image_preprocessing(ds: Dataset) -> dict:
     """What ``to_input`` does to a stored image, as the catalog's ``dataset.preprocessing`` record in
     the serving format (``melplan.core.preprocessing``): uint8 pixels divided by ``scale``,
     normalised per channel, centred-padded to ``size`` with the value of a black pixel (28x28 -> 32x32),
-    grey replicated to ``channels``."""
+    each pixel repeated ``upscale`` times along both axes (only written when it is not 1), grey
+    replicated to ``channels``."""
     c, h, w = (int(d) for d in ds.train.images.shape[1:])
     return {
         "modality": "image",
@@ -146,7 +148,7 @@ def image_preprocessing(ds: Dataset) -> dict:
         "size": [32, 32] if (h, w) == (28, 28) else [h, w],
         "pad_value": 0.0,
         "channels": 3,
-    }
+    } | ({"upscale": ds.upscale} if ds.upscale != 1 else {})
 
 
 DATASETS = ("fashion-mnist", "mnist5k", "cifar100", "imagefolder", "fsdd", "fsdd-heldout-<speaker>", "trec")
@@ -162,9 +164,13 @@ def load_dataset(
     image_size: int | None = None,
 ) -> Dataset:
     """Load a dataset by name; raises DataError naming what is missing and how to get it.
-    ``image_size`` (imagefolder only) is the side the images are resized to (default 32)."""
-    if image_size is not None and name != "imagefolder":
-        raise DataError(f"image size applies to imagefolder, not {name}", field="--image-size", fix="drop --image-size")
+    ``image_size`` is the side of the network input: imagefolder resizes its images to it (default
+    32); the built-in image sets (28x28 padded to 32, or 32x32) take a multiple of 32 and repeat each
+    pixel ``image_size / 32`` times along both axes (:func:`with_image_size`)."""
+    if image_size is not None and (name == "trec" or name.startswith("fsdd")):
+        raise DataError(
+            f"image size applies to image datasets, not {name}", field="--image-size", fix="drop --image-size"
+        )
     if name in ("imagefolder", "trec") or name.startswith("fsdd"):
         from melplan.train.datasets import load_modal
 
@@ -188,7 +194,23 @@ def load_dataset(
             ds.std,
             ds.source,
         )
-    return ds
+    return with_image_size(ds, image_size)
+
+
+def with_image_size(ds: Dataset, image_size: int | None) -> Dataset:
+    """A built-in image set whose network input is ``image_size`` pixels a side: a multiple of 32,
+    reached by repeating each pixel of the 32x32 (padded) image. None or 32 changes nothing."""
+    if image_size is None or image_size == 32:
+        return ds
+    if image_size % 32 or not 32 <= image_size <= 512:
+        raise DataError(
+            f"image size {image_size} does not fit {ds.name}",
+            field="--image-size",
+            fix=f"{ds.name} images are 32x32 (after padding) and are upscaled by whole pixels: "
+            "use a multiple of 32 from 32 to 512 (e.g. 64)",
+        )
+    k = image_size // 32
+    return replace(ds, upscale=k, input_shape=(ds.input_shape[0], image_size, image_size))
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -330,7 +352,9 @@ class Batches:
         self.flip = flip
         self.gen = generator
         self.modality = ds.modality
-        self.pad28 = tuple(ds.input_shape[-2:]) == (32, 32)  # built-in 28x28 sets are padded; imagefolder is not
+        self.upscale = ds.upscale
+        # built-in 28x28 sets are padded to 32 (then upscaled); imagefolder is stored at its input size
+        self.pad28 = tuple(ds.input_shape[-2:]) == (32 * ds.upscale, 32 * ds.upscale)
         self.mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(ds.std).view(1, -1, 1, 1)
 
@@ -339,7 +363,7 @@ class Batches:
         """What augmentation does, for the catalog entry."""
         if not self.augment or self.modality != "image":
             return "none"
-        return "random crop (pad 2)" + (" + horizontal flip" if self.flip else "")
+        return f"random crop (pad {2 * self.upscale})" + (" + horizontal flip" if self.flip else "")
 
     def __len__(self) -> int:
         return (len(self.split) + self.batch_size - 1) // self.batch_size
@@ -352,7 +376,7 @@ class Batches:
             if self.modality != "image":  # audio features and token ids are stored as the network input
                 x = self.split.images[idx]
             else:
-                x = to_input(self.split.images[idx], self.mean, self.std, pad28=self.pad28)
+                x = to_input(self.split.images[idx], self.mean, self.std, pad28=self.pad28, upscale=self.upscale)
                 if self.augment:
                     x = self._augment(x)
             coarse = None if self.split.coarse is None else self.split.coarse[idx]
@@ -361,8 +385,9 @@ class Batches:
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         h, w = x.shape[-2:]
-        padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
-        dx, dy = torch.randint(0, 5, (2,), generator=self.gen).tolist()
+        m = 2 * self.upscale  # shifts of up to 2 source pixels at every input size
+        padded = torch.nn.functional.pad(x, (m, m, m, m), mode="reflect")
+        dx, dy = torch.randint(0, 2 * m + 1, (2,), generator=self.gen).tolist()
         x = padded[:, :, dy : dy + h, dx : dx + w]
         if self.flip:
             mask = torch.rand(b, generator=self.gen) < 0.5
@@ -370,13 +395,18 @@ class Batches:
         return x.contiguous()
 
 
-def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, pad28: bool = True) -> torch.Tensor:
-    """uint8 N x C x H x W -> normalised float N x 3 x H x W (28x28 images are padded by 2 to 32x32
-    unless ``pad28`` is off: the user's own images are stored at the size the entry records)."""
+def to_input(
+    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, pad28: bool = True, upscale: int = 1
+) -> torch.Tensor:
+    """uint8 N x C x H x W -> normalised float N x 3 x H' x W' (28x28 images are padded by 2 to 32x32
+    unless ``pad28`` is off: the user's own images are stored at the size the entry records; then
+    each pixel is repeated ``upscale`` times along both axes)."""
     x = images.float().div_(255.0)
     x = (x - mean) / std
     if pad28 and x.shape[-1] == 28:
         x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=float((-mean / std).flatten()[0]))
+    if upscale != 1:
+        x = x.repeat_interleave(upscale, dim=-2).repeat_interleave(upscale, dim=-1)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x

@@ -72,7 +72,7 @@ class FamilySpec:
     split_seed: int = 0
     patience: int = 2  # epochs without validation improvement before a phase stops; 0: never stop early
     independent: bool = False  # control: upstreams trained alone, combiners only in the fine-tuning phase
-    image_size: int | None = None  # imagefolder: side the images are resized to (default 32)
+    image_size: int | None = None  # side of the network input (default 32; built-in sets: a multiple of 32)
     output_stride: int | None = None  # efficientnet_lite0: 16 keeps 2x2 maps in blocks 7-9 at 32x32 input
 
     def __post_init__(self) -> None:
@@ -80,6 +80,8 @@ class FamilySpec:
         object.__setattr__(
             self, "output_stride", effective_output_stride(self.base, self.output_stride, self.blocks or (0,))
         )
+        if self.image_size == 32:  # the default input: the same network, so the same digest and id
+            object.__setattr__(self, "image_size", None)
 
     def base_args(self) -> dict[str, Any]:
         """Arguments of the base network that the spec decides (the data decides the others)."""
@@ -111,7 +113,7 @@ class FamilySpec:
         return "reference" if self.blocks[0] == n_base_blocks else "backup"
 
     def default_id(self, n_base_blocks: int) -> str:
-        ds = DATASET_SHORT.get(self.dataset, self.dataset)
+        ds = DATASET_SHORT.get(self.dataset, self.dataset) + (f"-{self.image_size}px" if self.image_size else "")
         base = BASE_SHORT.get(self.base, self.base.replace("_", ""))
         base += (f"os{self.output_stride}" if self.output_stride else "") + ("pt" if self.pretrained else "")
         if len(self.blocks) == 1:
