@@ -224,7 +224,7 @@ def train(
     type=Shard(),
     default="0/1",
     show_default=True,
-    help="Train only entries i with i %% N == K (K/N), to run workers in parallel.",
+    help="Train only entries i with i % N == K (K/N), to run workers in parallel.",
 )
 @click.option("--only", multiple=True, help="Train only the families with these ids (repeatable).")
 @click.option(
