@@ -146,7 +146,6 @@ def headline(cat: Catalog, reference_id: str | None = None) -> Check:
     if best is None:
         return Check("headline", False, None, f"no jointly trained 2-upstream family of base {ref.base}")
     ok, _, f, ratio, gap, keep = best
-    caveat = ""
     return Check(
         "headline",
         ok,
@@ -155,7 +154,7 @@ def headline(cat: Catalog, reference_id: str | None = None) -> Check:
         f"({ref.params:,}; needs <= {HEADLINE_PARAMS:.0%}); "
         f"ensemble {f.accuracy_all_up:.4f} vs reference {ref.accuracy_all_up:.4f} "
         f"(gap {gap * 100:+.2f} points; needs <= {HEADLINE_GAP * 100:.1f}); weaker single "
-        f"{f.weakest_single:.4f} = {keep:.1%} of ensemble (needs >= {HEADLINE_KEEP:.1%}){caveat}",
+        f"{f.weakest_single:.4f} = {keep:.1%} of ensemble (needs >= {HEADLINE_KEEP:.1%})",
     )
 
 
