@@ -241,8 +241,8 @@ def family_label(f: Family, *, compact: bool = False) -> str:
     """Short label for plots and tables: ``b4/b4 λ2:2:1`` (+ combiner kind unless fc, + role).
 
     λ lists one weight per subset in catalog order (u1:u2:u1+u2 ...).  With ``compact`` and 3+
-    upstreams whose weights are equal within each subset size, one weight per size is shown
-    instead (``λ2:2:1 by size``: singles, pairs, all).
+    upstreams, or always from 4 upstreams (15 or more subsets), weights that are equal within each
+    subset size are shown as one weight per size instead (``λ2:2:1 by size``: singles, pairs, all).
     """
     role = f.extra.get("role")
     blocks = "/".join(f"b{u.blocks}" if u.blocks is not None else "b?" for u in f.upstreams)
@@ -251,7 +251,7 @@ def family_label(f: Family, *, compact: bool = False) -> str:
     text = blocks
     lam = family_row(f)["lambdas"]
     if f.n > 1 and lam != "-":
-        text += f" λ{_lambda_by_size(f) if compact and f.n > 2 else lam}"
+        text += f" λ{_lambda_by_size(f) if (compact and f.n > 2) or f.n >= 4 else lam}"
     kind = f.combiner_kind
     if kind and kind != "fc":
         text += f" {kind}"
