@@ -184,3 +184,21 @@ def test_control_is_compared_with_its_jointly_trained_twin():
     # an independently trained family is not a candidate for the headline
     ref = replace(make_family(1, fid="ref", params_scale=1_000_000), extra={"role": "reference"}, accuracy={"u1": 0.92})
     assert headline(Catalog((ref, control))).family is None
+
+
+def test_lambda_label_lists_every_subset_or_one_weight_per_size(tmp_path):
+    from melplan.core.catalog import lambda_label, subset_key
+
+    fam = make_family(4, seed=1)
+    keys = [subset_key(s) for s in fam.subsets()]
+    by_size = {1: 2.0, 2: 1.0, 3: 1.0, 4: 3.0}
+    lam = {k: by_size[k.count("+") + 1] for k in keys}
+    fam = replace(fam, training={**fam.training, "lambdas": lam})
+    assert lambda_label(fam) == ":".join(f"{lam[k]:g}" for k in keys) and lambda_label(fam).count(":") == 14
+    assert lambda_label(fam, by_size=True) == "2:1:1:3 by size"
+    uneven = replace(fam, training={**fam.training, "lambdas": {**lam, keys[0]: 5.0}})
+    assert lambda_label(uneven, by_size=True) == lambda_label(uneven)  # singles differ: the full list
+    assert lambda_label(replace(fam, training={})) == "-"
+    save_family(fam, tmp_path)
+    r = CliRunner().invoke(main, ["catalog", "list", "--catalog", str(tmp_path)])
+    assert r.exit_code == 0 and "2:1:1:3 by size" in r.output, r.output

@@ -18,7 +18,7 @@ def catalog() -> None:
 @json_option
 def list_(catalog_dir, dataset, as_json):
     """One line per family: shape, size against the reference, accuracy all-up and of the weakest single."""
-    from melplan.core.catalog import family_row, load_catalog
+    from melplan.core.catalog import family_row, lambda_label, load_catalog
 
     cat = load_catalog(catalog_dir, dataset=dataset)
     rows = [family_row(f) for f in cat]
@@ -35,7 +35,7 @@ def list_(catalog_dir, dataset, as_json):
                     r["n_upstreams"],
                     r["blocks"],
                     r["combiner"],
-                    r["lambdas"],
+                    lambda_label(f, by_size=f.n >= 4),  # 15 or 31 weights: one per subset size
                     f"{r['params'] / 1e6:.3f}M",
                     "-" if r["params_vs_ref"] != r["params_vs_ref"] else f"{r['params_vs_ref']:.0%}",
                     f"{r['acc_all_up']:.4f}",

@@ -304,7 +304,7 @@ def family_row(f: Family) -> dict[str, Any]:
         "n_upstreams": f.n,
         "blocks": "/".join(str(u.blocks) for u in f.upstreams),
         "combiner": f.combiner_kind or ("-" if not f.combiners else "mixed"),
-        "lambdas": _lambda_label(f),
+        "lambdas": lambda_label(f),
         "params": f.params,
         "params_vs_ref": (f.params / ref_params) if ref_params else math.nan,
         "macs": f.macs,
@@ -316,11 +316,25 @@ def family_row(f: Family) -> dict[str, Any]:
     }
 
 
-def _lambda_label(f: Family) -> str:
+def lambda_label(f: Family, *, by_size: bool = False) -> str:
+    """A family's loss weights, one per subset in catalog order (``2:2:1`` for u1:u2:u1+u2); "-" when
+    the entry records none.  With ``by_size``, weights that are equal within each subset size are
+    shown one per size instead (``1:1:1:1 by size``: singles, pairs, triples, all), which keeps 15 or
+    31 weights readable; otherwise the full list."""
     lam = f.training.get("lambdas") if isinstance(f.training, Mapping) else None
     if not isinstance(lam, Mapping) or not lam:
         return "-"
-    return ":".join(f"{float(lam[k]):g}" for k in map(subset_key, f.subsets()) if k in lam)
+    full = ":".join(f"{float(lam[k]):g}" for k in map(subset_key, f.subsets()) if k in lam)
+    if not by_size:
+        return full
+    sizes: dict[int, set[float]] = {}
+    for s in f.subsets():
+        if subset_key(s) not in lam:
+            return full
+        sizes.setdefault(len(s), set()).add(float(lam[subset_key(s)]))
+    if any(len(v) != 1 for v in sizes.values()):
+        return full
+    return ":".join(f"{next(iter(sizes[k])):g}" for k in sorted(sizes)) + " by size"
 
 
 # -- loading and saving ----------------------------------------------------------------------

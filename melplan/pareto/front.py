@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from melplan.core.catalog import Catalog, Family, family_row
+from melplan.core.catalog import Catalog, Family, lambda_label
 from melplan.core.errors import InputError, NoFamilyMatchesError, ObjectiveError, PickError
 from melplan.pareto.objectives import (
     DEFAULT_OBJECTIVES,
@@ -249,30 +249,15 @@ def family_label(f: Family, *, compact: bool = False) -> str:
     if role == "reference":
         return f"reference {blocks}"
     text = blocks
-    lam = family_row(f)["lambdas"]
+    lam = lambda_label(f, by_size=(compact and f.n > 2) or f.n >= 4)
     if f.n > 1 and lam != "-":
-        text += f" λ{_lambda_by_size(f) if (compact and f.n > 2) or f.n >= 4 else lam}"
+        text += f" λ{lam}"
     kind = f.combiner_kind
     if kind and kind != "fc":
         text += f" {kind}"
     if role == "backup":
         text += " (backup)"
     return text
-
-
-def _lambda_by_size(f: Family) -> str:
-    lam = f.training.get("lambdas") if isinstance(f.training, Mapping) else None
-    if not isinstance(lam, Mapping):
-        return family_row(f)["lambdas"]
-    by_size: dict[int, set[float]] = {}
-    for s in f.subsets():
-        key = f.key(s)
-        if key not in lam:
-            return family_row(f)["lambdas"]
-        by_size.setdefault(len(s), set()).add(float(lam[key]))
-    if any(len(v) != 1 for v in by_size.values()):
-        return family_row(f)["lambdas"]
-    return ":".join(f"{next(iter(by_size[k])):g}" for k in sorted(by_size)) + " by size"
 
 
 @dataclass(frozen=True)
