@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from melplan.core.errors import DataError
+from melplan.core.preprocessing import image_record
 
 FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
@@ -138,17 +139,14 @@ def image_preprocessing(ds: Dataset) -> dict:
     each pixel repeated ``upscale`` times along both axes (only written when it is not 1), grey
     replicated to ``channels``."""
     c, h, w = (int(d) for d in ds.train.images.shape[1:])
-    return {
-        "modality": "image",
-        "raw_channels": c,
-        "raw_size": [h, w],
-        "scale": 255.0,
-        "mean": [round(float(m), 6) for m in ds.mean],
-        "std": [round(float(s), 6) for s in ds.std],
-        "size": [32, 32] if (h, w) == (28, 28) else [h, w],
-        "pad_value": 0.0,
-        "channels": 3,
-    } | ({"upscale": ds.upscale} if ds.upscale != 1 else {})
+    return image_record(
+        raw_channels=c,
+        raw_size=(h, w),
+        mean=ds.mean,
+        std=ds.std,
+        size=(32, 32) if (h, w) == (28, 28) else (h, w),
+        upscale=ds.upscale,
+    )
 
 
 DATASETS = ("fashion-mnist", "mnist5k", "cifar100", "imagefolder", "fsdd", "fsdd-heldout-<speaker>", "trec")
@@ -184,16 +182,7 @@ def load_dataset(
     else:
         raise DataError(f"unknown dataset '{name}'", field="dataset", fix=f"use one of: {', '.join(DATASETS)}")
     if train_limit is not None or test_limit is not None:
-        ds = Dataset(
-            ds.name,
-            ds.train.head(train_limit),
-            ds.test.head(test_limit),
-            ds.num_classes,
-            ds.num_coarse,
-            ds.mean,
-            ds.std,
-            ds.source,
-        )
+        ds = ds.limited(train_limit, test_limit)
     return with_image_size(ds, image_size)
 
 
