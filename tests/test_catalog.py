@@ -128,6 +128,11 @@ def test_report_checks_can_pass_and_fail():
     beaten = convergence(Catalog((ref, good, strong_upstream)))
     assert not beaten.passed and "strong u2 (0.9250" in beaten.detail
     assert "good u1 at 0.9000" in convergence(Catalog((ref, good))).detail  # the best smaller single model
+    # a larger single model (the full network the reference is a prefix of) is named, not held against it
+    full = replace(make_family(1, fid="full", params_scale=4_000_000), extra={"role": "single"}, accuracy={"u1": 0.915})
+    with_full = convergence(Catalog((ref, good, full)))
+    assert full.params > ref.params and with_full.passed
+    assert with_full.detail.endswith(f"; the larger full scores 0.9150 ({full.params:,} params)")
     three = make_family(3, fid="three")
     hi = _with_acc(three, {"u1+u2": 0.90, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})
     lo = _with_acc(three, {"u1+u2": 0.85, "u1+u3": 0.90, "u2+u3": 0.90, "u1+u2+u3": 0.91})

@@ -509,7 +509,9 @@ def _parse_family(data: Any, source: str | None) -> Family:
                 "e.g. [3, 32, 32] (channels, height, width)",
             )
     if "role" in data and data["role"] is not None and not isinstance(data["role"], str):
-        ck.fail("role", f"expected a string, got {data['role']!r}"[:200], 'use "reference", "backup" or drop it')
+        ck.fail(
+            "role", f"expected a string, got {data['role']!r}"[:200], 'use "reference", "backup", "single" or drop it'
+        )
     if not isinstance(data["base"], str):
         ck.fail("base", "expected a string", 'name the base network, e.g. "efficientnet_b0"')
     training = ck.mapping(data.get("training", {}), "training")

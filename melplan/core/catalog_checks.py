@@ -112,13 +112,19 @@ def convergence(cat: Catalog, reference_id: str | None = None) -> Check:
             f"{_not_converged_advice(ref)}",
         )
     best = max(smaller, key=lambda g: g.accuracy, default=None)
+    # single-model entries larger than the reference (a full network the reference is a prefix of)
+    larger = [f for f in cat if f.n == 1 and f.dataset.get("name") == ref.dataset.get("name") and f.params > ref.params]
     return Check(
         "converged",
         True,
         ref.id,
         f"reference {ref.accuracy_all_up:.4f} ({ref.params:,} params) beats all {len(smaller)} smaller single "
         f"model(s), upstreams of families alone included"
-        + (f"; the best is {best.label} at {best.accuracy:.4f} ({best.params:,} params)" if best else ""),
+        + (f"; the best is {best.label} at {best.accuracy:.4f} ({best.params:,} params)" if best else "")
+        + "".join(
+            f"; the larger {f.id} scores {f.accuracy_all_up:.4f} ({f.params:,} params)"
+            for f in sorted(larger, key=lambda f: (-f.accuracy_all_up, f.id))
+        ),
     )
 
 

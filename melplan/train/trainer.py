@@ -66,7 +66,7 @@ class FamilySpec:
     seed: int = 0
     finetune_epochs: int = 1
     family_id: str | None = None
-    role: str | None = None  # mel | reference | backup (default: from the shape)
+    role: str | None = None  # mel | reference | backup | single (default: from the shape)
     pretrained: bool = False  # initialise the prefixes from the base's ImageNet weights
     val_fraction: float = 0.1  # carved from the training set, stratified; 0: no selection (last epoch)
     split_seed: int = 0
