@@ -17,7 +17,8 @@ def catalog() -> None:
 @click.option("--dataset", default=None, help="Only families trained on this dataset.")
 @json_option
 def list_(catalog_dir, dataset, as_json):
-    """One line per family: shape, size against the reference, accuracy all-up and of the weakest single."""
+    """One line per family: shape, training epochs, size against the reference, accuracy all-up and of the
+    weakest single."""
     from melplan.core.catalog import family_row, lambda_label, load_catalog
 
     cat = load_catalog(catalog_dir, dataset=dataset)
@@ -36,6 +37,7 @@ def list_(catalog_dir, dataset, as_json):
                     r["blocks"],
                     r["combiner"],
                     lambda_label(f, by_size=f.n >= 4),  # 15 or 31 weights: one per subset size
+                    "-" if r["epochs"] is None else r["epochs"],
                     f"{r['params'] / 1e6:.3f}M",
                     "-" if r["params_vs_ref"] != r["params_vs_ref"] else f"{r['params_vs_ref']:.0%}",
                     f"{r['acc_all_up']:.4f}",
@@ -43,8 +45,20 @@ def list_(catalog_dir, dataset, as_json):
                 ]
                 for r, f in zip(rows, cat)
             ],
-            ["id", "role", "n", "blocks", "combiner", "lambdas", "params", "vs ref", "acc all-up", "weakest single"],
-            align="lllrlllrrr",
+            [
+                "id",
+                "role",
+                "n",
+                "blocks",
+                "combiner",
+                "lambdas",
+                "epochs",
+                "params",
+                "vs ref",
+                "acc all-up",
+                "weakest single",
+            ],
+            align="lllrllrrrrr",
         )
     )
 

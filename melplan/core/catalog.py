@@ -305,6 +305,7 @@ def family_row(f: Family) -> dict[str, Any]:
         "blocks": "/".join(str(u.blocks) for u in f.upstreams),
         "combiner": f.combiner_kind or ("-" if not f.combiners else "mixed"),
         "lambdas": lambda_label(f),
+        "epochs": _epochs(f),
         "params": f.params,
         "params_vs_ref": (f.params / ref_params) if ref_params else math.nan,
         "macs": f.macs,
@@ -314,6 +315,12 @@ def family_row(f: Family) -> dict[str, Any]:
         "acc_reference": ref.get("accuracy", math.nan),
         "weights": f.weights or "",
     }
+
+
+def _epochs(f: Family) -> int | None:
+    """The length of the family's training schedule (``training.epochs``), None when not recorded."""
+    n = f.training.get("epochs") if isinstance(f.training, Mapping) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
 def lambda_label(f: Family, *, by_size: bool = False) -> str:
