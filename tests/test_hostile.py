@@ -441,6 +441,7 @@ TRAIN_CASES = {
     "--lambdas nan": (["train", "--lambdas", "nan,nan,nan", "--dataset", "mnist5k"], "--lambdas"),
     "--threads -1": (["train", "--threads", "-1"], "--threads"),
     "--test-limit 0": (["train", "--test-limit", "0"], "--test-limit"),
+    "--role reference for two upstreams": (["train", "--blocks", "4,4", "--role", "reference"], "role"),
     "id of a shipped entry, other recipe": (
         ["train", "--id", ENTRY.stem, "--blocks", "4", "--epochs", "1", "--catalog", str(SHIPPED)],
         "--id",
@@ -481,6 +482,7 @@ SWEEP_CASES = {
         "families:\n  - {blocks: [5, 5], family_id: a}\n  - {blocks: [4, 4], family_id: a}\n",
         "families[1].family_id",
     ),
+    "role: boss": ("families:\n  - {blocks: [5], role: boss}\n", "families[0].role"),
     "billion laughs in lambdas": (
         "families:\n  - {blocks: [5, 5], lambdas: " + LABEL_BOMB + "}\n",
         "expands to more than",

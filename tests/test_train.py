@@ -277,6 +277,9 @@ def test_stopped_run_resumes_where_it_stopped(tmp_path):
         ({"independent": True, "blocks": (2,)}, "independent"),
         ({"independent": True, "finetune_epochs": 0}, "finetune_epochs"),
         ({"pretrained": True, "base": "nope"}, "base"),
+        ({"role": "boss"}, "role"),
+        ({"role": "reference"}, "role"),  # TINY has two upstreams: a reference is one model
+        ({"role": "mel", "blocks": (2,)}, "role"),
     ],
 )
 def test_bad_spec_is_refused_before_any_data_is_read(tmp_path, bad, field):

@@ -113,6 +113,13 @@ def _set_threads(threads: int | None) -> None:
 )
 @click.option("--hierarchical", is_flag=True, help="Add coarse-class heads to the exits and report coarse accuracy.")
 @seed_option
+@click.option(
+    "--role",
+    type=click.Choice(["mel", "reference", "backup", "single"]),
+    default=None,
+    help="What the entry is for (default: mel for 2+ upstreams; for one, reference when it is the whole base, "
+    "else backup). reference: the model MEL is judged against; single: any other single model.",
+)
 @click.option("--id", "family_id", default=None, help="Family id (default: derived from the options).")
 @click.option(
     "--catalog",
@@ -157,6 +164,7 @@ def train(
     lr,
     hierarchical,
     seed,
+    role,
     family_id,
     catalog_dir,
     save_weights,
@@ -187,6 +195,7 @@ def train(
         hierarchical=hierarchical,
         seed=seed,
         family_id=family_id,
+        role=role,
         pretrained=pretrained,
         val_fraction=val_fraction,
         split_seed=split_seed,

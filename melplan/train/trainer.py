@@ -44,6 +44,9 @@ BASE_SHORT = {
 _DIGEST_OPTIONAL = ("image_size", "output_stride")
 
 
+ROLES = ("mel", "reference", "backup", "single")  # a family; the original model; a small single model; any other
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """Everything that determines a trained family. Same spec and seed, same family."""
@@ -66,7 +69,7 @@ class FamilySpec:
     seed: int = 0
     finetune_epochs: int = 1
     family_id: str | None = None
-    role: str | None = None  # mel | reference | backup | single (default: from the shape)
+    role: str | None = None  # one of ROLES (default: from the shape)
     pretrained: bool = False  # initialise the prefixes from the base's ImageNet weights
     val_fraction: float = 0.1  # carved from the training set, stratified; 0: no selection (last epoch)
     split_seed: int = 0
@@ -219,6 +222,14 @@ def _validate(spec: FamilySpec, n_base_blocks: int) -> None:
         if not ok:
             raise InputError(f"invalid {name}: {getattr(spec, name)!r}", field=name, fix=f"give {fix}")
     spec.resolved_lambdas()
+    if spec.role is not None and spec.role not in ROLES:
+        raise InputError(f"unknown role {spec.role!r}", field="role", fix=f"use one of {', '.join(ROLES)} or drop it")
+    if spec.role is not None and (spec.role == "mel") != (len(spec.blocks) > 1):
+        raise InputError(
+            f"role {spec.role!r} does not fit {len(spec.blocks)} upstream(s)",
+            field="role",
+            fix="use 'mel' for two or more upstreams and 'reference', 'backup' or 'single' for one, or drop it",
+        )
     if spec.independent and len(spec.blocks) < 2:
         raise InputError(
             "independent training needs two or more upstreams", field="independent", fix="drop independent"
@@ -889,7 +900,15 @@ def run_sweep(
 
     specs, options = sweep_specs(path), load_yaml_file(path, error=InputError)
     catalog_dir = Path(catalog_dir or options.get("catalog") or "catalog")
-    ids = [spec.family_id or spec.default_id(validate_spec(spec)) for spec, _ in specs]  # all checked up front
+    ids = []
+    for i, (spec, _) in enumerate(specs):  # every family checked before the first one trains
+        try:
+            ids.append(spec.family_id or spec.default_id(validate_spec(spec)))
+        except InputError as e:
+            if e.file:  # already names its own file (a dataset folder, the base's weights)
+                raise
+            field = f"families[{i}]" + (f".{e.field}" if e.field else "")
+            raise type(e)(e.message, file=str(path), field=field, fix=e.fix) from None
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise InputError(
